@@ -1,0 +1,51 @@
+# Hypertuna Gateway. `make run` and `make test` install whatever is missing first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BRIDGE_STAMP := bridge/node_modules/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-python test-bridge lint format bench clean
+
+install: $(STAMP) $(if $(wildcard bridge/package.json),$(BRIDGE_STAMP))
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+$(BRIDGE_STAMP): bridge/package.json bridge/package-lock.json
+	cd bridge && npm ci --no-audit --no-fund
+	@touch $@
+
+run: install
+	$(PY) -m hypertuna.supervisor
+
+test: install
+	$(PY) manage.py check --fail-level ERROR
+	$(PY) manage.py makemigrations --check --dry-run
+	$(MAKE) --no-print-directory test-python
+	$(if $(wildcard bridge/package.json),$(MAKE) --no-print-directory test-bridge)
+
+test-python:
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-bridge:
+	cd bridge && npm test
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy hypertuna relays replicas escrow
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) var bridge/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""Fixed-window rate limits on the shared cache (Redis in production), so every gateway node counts
+against the same budget. A limit of 0 disables the check."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    retry_after: int
+
+
+def hit(scope: str, identity: str, *, limit: int, window: int = 60) -> RateDecision:
+    """Count one hit of ``identity`` in ``scope`` and say whether it is within ``limit`` per ``window`` s."""
+    if limit <= 0:
+        return RateDecision(True, 0)
+    now = int(time.time())
+    start = now - now % window
+    key = f"rl:{scope}:{identity}:{start}"
+    # add() is SET NX on Redis: only the first hit of a window creates the key, so incr() never races a
+    # concurrent reset. The key outlives the window slightly and then expires on its own.
+    cache.add(key, 0, timeout=window + 5)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add() and incr(): this hit starts a fresh window
+        cache.add(key, 1, timeout=window + 5)
+        count = 1
+    return RateDecision(count <= limit, 0 if count <= limit else start + window - now)
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client address: the configured proxy header's first entry when one is trusted, else the peer."""
+    header = settings.HYPERTUNA_TRUSTED_PROXY_HEADER
+    if header:
+        value = request.headers.get(header, "")
+        first = value.split(",")[0].strip()
+        if first:
+            return first
+    return str(request.META.get("REMOTE_ADDR") or "unknown")

@@ -1,0 +1,253 @@
+"""The one settings module, driven by environment variables (see ``.env.example`` for every variable).
+
+Without any variable set the gateway runs on its embedded default: SQLite, an in-memory channel layer,
+a local-memory cache and a file-system Celery broker, so ``make run`` needs no server. Production sets
+``DATABASE_URL`` (Postgres) and ``REDIS_URL`` (cache, channel layer, Celery broker, rate limits).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from hypertuna.env import EnvError, env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+try:
+    ROLE = env.str("HYPERTUNA_ROLE", "gateway", choices=("gateway", "escrow"))
+    DEBUG = env.bool("DEBUG", False)
+    VAR_DIR = Path(env.str("HYPERTUNA_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+
+    _secret_key = env.optional_str("SECRET_KEY")
+    SECRET_KEY_IS_GENERATED = _secret_key is None
+    # A random key per process start is safe for the embedded default (sessions do not survive a
+    # restart); the system check hypertuna.W002 warns when a non-debug deployment relies on it.
+    SECRET_KEY = _secret_key or secrets.token_urlsafe(50)
+
+    ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ("localhost", "127.0.0.1", "[::1]"))
+    CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS")
+
+    DATABASE_URL = env.url(
+        "DATABASE_URL",
+        f"sqlite:///{VAR_DIR / 'gateway.sqlite3'}",
+        schemes=("sqlite", "postgres", "postgresql", "pgsql"),
+    )
+    REDIS_URL = env.url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
+
+    HYPERTUNA_PUBLIC_URL = env.url("HYPERTUNA_PUBLIC_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
+    HYPERTUNA_REGISTRATION_SECRET = env.optional_str("HYPERTUNA_REGISTRATION_SECRET")
+    HYPERTUNA_REGISTRATION_TTL = env.int("HYPERTUNA_REGISTRATION_TTL", 300, min_value=10, max_value=86400)
+    HYPERTUNA_REGISTRATION_WINDOW = env.int("HYPERTUNA_REGISTRATION_WINDOW", 300, min_value=5, max_value=3600)
+    HYPERTUNA_REGISTRATION_MAX_PEERS = env.int("HYPERTUNA_REGISTRATION_MAX_PEERS", 64, min_value=1)
+    HYPERTUNA_REGISTRATION_HISTORY_DAYS = env.int("HYPERTUNA_REGISTRATION_HISTORY_DAYS", 7, min_value=1)
+    HYPERTUNA_TOKEN_TTL = env.int("HYPERTUNA_TOKEN_TTL", 3600, min_value=30, max_value=30 * 86400)
+    HYPERTUNA_TOKEN_MAX_TTL = env.int("HYPERTUNA_TOKEN_MAX_TTL", 7 * 86400, min_value=60)
+    HYPERTUNA_TOKEN_REFRESH_WINDOW = env.int("HYPERTUNA_TOKEN_REFRESH_WINDOW", 300, min_value=0)
+    HYPERTUNA_RATELIMIT_IP_PER_MINUTE = env.int("HYPERTUNA_RATELIMIT_IP_PER_MINUTE", 600, min_value=0)
+    HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE = env.int("HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE", 1200, min_value=0)
+    HYPERTUNA_TRUSTED_PROXY_HEADER = env.optional_str("HYPERTUNA_TRUSTED_PROXY_HEADER")
+    HYPERTUNA_METRICS_TOKEN = env.optional_str("HYPERTUNA_METRICS_TOKEN")
+    HYPERTUNA_LOG_FORMAT = env.str("HYPERTUNA_LOG_FORMAT", "json", choices=("json", "text"))
+    HYPERTUNA_LOG_LEVEL = env.str("HYPERTUNA_LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    TLS_ENABLED = env.bool("HYPERTUNA_TLS", False)
+except EnvError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_prometheus",
+    "channels",
+    "hypertuna",
+    "replicas",
+    "escrow",
+    "relays",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "hypertuna.logs.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "hypertuna.urls"
+ASGI_APPLICATION = "hypertuna.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------------
+_db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
+    _db["ENGINE"] = "django_prometheus.db.backends.sqlite3"
+    # SQLite is the single-node embedded default: WAL lets the web process read while Celery writes.
+    _db["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
+    _db["CONN_MAX_AGE"] = 0
+DATABASES = {"default": _db}
+DATABASE_IS_SQLITE = "sqlite3" in _db["ENGINE"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache, channel layer, Celery -----------------------------------------------------------------
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env.str("HYPERTUNA_CACHE_PREFIX", "hypertuna"),
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("HYPERTUNA_CHANNEL_PREFIX", "hypertuna")},
+        }
+    }
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "hypertuna"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    _broker_dir = VAR_DIR / "celery-broker"
+    for _sub in ("out", "processed", "control"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    # The file-system transport needs no server; web, worker and beat share the folder.
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "out"),
+        "data_folder_out": str(_broker_dir / "out"),
+        "data_folder_processed": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
+        "store_processed": False,
+    }
+
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_TASK_ALWAYS_EAGER = env.bool("HYPERTUNA_CELERY_EAGER", False)
+CELERY_BEAT_SCHEDULE = {
+    "expire-registrations": {"task": "relays.tasks.expire_registrations", "schedule": 30.0},
+    "prune-registration-history": {"task": "relays.tasks.prune_registration_history", "schedule": 3600.0},
+}
+
+# --- Auth, DRF, OpenAPI ---------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "hypertuna.exceptions.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+# Worker bodies are small JSON documents; the limit bounds memory per request.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Hypertuna Gateway API",
+    "DESCRIPTION": "Worker registration, relay access tokens, operator APIs.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+}
+
+# --- Security -------------------------------------------------------------------------------------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TLS_ENABLED else None
+SESSION_COOKIE_SECURE = TLS_ENABLED
+CSRF_COOKIE_SECURE = TLS_ENABLED
+SECURE_SSL_REDIRECT = env.bool("HYPERTUNA_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env.int("HYPERTUNA_HSTS_SECONDS", 0, min_value=0)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Static files, i18n ---------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# --- Metrics --------------------------------------------------------------------------------------
+PROMETHEUS_METRIC_NAMESPACE = ""
+PROMETHEUS_EXPORT_MIGRATIONS = False
+
+# --- Logging --------------------------------------------------------------------------------------
+TESTING = "pytest" in sys.modules
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "hypertuna.logs.RequestIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
+        },
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": HYPERTUNA_LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": HYPERTUNA_LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

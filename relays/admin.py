@@ -1,0 +1,213 @@
+"""Operator console for relays, registrations, peers, tokens and the host policy.
+
+Actions call services; dangerous ones (token revocation) go through a confirmation page.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from relays import selectors, services
+from relays.models import HostPolicy, HostRule, Peer, Registration, Relay, RelayToken
+
+
+class OfflineFilter(admin.SimpleListFilter):
+    title = "registration"
+    parameter_name = "registration"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("live", "Live (within TTL)"),
+            ("lapsed", "Lapsed (TTL ran out)"),
+            ("offline-1h", "Offline for more than an hour"),
+            ("offline-1d", "Offline for more than a day"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Relay]) -> QuerySet[Relay]:
+        now = timezone.now()
+        value = self.value()
+        if value == "live":
+            return queryset.filter(status=Relay.Status.ACTIVE, expires_at__gt=now)
+        if value == "lapsed":
+            return queryset.filter(expires_at__lte=now)
+        if value == "offline-1h":
+            return queryset.filter(last_registered_at__lt=now - timedelta(hours=1))
+        if value == "offline-1d":
+            return queryset.filter(last_registered_at__lt=now - timedelta(days=1))
+        return queryset
+
+
+class PeerInline(admin.TabularInline):
+    model = Peer
+    extra = 0
+    can_delete = False
+    fields = ("peer_key", "active", "last_seen_at", "last_healthy_at", "unreachable_since", "latency_ms")
+    readonly_fields = fields
+
+
+@admin.register(Relay)
+class RelayAdmin(admin.ModelAdmin):
+    list_display = (
+        "__str__",
+        "name",
+        "status",
+        "requires_auth",
+        "peer_count",
+        "active_token_count",
+        "last_registered_at",
+        "expires_at",
+    )
+    list_filter = (OfflineFilter, "status", "requires_auth")
+    search_fields = ("relay_key", "public_identifier", "gateway_path", "name", "owner_peer_key")
+    readonly_fields = (
+        "relay_key",
+        "public_identifier",
+        "gateway_path",
+        "owner_peer_key",
+        "first_registered_at",
+        "last_registered_at",
+        "expires_at",
+        "unregistered_at",
+        "token_sequence",
+        "revoked_through_sequence",
+        "metadata",
+        "escrow",
+    )
+    inlines = [PeerInline]
+    actions = ["revoke_all_tokens"]
+    date_hierarchy = "last_registered_at"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Relay]:
+        return selectors.relays_with_counts()
+
+    @admin.display(description="peers", ordering="peer_count")
+    def peer_count(self, obj: Relay) -> int:
+        return obj.peer_count  # type: ignore[attr-defined]
+
+    @admin.display(description="active tokens", ordering="active_token_count")
+    def active_token_count(self, obj: Relay) -> int:
+        return obj.active_token_count  # type: ignore[attr-defined]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # relays come from signed worker registrations only
+
+    @admin.action(description="Revoke every token of the selected relays (closes their sockets)")
+    def revoke_all_tokens(self, request: HttpRequest, queryset: QuerySet[Relay]) -> HttpResponse | None:
+        if request.POST.get("confirmed") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/relays/confirm_action.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Revoke every token of these relays?",
+                    "objects": list(queryset),
+                    "action": "revoke_all_tokens",
+                    "warning": "Every client connected with one of these tokens is disconnected (4403).",
+                    "opts": self.model._meta,
+                },
+            )
+        total = 0
+        for relay in queryset:
+            total += services.revoke_tokens(relay_key=relay.relay_key, reason="operator").revoked
+        self.message_user(request, f"Revoked {total} token(s).", messages.SUCCESS)
+        return None
+
+
+@admin.register(Registration)
+class RegistrationAdmin(admin.ModelAdmin):
+    list_display = ("relay", "received_at", "issued_at", "nonce", "peer_count", "client_ip")
+    list_select_related = ("relay",)
+    list_filter = ("received_at",)
+    search_fields = ("relay__relay_key", "nonce", "client_ip")
+    date_hierarchy = "received_at"
+
+    @admin.display(description="peers")
+    def peer_count(self, obj: Registration) -> int:
+        return len(obj.peers)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Peer)
+class PeerAdmin(admin.ModelAdmin):
+    list_display = ("peer_key", "relay", "active", "last_seen_at", "last_healthy_at", "unreachable_since", "latency_ms")
+    list_select_related = ("relay",)
+    list_filter = ("active", ("unreachable_since", admin.EmptyFieldListFilter))
+    search_fields = ("peer_key", "relay__relay_key")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(RelayToken)
+class RelayTokenAdmin(admin.ModelAdmin):
+    list_display = (
+        "sequence",
+        "relay",
+        "state",
+        "pubkey",
+        "scope",
+        "issued_at",
+        "expires_at",
+        "connections",
+        "frames",
+        "bytes_in",
+        "bytes_out",
+        "last_used_at",
+    )
+    list_select_related = ("relay",)
+    list_filter = ("state", "scope", "issued_at")
+    search_fields = ("relay__relay_key", "pubkey", "digest")
+    readonly_fields = [f.name for f in RelayToken._meta.fields]
+    actions = ["revoke_tokens"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected tokens (closes their sockets)")
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[RelayToken]) -> HttpResponse | None:
+        if request.POST.get("confirmed") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/relays/confirm_action.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Revoke these tokens?",
+                    "objects": list(queryset.select_related("relay")),
+                    "action": "revoke_tokens",
+                    "warning": "Clients using them are disconnected (4403) and cannot reconnect with them.",
+                    "opts": self.model._meta,
+                },
+            )
+        revoked = sum(services.revoke_token_by_id(token_id=t.pk, reason="operator").revoked for t in queryset)
+        self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)
+        return None
+
+
+@admin.register(HostPolicy)
+class HostPolicyAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "mode", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not HostPolicy.objects.exists()
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(HostRule)
+class HostRuleAdmin(admin.ModelAdmin):
+    list_display = ("identity", "action", "note", "created_at")
+    list_filter = ("action",)
+    search_fields = ("identity", "note")

@@ -1,0 +1,120 @@
+"""Reads of relays, peers, tokens and the host policy.
+
+``live_relay`` is the hot path (every WebSocket connection calls it): it reads the cache copy written by
+``services.register_relay`` and falls back to the database, which stays the source of truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from django.core.cache import cache
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from hypertuna.compat import path_to_relay_key
+from relays.models import HostPolicy, HostRule, Peer, Relay
+
+SNAPSHOT_PREFIX = "relay:snap:"
+
+
+@dataclass(frozen=True)
+class RelaySnapshot:
+    """What routing needs to know about a live relay; safe to cache (no secrets)."""
+
+    id: int
+    relay_key: str
+    requires_auth: bool
+    peers: tuple[str, ...]
+    expires_at: float  # epoch seconds
+    gateway_path: str
+    owner_peer_key: str
+
+    def to_cache(self) -> dict[str, object]:
+        data = asdict(self)
+        data["peers"] = list(self.peers)
+        return data
+
+    @classmethod
+    def from_cache(cls, data: dict[str, object]) -> RelaySnapshot:
+        return cls(**{**data, "peers": tuple(data["peers"])})  # type: ignore[arg-type]
+
+
+def snapshot_key(relay_key: str) -> str:
+    return SNAPSHOT_PREFIX + relay_key
+
+
+def build_snapshot(relay: Relay) -> RelaySnapshot:
+    peers = tuple(
+        Peer.objects.filter(relay=relay, active=True, unreachable_since__isnull=True)
+        .order_by("peer_key")
+        .values_list("peer_key", flat=True)
+    )
+    return RelaySnapshot(
+        id=relay.pk,
+        relay_key=relay.relay_key,
+        requires_auth=relay.requires_auth,
+        peers=peers,
+        expires_at=relay.expires_at.timestamp(),
+        gateway_path=relay.gateway_path,
+        owner_peer_key=relay.owner_peer_key,
+    )
+
+
+def live_relay(relay_key: str) -> RelaySnapshot | None:
+    """The live relay with this key, or None when unknown, unregistered or past its TTL."""
+    now = timezone.now().timestamp()
+    cached = cache.get(snapshot_key(relay_key))
+    if cached is not None:
+        snap = RelaySnapshot.from_cache(cached)
+        return snap if snap.expires_at > now else None
+    relay = Relay.objects.filter(relay_key=relay_key, status=Relay.Status.ACTIVE).first()
+    if relay is None or relay.expires_at.timestamp() <= now:
+        return None
+    snap = build_snapshot(relay)
+    cache.set(snapshot_key(relay_key), snap.to_cache(), timeout=max(1, int(snap.expires_at - now)))
+    return snap
+
+
+def resolve_path(path: str) -> str | None:
+    """Relay key for a client path: ``npub…/name``, ``npub…:name``, a hex key, or a registered alias."""
+    relay_key = path_to_relay_key(path)
+    if relay_key is not None:
+        return relay_key
+    trimmed = path.strip("/")
+    if not trimmed or len(trimmed) > 200:
+        return None
+    return (
+        Relay.objects.filter(Q(gateway_path=trimmed) | Q(public_identifier=trimmed))
+        .values_list("relay_key", flat=True)
+        .first()
+    )
+
+
+def live_relay_count() -> int:
+    return Relay.objects.filter(status=Relay.Status.ACTIVE, expires_at__gt=timezone.now()).count()
+
+
+def relays_with_counts() -> QuerySet[Relay]:
+    return Relay.objects.annotate(
+        peer_count=Count("peers", filter=Q(peers__active=True), distinct=True),
+        active_token_count=Count("tokens", filter=Q(tokens__state="active"), distinct=True),
+    )
+
+
+def host_policy() -> HostPolicy:
+    policy, _ = HostPolicy.objects.get_or_create(pk=1)
+    return policy
+
+
+def host_rules(identities: set[str]) -> dict[str, set[str]]:
+    """The actions (allow/block) listed for any of ``identities``."""
+    rules: dict[str, set[str]] = {"allow": set(), "block": set()}
+    for identity, action in HostRule.objects.filter(identity__in=identities).values_list("identity", "action"):
+        rules[action].add(identity)
+    return rules
+
+
+def expired_relays(now: datetime) -> QuerySet[Relay]:
+    return Relay.objects.filter(status=Relay.Status.ACTIVE, expires_at__lte=now)

@@ -1,0 +1,60 @@
+"""Shared fixtures: the registration secret, a clean cache per test, signed-request helpers."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+
+from hypertuna.compat import hmac_hex
+
+SECRET = "test-registration-secret-0123456789"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _gateway_settings(settings: Any) -> None:
+    settings.HYPERTUNA_REGISTRATION_SECRET = SECRET
+    settings.HYPERTUNA_RATELIMIT_IP_PER_MINUTE = 0
+    settings.HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE = 0
+
+
+@pytest.fixture(autouse=True)
+def _clean_cache() -> Any:
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(scope="session")
+def js_vectors() -> dict[str, Any]:
+    return json.loads((FIXTURES / "js-compat.json").read_text(encoding="utf-8"))
+
+
+def hex_key(seed: str = "") -> str:
+    return (seed.encode().hex() + secrets.token_hex(32))[:64] if seed else secrets.token_hex(32)
+
+
+def make_registration(relay_key: str, **overrides: Any) -> dict[str, Any]:
+    registration: dict[str, Any] = {
+        "relayKey": relay_key,
+        "nonce": secrets.token_hex(12),
+        "issuedAt": int(time.time() * 1000),
+        "peers": [secrets.token_hex(32)],
+        "metadata": {"name": "Test relay", "requiresAuth": True},
+    }
+    registration.update(overrides)
+    return registration
+
+
+def signed(registration: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
+    return {"registration": registration, "signature": hmac_hex(secret, registration)}
+
+
+def signed_payload(payload: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
+    return {"payload": payload, "signature": hmac_hex(secret, payload)}
