@@ -37,6 +37,11 @@ try:
         f"sqlite:///{VAR_DIR / 'gateway.sqlite3'}",
         schemes=("sqlite", "postgres", "postgresql", "pgsql"),
     )
+    # --- Escrow (database) --- the escrow role keeps its state in its own database when one is given.
+    if ROLE == "escrow":
+        DATABASE_URL = env.url(
+            "ESCROW_DATABASE_URL", DATABASE_URL, schemes=("sqlite", "postgres", "postgresql", "pgsql")
+        )
     REDIS_URL = env.url("REDIS_URL", None, schemes=("redis", "rediss", "unix"))
 
     HYPERTUNA_PUBLIC_URL = env.url("HYPERTUNA_PUBLIC_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
@@ -58,6 +63,16 @@ try:
     HYPERTUNA_LOG_LEVEL = env.str("HYPERTUNA_LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     TLS_ENABLED = env.bool("HYPERTUNA_TLS", False)
+
+    # --- Bridge and routing ---
+    HYPERTUNA_BRIDGE_SOCKET = env.str("HYPERTUNA_BRIDGE_SOCKET", str(VAR_DIR / "bridge.sock"))
+    HYPERTUNA_BRIDGE_SECRET = env.optional_str("HYPERTUNA_BRIDGE_SECRET")
+    HYPERTUNA_BRIDGE_REQUIRED = env.bool("HYPERTUNA_BRIDGE_REQUIRED", True)
+    HYPERTUNA_PEER_REQUEST_TIMEOUT = env.int("HYPERTUNA_PEER_REQUEST_TIMEOUT", 10, min_value=1, max_value=120)
+    HYPERTUNA_POLL_INTERVAL_MS = env.int("HYPERTUNA_POLL_INTERVAL_MS", 1000, min_value=50, max_value=60000)
+    HYPERTUNA_MAX_FRAME_BYTES = env.int("HYPERTUNA_MAX_FRAME_BYTES", 131072, min_value=1024, max_value=16 * 1024 * 1024)
+    HYPERTUNA_MAX_QUEUED_FRAMES = env.int("HYPERTUNA_MAX_QUEUED_FRAMES", 64, min_value=1, max_value=10000)
+    HYPERTUNA_RELAY_ALIASES = env.list("HYPERTUNA_RELAY_ALIASES")
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -253,3 +268,70 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
     },
 }
+
+# --- Escrow ---------------------------------------------------------------------------------------
+# Autobase key escrow (see deploy/runbooks/escrow.md and .env.example for every variable).
+try:
+    _escrow_dir = VAR_DIR / "escrow"
+    # Escrow service (HYPERTUNA_ROLE=escrow): keys at rest, global policy, audit checkpoints, mTLS listener.
+    HYPERTUNA_ESCROW_KEY_FILE = Path(env.str("HYPERTUNA_ESCROW_KEY_FILE", str(_escrow_dir / "escrow-keys.bin")))
+    HYPERTUNA_ESCROW_KEK = env.optional_str("HYPERTUNA_ESCROW_KEK")
+    HYPERTUNA_ESCROW_KEK_FILE = env.optional_str("HYPERTUNA_ESCROW_KEK_FILE")
+    HYPERTUNA_ESCROW_POLICY_VERSION = env.int("HYPERTUNA_ESCROW_POLICY_VERSION", 1, min_value=1)
+    HYPERTUNA_ESCROW_HEARTBEAT_SILENCE = env.int("HYPERTUNA_ESCROW_HEARTBEAT_SILENCE", 90, min_value=5)
+    HYPERTUNA_ESCROW_MIRROR_MAX_AGE = env.int("HYPERTUNA_ESCROW_MIRROR_MAX_AGE", 120, min_value=1)
+    HYPERTUNA_ESCROW_LEASE_TTL = env.int("HYPERTUNA_ESCROW_LEASE_TTL", 300, min_value=10, max_value=3600)
+    HYPERTUNA_ESCROW_LEASE_MAX_TTL = env.int("HYPERTUNA_ESCROW_LEASE_MAX_TTL", 3600, min_value=10, max_value=86400)
+    HYPERTUNA_ESCROW_DEPOSIT_MAX_TTL = env.int("HYPERTUNA_ESCROW_DEPOSIT_MAX_TTL", 7 * 86400, min_value=60)
+    HYPERTUNA_ESCROW_SIGNATURE_WINDOW = env.int("HYPERTUNA_ESCROW_SIGNATURE_WINDOW", 300, min_value=10, max_value=3600)
+    HYPERTUNA_ESCROW_CHECKPOINT_DIR = Path(
+        env.str("HYPERTUNA_ESCROW_CHECKPOINT_DIR", str(_escrow_dir / "checkpoints"))
+    )
+    HYPERTUNA_ESCROW_PKI_DIR = Path(env.str("HYPERTUNA_ESCROW_PKI_DIR", str(_escrow_dir / "pki")))
+    HYPERTUNA_ESCROW_LISTEN_HOST = env.str("HYPERTUNA_ESCROW_LISTEN_HOST", "127.0.0.1")
+    HYPERTUNA_ESCROW_LISTEN_PORT = env.int("HYPERTUNA_ESCROW_LISTEN_PORT", 8443, min_value=1, max_value=65535)
+    HYPERTUNA_ESCROW_TLS_CERT = env.optional_str("HYPERTUNA_ESCROW_TLS_CERT")
+    HYPERTUNA_ESCROW_TLS_KEY = env.optional_str("HYPERTUNA_ESCROW_TLS_KEY")
+    HYPERTUNA_ESCROW_TLS_CA = env.optional_str("HYPERTUNA_ESCROW_TLS_CA")
+    # Gateway side (HYPERTUNA_ROLE=gateway): how the coordinator reaches the escrow. No URL: no leases.
+    HYPERTUNA_ESCROW_URL = env.url("HYPERTUNA_ESCROW_URL", None, schemes=("https",))
+    HYPERTUNA_ESCROW_CA = env.optional_str("HYPERTUNA_ESCROW_CA")
+    HYPERTUNA_ESCROW_CLIENT_CERT = env.optional_str("HYPERTUNA_ESCROW_CLIENT_CERT")
+    HYPERTUNA_ESCROW_CLIENT_KEY = env.optional_str("HYPERTUNA_ESCROW_CLIENT_KEY")
+    HYPERTUNA_ESCROW_TIMEOUT = env.int("HYPERTUNA_ESCROW_TIMEOUT", 10, min_value=1, max_value=120)
+    HYPERTUNA_ESCROW_REQUEST_TTL = env.int("HYPERTUNA_ESCROW_REQUEST_TTL", 300, min_value=10, max_value=86400)
+except EnvError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+if HYPERTUNA_ESCROW_LEASE_TTL > HYPERTUNA_ESCROW_LEASE_MAX_TTL:
+    raise ImproperlyConfigured("HYPERTUNA_ESCROW_LEASE_TTL must not exceed HYPERTUNA_ESCROW_LEASE_MAX_TTL")
+if ROLE == "escrow":
+    # The escrow role serves the escrow API only (no admin, no gateway routes), behind mutual TLS.
+    ROOT_URLCONF = "escrow.service_urls"
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "escrow-expire-leases": {"task": "escrow.tasks.expire_leases", "schedule": 15.0},
+        "escrow-expire-deposits": {"task": "escrow.tasks.expire_deposits", "schedule": 300.0},
+        "escrow-audit-checkpoint": {"task": "escrow.tasks.audit_checkpoint", "schedule": 60.0},
+        "escrow-prune-idempotency": {"task": "escrow.tasks.prune_idempotency", "schedule": 3600.0},
+    }
+)
+
+# --- Replicas -------------------------------------------------------------------------------------
+# Blind-peer mirrors and materialized replicas (replicas app; every variable in .env.example).
+try:
+    HYPERTUNA_REPLICA_BATCH_SIZE = env.int("HYPERTUNA_REPLICA_BATCH_SIZE", 500, min_value=1, max_value=10_000)
+    HYPERTUNA_REPLICA_MAX_BATCHES = env.int("HYPERTUNA_REPLICA_MAX_BATCHES", 200, min_value=1)
+    HYPERTUNA_REPLICA_MAX_LIMIT = env.int("HYPERTUNA_REPLICA_MAX_LIMIT", 500, min_value=1, max_value=5000)
+    HYPERTUNA_REPLICA_STALE_AFTER = env.int("HYPERTUNA_REPLICA_STALE_AFTER", 600, min_value=1)
+    HYPERTUNA_REPLICA_FAIL_AFTER = env.int("HYPERTUNA_REPLICA_FAIL_AFTER", 5, min_value=1)
+    HYPERTUNA_REPLICA_VERIFY_SIGNATURES = env.bool("HYPERTUNA_REPLICA_VERIFY_SIGNATURES", True)
+    HYPERTUNA_REPLICA_SYNC_INTERVAL = env.int("HYPERTUNA_REPLICA_SYNC_INTERVAL", 15, min_value=1)
+    HYPERTUNA_REPLICA_REMOVED_RETENTION_DAYS = env.int("HYPERTUNA_REPLICA_REMOVED_RETENTION_DAYS", 7, min_value=0)
+except EnvError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+CELERY_BEAT_SCHEDULE["replicas-sync-all"] = {
+    "task": "replicas.tasks.sync_all_replicas",
+    "schedule": float(HYPERTUNA_REPLICA_SYNC_INTERVAL),
+}
+CELERY_BEAT_SCHEDULE["replicas-refresh-states"] = {"task": "replicas.tasks.refresh_replica_states", "schedule": 60.0}
+# --- end Replicas ---------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ class RelaysConfig(AppConfig):
     verbose_name = "Relays"
 
     def ready(self) -> None:
+        from hypertuna.views import READINESS_PROBES
         from relays import metrics
+        from relays.bridge import bridge_ready
 
         metrics.register_collectors()
+        READINESS_PROBES["bridge"] = bridge_ready

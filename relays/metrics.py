@@ -42,6 +42,25 @@ class RegisteredRelaysCollector(Collector):
         yield gauge
 
 
+class PeerHealthCollector(Collector):
+    """Active worker peers by reachability, from the database (the same on every node)."""
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("gateway_peer_health", "Active worker peers by state", labels=["state"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from relays import selectors
+
+        gauge = GaugeMetricFamily("gateway_peer_health", "Active worker peers by state", labels=["state"])
+        try:
+            counts = selectors.peer_health_counts()
+        except Exception:
+            return
+        for state, count in counts.items():
+            gauge.add_metric([state], count)
+        yield gauge
+
+
 _collectors_registered = False
 
 
@@ -49,4 +68,5 @@ def register_collectors() -> None:
     global _collectors_registered
     if not _collectors_registered:
         REGISTRY.register(RegisteredRelaysCollector())
+        REGISTRY.register(PeerHealthCollector())
         _collectors_registered = True

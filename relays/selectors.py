@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
@@ -46,9 +47,10 @@ def snapshot_key(relay_key: str) -> str:
 
 
 def build_snapshot(relay: Relay) -> RelaySnapshot:
+    fresh_after = timezone.now() - timedelta(seconds=settings.HYPERTUNA_REGISTRATION_TTL)
     peers = tuple(
-        Peer.objects.filter(relay=relay, active=True, unreachable_since__isnull=True)
-        .order_by("peer_key")
+        Peer.objects.filter(relay=relay, active=True, unreachable_since__isnull=True, last_seen_at__gt=fresh_after)
+        .order_by("-last_healthy_at", "peer_key")
         .values_list("peer_key", flat=True)
     )
     return RelaySnapshot(
@@ -114,6 +116,19 @@ def host_rules(identities: set[str]) -> dict[str, set[str]]:
     for identity, action in HostRule.objects.filter(identity__in=identities).values_list("identity", "action"):
         rules[action].add(identity)
     return rules
+
+
+def relays_served_by(peer_key: str) -> list[str]:
+    return list(Relay.objects.filter(peers__peer_key=peer_key).values_list("relay_key", flat=True).distinct())
+
+
+def peer_health_counts() -> dict[str, int]:
+    """Active peers by health state, for the ``gateway_peer_health`` gauge."""
+    active = Peer.objects.filter(active=True)
+    return {
+        "healthy": active.filter(unreachable_since__isnull=True).count(),
+        "unreachable": active.filter(unreachable_since__isnull=False).count(),
+    }
 
 
 def expired_relays(now: datetime) -> QuerySet[Relay]:

@@ -202,13 +202,17 @@ def _register(*, registration: Any, signature: Any, client_ip: str | None, now: 
 
 
 def _sync_peers(relay: Relay, peers: list[str], now: datetime) -> None:
+    """Merge the peers a registration lists. Several workers may host one relay and register it
+    independently, each listing what it knows; a peer stays active while some registration listed it
+    within the TTL, so one worker's registration never hides another's peer."""
     Peer.objects.bulk_create(
         [Peer(relay=relay, peer_key=key, first_seen_at=now, last_seen_at=now) for key in peers],
         ignore_conflicts=True,
     )
     # A worker listing a peer again is evidence it serves the relay: clear any unreachable mark.
     Peer.objects.filter(relay=relay, peer_key__in=peers).update(active=True, last_seen_at=now, unreachable_since=None)
-    Peer.objects.filter(relay=relay).exclude(peer_key__in=peers).update(active=False)
+    stale_before = now - timedelta(seconds=settings.HYPERTUNA_REGISTRATION_TTL)
+    Peer.objects.filter(relay=relay, last_seen_at__lt=stale_before).update(active=False)
 
 
 def refresh_relay_cache(relay_key: str) -> None:
@@ -614,3 +618,30 @@ def revoke_token_by_id(*, token_id: int, reason: str) -> RevokeResult:
     return RevokeResult(
         sequence=row.relay.revoked_through_sequence, revoked=1, disconnected=usage.live_connections([row.pk])
     )
+
+
+# --- Peer health ----------------------------------------------------------------------------------
+
+
+def record_peer_health(*, peer_key: str, healthy: bool, latency_ms: float | None = None,
+                       now: datetime | None = None) -> bool:
+    """Record a health observation of a worker peer for every relay it serves.
+
+    Returns True when the peer's reachability changed (and the relays' cached snapshots were refreshed,
+    so new connections stop or start choosing it).
+    """
+    now = now or timezone.now()
+    peers = Peer.objects.filter(peer_key=peer_key)
+    if healthy:
+        changed = peers.filter(unreachable_since__isnull=False).update(unreachable_since=None) > 0
+        update: dict[str, Any] = {"last_healthy_at": now}
+        if latency_ms is not None:
+            update["latency_ms"] = latency_ms
+        peers.update(**update)
+    else:
+        changed = peers.filter(unreachable_since__isnull=True).update(unreachable_since=now) > 0
+    if changed:
+        for relay_key in selectors.relays_served_by(peer_key):
+            refresh_relay_cache(relay_key)
+        logger.info("peer reachability changed", extra={"peer": peer_key[:16], "healthy": healthy})
+    return changed

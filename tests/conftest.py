@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.test import TestCase
+from rest_framework.test import APIClient
 
 from hypertuna.compat import hmac_hex
 
@@ -22,6 +24,7 @@ def _gateway_settings(settings: Any) -> None:
     settings.HYPERTUNA_REGISTRATION_SECRET = SECRET
     settings.HYPERTUNA_RATELIMIT_IP_PER_MINUTE = 0
     settings.HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE = 0
+    settings.HYPERTUNA_BRIDGE_REQUIRED = False
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +61,17 @@ def signed(registration: dict[str, Any], secret: str = SECRET) -> dict[str, Any]
 
 def signed_payload(payload: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
     return {"payload": payload, "signature": hmac_hex(secret, payload)}
+
+
+class CommittingAPIClient(APIClient):
+    """Runs the on-commit callbacks of each request, as a real commit would (cache refreshes,
+    broadcasts), even inside the test's wrapping transaction."""
+
+    def generic(self, *args: Any, **kwargs: Any) -> Any:
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            return super().generic(*args, **kwargs)
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return CommittingAPIClient()

@@ -17,11 +17,6 @@ from tests.conftest import SECRET, hex_key, make_registration, signed
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def api():
-    return APIClient()
-
-
 def register(api, registration, secret=SECRET):
     return api.post("/api/relays", signed(registration, secret), format="json")
 
@@ -135,7 +130,7 @@ def test_registration_disabled_without_secret(api, settings):
     assert response.status_code == 503 and response.json()["error"] == "registration-disabled"
 
 
-def test_re_registration_refreshes_ttl_and_replaces_peers(api):
+def test_re_registration_refreshes_ttl_and_merges_peers_of_independent_workers(api, settings):
     key = hex_key()
     first = make_registration(key)
     assert register(api, first).status_code == 200
@@ -144,7 +139,14 @@ def test_re_registration_refreshes_ttl_and_replaces_peers(api):
     assert register(api, second).status_code == 200
     relay = Relay.objects.get(relay_key=key)
     assert relay.expires_at > timezone.now() + timedelta(seconds=250)
-    assert set(Peer.objects.filter(relay=relay, active=True).values_list("peer_key", flat=True)) == set(second["peers"])
+    everyone = set(first["peers"]) | set(second["peers"])
+    assert set(Peer.objects.filter(relay=relay, active=True).values_list("peer_key", flat=True)) == everyone
+    assert set(selectors.live_relay(key).peers) == everyone
+    # A peer nobody lists again within the TTL drops out at the next registration.
+    Peer.objects.filter(peer_key=first["peers"][0]).update(
+        last_seen_at=timezone.now() - timedelta(seconds=settings.HYPERTUNA_REGISTRATION_TTL + 1)
+    )
+    assert register(api, make_registration(key, peers=second["peers"])).status_code == 200
     assert not Peer.objects.get(relay=relay, peer_key=first["peers"][0]).active
     assert set(selectors.live_relay(key).peers) == set(second["peers"])
 

@@ -19,11 +19,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def api():
-    return APIClient()
-
-
-@pytest.fixture
 def relay_key(api):
     key = hex_key()
     assert api.post("/api/relays", signed(make_registration(key)), format="json").status_code == 200

@@ -1,0 +1,194 @@
+#!/usr/bin/env node
+import fs from 'node:fs'
+import path from 'node:path'
+import { parseArgs } from 'node:util'
+import { ReferenceWorker } from './worker.mjs'
+import { parseBootstrap } from '../swarm/bootstrap.mjs'
+import { hexFromNpubOrHex } from './nostr.mjs'
+import { createLogger, errorMessage } from '../lib/log.mjs'
+
+const HELP = `Usage: node src/worker/main.mjs [options]
+
+Reference Hypertuna worker: hosts one relay and serves the worker protocol on a Hyperswarm.
+
+  --bootstrap LIST         host:port[,host:port] DHT bootstrap, or 'public'   [HYPERTUNA_SWARM_BOOTSTRAP]
+  --bootstrap-file FILE    JSON written by the bridge (bootstrap + gatewayPublicKey)
+                                                         [HYPERTUNA_SWARM_BOOTSTRAP_FILE]
+  --bootstrap-wait-ms MS   wait this long for --bootstrap-file to appear (default 30000)
+  --gateway-url URL        gateway base URL for HTTP registration [HYPERTUNA_WORKER_GATEWAY_URL]
+  --secret SECRET          registration shared secret             [HYPERTUNA_WORKER_SECRET]
+  --gateway-peer-key HEX   gateway swarm key (default: from --bootstrap-file) [HYPERTUNA_WORKER_GATEWAY_PEER_KEY]
+  --storage DIR            storage directory (default ./var/worker) [HYPERTUNA_WORKER_STORAGE]
+  --name NAME              relay name (default demo)               [HYPERTUNA_WORKER_RELAY_NAME]
+  --owner NPUB|HEX         owner Nostr pubkey (default: a key generated and kept in storage)
+  --requires-auth          require gateway-forwarded auth tokens for REQ/EVENT
+  --protocol NAME          hyperpipe-relay-v2 (default) or hypertuna-relay-v2
+  --register-interval-ms   re-registration interval (default 60000)
+  --telemetry-interval-ms  telemetry interval (default 15000)
+  --drive-import DIR       import the files of DIR into the relay drive at start
+  --no-ws-push             never push live events as ws frames (polling only)
+  --issue-token            after registering, issue a client token and print it
+  --token-pubkey HEX       pubkey for --issue-token (default: owner)
+  --status-file FILE       where to write status JSON (default <storage>/status.json)
+  --help
+`
+
+function fail (msg) {
+  process.stderr.write(`reference-worker: ${msg}\n`)
+  process.exit(2)
+}
+
+function processAlive (pid) {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return err.code === 'EPERM'
+  }
+}
+
+/**
+ * Wait for the bridge's published swarm file. A file left behind by a bridge that died names a
+ * testnet that no longer exists, so one whose pid is gone counts as not there yet.
+ */
+async function readBootstrapFile (file, waitMs) {
+  const deadline = Date.now() + waitMs
+  let problem = 'missing'
+  for (;;) {
+    try {
+      const info = JSON.parse(fs.readFileSync(file, 'utf8'))
+      if (!Array.isArray(info.bootstrap) || info.bootstrap.length === 0) problem = 'no bootstrap list'
+      else if (info.pid && !processAlive(info.pid)) problem = `stale (pid ${info.pid} is gone)`
+      else return info
+    } catch (err) {
+      problem = err.message
+    }
+    if (Date.now() > deadline) fail(`cannot use bootstrap file ${file}: ${problem}`)
+    await new Promise((resolve) => setTimeout(resolve, 200))
+  }
+}
+
+async function main () {
+  const { values } = parseArgs({
+    options: {
+      bootstrap: { type: 'string' },
+      'bootstrap-file': { type: 'string' },
+      'bootstrap-wait-ms': { type: 'string' },
+      'gateway-url': { type: 'string' },
+      secret: { type: 'string' },
+      'gateway-peer-key': { type: 'string' },
+      storage: { type: 'string' },
+      name: { type: 'string' },
+      owner: { type: 'string' },
+      'requires-auth': { type: 'boolean' },
+      protocol: { type: 'string' },
+      'register-interval-ms': { type: 'string' },
+      'telemetry-interval-ms': { type: 'string' },
+      'drive-import': { type: 'string' },
+      'no-ws-push': { type: 'boolean' },
+      'issue-token': { type: 'boolean' },
+      'token-pubkey': { type: 'string' },
+      'status-file': { type: 'string' },
+      help: { type: 'boolean' }
+    }
+  })
+  if (values.help) {
+    process.stdout.write(HELP)
+    return
+  }
+  const env = process.env
+  const num = (v, def, name) => {
+    if (v === undefined) return def
+    const n = Number(v)
+    if (!Number.isInteger(n) || n < 0) fail(`${name} must be a non-negative integer`)
+    return n
+  }
+
+  let bootstrap = null
+  let gatewayPeerKey = values['gateway-peer-key'] || env.HYPERTUNA_WORKER_GATEWAY_PEER_KEY || null
+  const bootstrapFile = values['bootstrap-file'] || (values.bootstrap ? null : env.HYPERTUNA_SWARM_BOOTSTRAP_FILE)
+  if (bootstrapFile) {
+    const info = await readBootstrapFile(path.resolve(bootstrapFile), num(values['bootstrap-wait-ms'], 30_000, '--bootstrap-wait-ms'))
+    bootstrap = parseBootstrap(info.bootstrap.join(',')).nodes
+    if (!gatewayPeerKey && info.gatewayPublicKey) gatewayPeerKey = info.gatewayPublicKey
+  } else {
+    const raw = values.bootstrap || env.HYPERTUNA_SWARM_BOOTSTRAP
+    if (!raw || raw === 'local') fail('give --bootstrap host:port[,...] or --bootstrap-file (the worker never starts its own DHT)')
+    try {
+      bootstrap = parseBootstrap(raw).nodes
+    } catch (err) {
+      fail(err.message)
+    }
+  }
+  if (gatewayPeerKey && !/^[0-9a-f]{64}$/.test(gatewayPeerKey)) fail('--gateway-peer-key must be 64 lowercase hex')
+
+  const gatewayUrl = values['gateway-url'] || env.HYPERTUNA_WORKER_GATEWAY_URL || null
+  const secret = values.secret || env.HYPERTUNA_WORKER_SECRET || null
+  if (values['issue-token'] && !(gatewayUrl && secret)) fail('--issue-token needs --gateway-url and --secret')
+
+  let ownerHex = null
+  if (values.owner) {
+    try {
+      ownerHex = hexFromNpubOrHex(values.owner)
+    } catch (err) {
+      fail(err.message)
+    }
+  }
+
+  const log = createLogger('worker')
+  const worker = new ReferenceWorker({
+    bootstrap,
+    storageDir: values.storage || env.HYPERTUNA_WORKER_STORAGE || './var/worker',
+    name: values.name || env.HYPERTUNA_WORKER_RELAY_NAME || 'demo',
+    ownerHex,
+    gatewayUrl,
+    secret,
+    gatewayPeerKey,
+    requiresAuth: !!values['requires-auth'],
+    protocol: values.protocol || 'hyperpipe-relay-v2',
+    registerIntervalMs: num(values['register-interval-ms'], 60_000, '--register-interval-ms'),
+    telemetryIntervalMs: num(values['telemetry-interval-ms'], 15_000, '--telemetry-interval-ms'),
+    driveImport: values['drive-import'] || null,
+    wsPush: !values['no-ws-push'],
+    statusFile: values['status-file'] || null,
+    logger: log
+  })
+
+  let stopping = false
+  const stop = async (signal) => {
+    if (stopping) return
+    stopping = true
+    log.info('stopping', { signal })
+    const force = setTimeout(() => process.exit(1), 10_000)
+    force.unref()
+    await worker.stop().catch(() => {})
+    process.exit(0)
+  }
+  process.on('SIGINT', () => stop('SIGINT'))
+  process.on('SIGTERM', () => stop('SIGTERM'))
+  // A supervisor or test that dies closes our stdin; with this set the worker stops with it.
+  if (env.HYPERTUNA_WORKER_EXIT_ON_STDIN_CLOSE === '1') {
+    process.stdin.on('end', () => stop('stdin-closed'))
+    process.stdin.resume()
+  }
+
+  const status = await worker.start()
+  log.info('ready', { relayKey: status.relayKey, swarmPublicKey: status.swarmPublicKey, identifier: status.identifier })
+  process.stdout.write('HYPERTUNA_WORKER_READY ' + JSON.stringify(status) + '\n')
+
+  if (values['issue-token']) {
+    try {
+      // The gateway issues tokens only for registered relays; registration retries until it works.
+      await worker.waitRegistered()
+      const issued = await worker.issueClientToken({ pubkey: values['token-pubkey'] || undefined })
+      process.stdout.write('HYPERTUNA_WORKER_TOKEN ' + JSON.stringify(issued) + '\n')
+    } catch (err) {
+      log.error('token issue failed', { error: errorMessage(err) })
+    }
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`reference-worker: fatal: ${err && err.stack ? err.stack : err}\n`)
+  process.exit(1)
+})

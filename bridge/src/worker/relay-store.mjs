@@ -1,0 +1,238 @@
+import { EventEmitter } from 'node:events'
+import Autobase from 'autobase'
+import Hyperbee from 'hyperbee'
+import c from 'compact-encoding'
+import b4a from 'b4a'
+import { compareNewestFirst, isEphemeral, matchFilter, replaceKey } from './nostr.mjs'
+
+const MAX_CREATED_AT = 9999999999
+
+export const padKind = (k) => String(k).padStart(5, '0')
+export const padTs = (t) => String(t).padStart(10, '0')
+
+/** Index keys of one event, exactly as the worker view lays them out. */
+export function indexKeys (ev) {
+  const ts = padTs(ev.created_at)
+  const keys = [
+    `kind:${padKind(ev.kind)}:created_at:${ev.created_at}:id:${ev.id}`,
+    `pubkey:${ev.pubkey}:created_at:${ts}:id:${ev.id}`,
+    `created_at:${ts}:id:${ev.id}`
+  ]
+  for (const tag of ev.tags) {
+    if (tag.length >= 2 && /^[a-zA-Z]$/.test(tag[0])) {
+      keys.push(`tagKey:${tag[0]}:tagValue:${tag[1]}:created_at:${ts}:id:${ev.id}`)
+    }
+  }
+  return keys
+}
+
+/** The view: one Hyperbee named 'autobee', raw byte keys, c.any values. */
+export function openView (viewStore) {
+  return new Hyperbee(viewStore.get('autobee'), { extension: false, valueEncoding: c.any })
+}
+
+/**
+ * Apply oplog nodes to the view. Only the operations this worker appends are interpreted;
+ * unknown operation types are skipped so a reader never stalls on them. A malformed event
+ * payload from any writer is skipped rather than thrown, because apply also runs on every
+ * reader replaying the log.
+ */
+export async function applyNodes (nodes, view, host) {
+  const batch = view.batch({ update: false })
+  for (const node of nodes) {
+    const op = node.value
+    if (!op || typeof op !== 'object') continue
+    if (op.type === 'addWriter' && typeof op.key === 'string' && /^[0-9a-f]{64}$/.test(op.key)) {
+      await batch.flush()
+      await host.addWriter(b4a.from(op.key, 'hex'), { indexer: true })
+      continue
+    }
+    if (op.type === 'event' && typeof op.event === 'string') {
+      let ev
+      try {
+        ev = JSON.parse(op.event)
+      } catch {
+        continue
+      }
+      if (!ev || typeof ev.id !== 'string' || !/^[0-9a-f]{64}$/.test(ev.id)) continue
+      await batch.put(b4a.from(ev.id, 'hex'), op.event)
+      for (const key of indexKeys(ev)) await batch.put(b4a.from(key, 'utf8'), ev.id)
+      continue
+    }
+    if (op.type === 'subscriptions' && typeof op.subscriptions === 'string') {
+      try {
+        const snap = JSON.parse(op.subscriptions)
+        if (snap && typeof snap.connection === 'string' && /^([0-9a-f]{2})+$/.test(snap.connection)) {
+          await batch.put(b4a.from(snap.connection, 'hex'), op.subscriptions)
+        }
+      } catch {}
+    }
+  }
+  await batch.flush()
+}
+
+/**
+ * A Nostr relay stored in an Autobase (corestore 6 / autobase 6.5.13) whose Hyperbee view has
+ * the worker layout, so a mirrored copy reads the same as a real worker's.
+ * Emits 'event' (ev) after an event has been applied to the view.
+ */
+export class RelayStore extends EventEmitter {
+  constructor (store, { bootstrap = null, maxLimit = 1000 } = {}) {
+    super()
+    this.store = store
+    this.maxLimit = maxLimit
+    this.base = new Autobase(store, bootstrap, {
+      valueEncoding: c.any,
+      open: openView,
+      apply: applyNodes
+    })
+    this.stats = { stored: 0, duplicates: 0, rejected: 0 }
+  }
+
+  async ready () {
+    await this.base.ready()
+    await this.base.update()
+  }
+
+  get key () {
+    return b4a.toString(this.base.key, 'hex')
+  }
+
+  get view () {
+    return this.base.view
+  }
+
+  async close () {
+    await this.base.close()
+  }
+
+  info () {
+    const core = this.base.view.core
+    return {
+      relayKey: this.key,
+      writable: this.base.writable,
+      localKey: b4a.toString(this.base.local.key, 'hex'),
+      systemKey: this.base.system?.core?.key ? b4a.toString(this.base.system.core.key, 'hex') : null,
+      viewKey: core?.key ? b4a.toString(core.key, 'hex') : null,
+      viewLength: core ? core.length : 0,
+      viewIndexedLength: core ? core.indexedLength : 0
+    }
+  }
+
+  async getEvent (id) {
+    const node = await this.view.get(b4a.from(id, 'hex'))
+    if (!node) return null
+    try {
+      return JSON.parse(node.value)
+    } catch {
+      return null
+    }
+  }
+
+  /**
+   * Store a verified event. Ephemeral kinds are not stored. Returns {stored, duplicate}.
+   * Appends are serialised by Autobase itself; update() afterwards makes the event visible
+   * to the next query from this process before the OK is sent.
+   */
+  async putEvent (ev) {
+    if (isEphemeral(ev.kind)) {
+      this.emit('event', ev)
+      return { stored: false, duplicate: false, ephemeral: true }
+    }
+    if (await this.getEvent(ev.id)) {
+      this.stats.duplicates++
+      return { stored: false, duplicate: true }
+    }
+    await this.base.append({ type: 'event', event: JSON.stringify(ev) })
+    await this.base.update()
+    this.stats.stored++
+    this.emit('event', ev)
+    return { stored: true, duplicate: false }
+  }
+
+  /** Index ranges (newest-first iteration) that cover a filter. */
+  _ranges (f) {
+    const since = f.since ?? 0
+    const until = Math.min(f.until ?? MAX_CREATED_AT, MAX_CREATED_AT)
+    const span = (prefix) => ({
+      gte: b4a.from(`${prefix}created_at:${padTs(since)}:`, 'utf8'),
+      // '~' sorts after every hex digit, so the range includes created_at == until.
+      lte: b4a.from(`${prefix}created_at:${padTs(until)}:id:~`, 'utf8')
+    })
+    if (f.authors) return f.authors.map((a) => span(`pubkey:${a}:`))
+    const tagKey = Object.keys(f).find((k) => /^#[a-zA-Z]$/.test(k))
+    if (tagKey) return f[tagKey].map((v) => span(`tagKey:${tagKey[1]}:tagValue:${v}:`))
+    return [span('')]
+  }
+
+  /**
+   * Answer one NIP-01 filter: newest first, `since`/`until` inclusive, at most `limit`
+   * (capped at maxLimit), and only the newest version of replaceable/addressable events.
+   */
+  async query (f) {
+    const limit = Math.min(f.limit ?? this.maxLimit, this.maxLimit)
+    if (limit === 0) return []
+    const found = new Map()
+    if (f.ids) {
+      for (const id of f.ids) {
+        if (!/^[0-9a-f]{64}$/.test(id)) continue
+        const ev = await this.getEvent(id)
+        if (ev && matchFilter(f, ev)) found.set(ev.id, ev)
+      }
+    } else {
+      for (const range of this._ranges(f)) {
+        const kept = new Map()
+        let taken = 0
+        for await (const { value } of this.view.createReadStream({ ...range, reverse: true })) {
+          if (found.has(value)) continue
+          const ev = await this.getEvent(value)
+          if (!ev || !matchFilter(f, ev)) continue
+          const rk = replaceKey(ev)
+          if (rk) {
+            const prev = kept.get(rk)
+            if (prev) {
+              // Reverse key order visits equal timestamps highest id first; NIP-01 keeps the
+              // lowest id, so a same-second sibling replaces the one already taken.
+              if (prev.created_at === ev.created_at && ev.id < prev.id) {
+                found.delete(prev.id)
+                found.set(ev.id, ev)
+                kept.set(rk, ev)
+              }
+              continue
+            }
+            kept.set(rk, ev)
+          }
+          found.set(ev.id, ev)
+          if (++taken >= limit) break
+        }
+      }
+    }
+    const sorted = [...found.values()].sort(compareNewestFirst)
+    const out = []
+    const seen = new Set()
+    for (const ev of sorted) {
+      const rk = replaceKey(ev)
+      if (rk) {
+        if (seen.has(rk)) continue
+        seen.add(rk)
+      }
+      out.push(ev)
+      if (out.length >= limit) break
+    }
+    return out
+  }
+
+  /** Answer a REQ's filters; events matching several filters are sent once. */
+  async queryFilters (filters) {
+    const out = []
+    const ids = new Set()
+    for (const f of filters) {
+      for (const ev of await this.query(f)) {
+        if (ids.has(ev.id)) continue
+        ids.add(ev.id)
+        out.push(ev)
+      }
+    }
+    return out
+  }
+}

@@ -1,0 +1,745 @@
+"""Asyncio client of the bridge RPC (newline-delimited JSON over a Unix socket or loopback TCP).
+
+The bridge (``node bridge/src/main.mjs``) owns every Holepunch data structure; this client is the one
+place Python talks to it. Guarantees:
+
+* every call carries a request id and a deadline; a late answer is dropped, never delivered to
+  another call;
+* a lost connection fails the calls in flight with :class:`BridgeUnavailable` at once and, with
+  ``reconnect=True``, is re-established in the background with exponential backoff (subscriptions are
+  renewed by the new ``hello``; subscribers receive a ``bridge.reconnected`` event so they can resync);
+* streamed results are pulled with credit-based flow control: the bridge never sends more than
+  ``window`` chunks ahead of the consumer;
+* event subscribers each have a bounded queue; when a slow subscriber overflows, the oldest events
+  are dropped and an ``events.dropped`` event tells it how many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from .errors import BridgeError, BridgeProtocolError, BridgeTimeout, BridgeUnavailable
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BridgeEvent:
+    """One server-pushed event (``peer.connected``, ``peer.register``, ...)."""
+
+    name: str
+    data: dict[str, Any]
+    seq: int = 0
+    time: int = 0
+
+
+@dataclass(frozen=True)
+class PeerResponse:
+    """A worker's answer to ``peer.request``."""
+
+    status_code: int
+    headers: dict[str, Any]
+    body: bytes
+
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def ndjson(self) -> list[Any]:
+        return [json.loads(line) for line in self.body.decode("utf-8").split("\n") if line.strip()]
+
+
+def _topic_matches(topics: Iterable[str], name: str) -> bool:
+    return any(t in ("*", name) or (t.endswith("*") and name.startswith(t[:-1])) for t in topics)
+
+
+class EventSubscription:
+    """Async iterator over events matching ``topics``; close it (or use ``async with``) when done."""
+
+    def __init__(self, client: BridgeClient, topics: tuple[str, ...], maxsize: int) -> None:
+        self._client = client
+        self.topics = topics
+        self._queue: asyncio.Queue[BridgeEvent | None] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+        self.closed = False
+
+    def _offer(self, event: BridgeEvent) -> None:
+        if self.closed:
+            return
+        if self._queue.full():
+            # Keep the newest state changes: drop the oldest and remember the loss.
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(event)
+
+    async def get(self, timeout_s: float | None = None) -> BridgeEvent:
+        if self.dropped:
+            count, self.dropped = self.dropped, 0
+            return BridgeEvent("events.dropped", {"count": count})
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout_s)
+        except TimeoutError:
+            raise BridgeTimeout("no event within timeout") from None
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    def __aiter__(self) -> EventSubscription:
+        return self
+
+    async def __anext__(self) -> BridgeEvent:
+        if self.closed and self._queue.empty():
+            raise StopAsyncIteration
+        return await self.get()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._client._subscriptions.discard(self)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def __aenter__(self) -> EventSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[Any]
+    stream: BridgeStream | None = None
+
+
+class BridgeStream:
+    """A streamed call: ``head`` (metadata sent before the chunks), chunks by async iteration,
+    ``result`` once exhausted. Use as ``async with client.stream(...) as s``."""
+
+    def __init__(self, client: BridgeClient, method: str, params: dict[str, Any], timeout: float, window: int) -> None:
+        self._client = client
+        self.method = method
+        self.params = params
+        self.timeout = timeout
+        self.window = window
+        self.id: int | None = None
+        self.head: dict[str, Any] | None = None
+        self.result: Any = None
+        self._head_ready: asyncio.Event = asyncio.Event()
+        self._chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self._done = False
+        self._future: asyncio.Future[Any] | None = None
+
+    async def __aenter__(self) -> BridgeStream:
+        self._future = await self._client._send_call(self.method, {**self.params, "window": self.window}, stream=self)
+        head_wait = asyncio.ensure_future(self._head_ready.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {head_wait, self._future}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            head_wait.cancel()
+        if not done:
+            await self.cancel()
+            raise BridgeTimeout(f"{self.method}: no response within {self.timeout}s")
+        if self._future in done and not self._head_ready.is_set():
+            self._future.result()  # raises the call's error
+            raise BridgeProtocolError(f"{self.method} finished without a stream head")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._done:
+            await self.cancel()
+
+    def _on_head(self, data: dict[str, Any]) -> None:
+        self.head = data
+        self._head_ready.set()
+
+    def _on_chunk(self, data: bytes) -> None:
+        self._chunks.put_nowait(data)
+
+    def _on_end(self, error: BaseException | None) -> None:
+        self._chunks.put_nowait(error)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                item = await asyncio.wait_for(self._chunks.get(), self.timeout)
+            except TimeoutError:
+                await self.cancel()
+                raise BridgeTimeout(f"{self.method}: stream stalled for {self.timeout}s") from None
+            if item is None:
+                self._done = True
+                assert self._future is not None
+                self.result = self._future.result()
+                return
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            # Credit is returned only once the consumer has taken the chunk: this is what bounds
+            # the bridge to `window` chunks in flight for a slow consumer.
+            await self._client._notify("stream.credit", {"id": self.id, "credits": 1})
+            yield item
+
+    async def read(self) -> bytes:
+        """Collect the whole stream (only for bodies known to be small enough)."""
+        parts = [chunk async for chunk in self]
+        return b"".join(parts)
+
+    async def cancel(self) -> None:
+        if self._done or self.id is None:
+            return
+        self._done = True
+        with contextlib.suppress(BridgeUnavailable):
+            await self._client._notify("stream.cancel", {"id": self.id})
+
+
+@dataclass
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    hello: dict[str, Any]
+    read_task: asyncio.Task[None] | None = None
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    lost: bool = False
+
+
+class BridgeClient:
+    """Client of the bridge RPC. See the module docstring for the guarantees.
+
+    ``socket_path`` (Unix socket) or ``tcp=(host, port)`` with ``secret``. ``subscribe`` lists event
+    topics wanted from the start (``"peer.*"`` style prefixes allowed).
+    """
+
+    def __init__(
+        self,
+        *,
+        socket_path: str | None = None,
+        tcp: tuple[str, int] | None = None,
+        secret: str | None = None,
+        client_name: str = "hypertuna",
+        subscribe: Iterable[str] = (),
+        connect_timeout: float = 5.0,
+        call_timeout: float = 30.0,
+        reconnect: bool = True,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        event_queue_size: int = 10_000,
+    ) -> None:
+        if not socket_path and not tcp:
+            raise ValueError("socket_path or tcp is required")
+        self.socket_path = socket_path
+        self.tcp = tcp
+        self.secret = secret
+        self.client_name = client_name
+        self.connect_timeout = connect_timeout
+        self.call_timeout = call_timeout
+        self.reconnect = reconnect
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.event_queue_size = event_queue_size
+        self._topics: set[str] = set(subscribe)
+        self._subscriptions: set[EventSubscription] = set()
+        self._callbacks: list[tuple[tuple[str, ...], Callable[[BridgeEvent], Any]]] = []
+        self._ids = itertools.count(1)
+        self._conn: _Conn | None = None
+        self._connected = asyncio.Event()
+        self._closed = False
+        self._connect_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.server_info: dict[str, Any] = {}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> BridgeClient:
+        """A client configured like the bridge itself: ``HYPERTUNA_BRIDGE_SOCKET`` (default
+        ``./var/bridge.sock``, relative to the working directory), or ``HYPERTUNA_BRIDGE_TCP``
+        (``127.0.0.1:PORT``) when the socket is set to ``off``; ``HYPERTUNA_BRIDGE_SECRET`` if set."""
+        env = os.environ if environ is None else environ
+        secret = env.get("HYPERTUNA_BRIDGE_SECRET") or None
+        socket_path = env.get("HYPERTUNA_BRIDGE_SOCKET") or "./var/bridge.sock"
+        tcp = env.get("HYPERTUNA_BRIDGE_TCP")
+        if socket_path == "off":
+            if not tcp:
+                raise ValueError("HYPERTUNA_BRIDGE_SOCKET=off needs HYPERTUNA_BRIDGE_TCP")
+            host, _, port = tcp.rpartition(":")
+            return cls(tcp=(host, int(port)), secret=secret, **kwargs)
+        return cls(socket_path=os.path.abspath(socket_path), secret=secret, **kwargs)
+
+    def _spawn(self, coro: Any) -> None:
+        # Background tasks are referenced until done so the loop cannot garbage-collect them.
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                logger.debug("bridge background task failed: %s", t.exception())
+
+        task.add_done_callback(done)
+
+    # ---- connection management ----
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.lost
+
+    async def connect(self) -> dict[str, Any]:
+        """Connect and handshake; returns the ``hello`` result. Raises :class:`BridgeUnavailable`."""
+        if self._closed:
+            raise BridgeUnavailable("client is closed")
+        async with self._connect_lock:
+            if self.connected:
+                return self.server_info
+            conn = await self._open()
+            self._conn = conn
+            self.server_info = conn.hello
+            self._connected.set()
+            return conn.hello
+
+    async def _open(self) -> _Conn:
+        try:
+            if self.socket_path:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_unix_connection(self.socket_path, limit=MAX_LINE_BYTES), self.connect_timeout
+                )
+            else:
+                assert self.tcp is not None
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.tcp[0], self.tcp[1], limit=MAX_LINE_BYTES), self.connect_timeout
+                )
+        except (OSError, TimeoutError) as exc:
+            raise BridgeUnavailable(f"cannot connect to the bridge: {exc}") from exc
+        params: dict[str, Any] = {
+            "versions": [PROTOCOL_VERSION],
+            "client": self.client_name,
+            "subscribe": sorted(self._topics),
+        }
+        if self.secret:
+            params["secret"] = self.secret
+        try:
+            writer.write((json.dumps({"id": 0, "method": "hello", "params": params}) + "\n").encode())
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            writer.close()
+            raise BridgeUnavailable(f"bridge handshake failed: {exc}") from exc
+        if not line:
+            writer.close()
+            raise BridgeUnavailable("bridge closed the connection during the handshake")
+        try:
+            reply = json.loads(line)
+        except ValueError as exc:
+            writer.close()
+            raise BridgeProtocolError("bridge sent invalid JSON during the handshake") from exc
+        if not reply.get("ok"):
+            writer.close()
+            err = reply.get("error") or {}
+            raise BridgeError(err.get("code", "internal"), err.get("message", "hello refused"), err.get("data"))
+        hello = reply["result"]
+        if hello.get("protocol") != PROTOCOL_VERSION:
+            writer.close()
+            raise BridgeProtocolError(f"bridge chose unsupported protocol {hello.get('protocol')}")
+        conn = _Conn(reader=reader, writer=writer, hello=hello)
+        conn.read_task = asyncio.create_task(self._read_loop(conn), name="bridge-client-reader")
+        return conn
+
+    async def close(self) -> None:
+        """Close the connection and stop reconnecting; pending calls fail with BridgeUnavailable."""
+        self._closed = True
+        if self._reconnect_task:
+            self._reconnect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reconnect_task
+        conn = self._conn
+        self._conn = None
+        self._connected.clear()
+        if conn:
+            self._fail_pending(conn, BridgeUnavailable("client closed"))
+            conn.lost = True
+            conn.writer.close()
+            with contextlib.suppress(Exception):
+                await conn.writer.wait_closed()
+            if conn.read_task:
+                conn.read_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await conn.read_task
+        for sub in list(self._subscriptions):
+            sub.close()
+
+    async def __aenter__(self) -> BridgeClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _fail_pending(self, conn: _Conn, error: BaseException) -> None:
+        pending = list(conn.pending.values())
+        conn.pending.clear()
+        for p in pending:
+            if p.stream is not None:
+                p.stream._on_end(error)
+            if not p.future.done():
+                p.future.set_exception(error)
+
+    def _on_lost(self, conn: _Conn, reason: str) -> None:
+        if conn.lost:
+            return
+        conn.lost = True
+        if self._conn is conn:
+            self._conn = None
+            self._connected.clear()
+        self._fail_pending(conn, BridgeUnavailable(f"connection to the bridge lost: {reason}"))
+        with contextlib.suppress(Exception):
+            conn.writer.close()
+        if not self._closed:
+            self._dispatch(BridgeEvent("bridge.disconnected", {"reason": reason}))
+            if self.reconnect and (self._reconnect_task is None or self._reconnect_task.done()):
+                self._reconnect_task = asyncio.create_task(self._reconnect_loop(), name="bridge-client-reconnect")
+
+    async def _reconnect_loop(self) -> None:
+        delay = self.backoff_initial
+        while not self._closed and not self.connected:
+            try:
+                await self.connect()
+            except (BridgeUnavailable, BridgeError, BridgeProtocolError) as exc:
+                logger.debug("bridge reconnect failed: %s", exc)
+                # Full jitter keeps many web workers from reconnecting in lockstep after a restart.
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(self.backoff_max, delay * 2)
+                continue
+            self._dispatch(BridgeEvent("bridge.reconnected", {"server": self.server_info}))
+            return
+
+    async def wait_connected(self, timeout_s: float | None = None) -> None:
+        """Wait until connected (connecting now if never connected)."""
+        if self.connected:
+            return
+        if self._conn is None and (self._reconnect_task is None or self._reconnect_task.done()):
+            try:
+                await self.connect()
+                return
+            except BridgeUnavailable:
+                if not self.reconnect:
+                    raise
+                self._reconnect_task = asyncio.create_task(self._reconnect_loop(), name="bridge-client-reconnect")
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            raise BridgeUnavailable("bridge not connected") from None
+
+    # ---- I/O ----
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        reason = "closed by bridge"
+        try:
+            while True:
+                try:
+                    line = await conn.reader.readline()
+                except ValueError:
+                    reason = "frame too large"
+                    break
+                if not line:
+                    break
+                try:
+                    frame = json.loads(line)
+                except ValueError:
+                    logger.warning("bridge sent an invalid JSON line")
+                    continue
+                self._on_frame(conn, frame)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            reason = str(exc) or type(exc).__name__
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        finally:
+            self._on_lost(conn, reason)
+
+    def _on_frame(self, conn: _Conn, frame: dict[str, Any]) -> None:
+        if "event" in frame:
+            self._dispatch(
+                BridgeEvent(
+                    frame["event"], frame.get("data") or {}, int(frame.get("seq", 0)), int(frame.get("time", 0))
+                )
+            )
+            return
+        fid = frame.get("id")
+        if not isinstance(fid, int):
+            if frame.get("ok") is False:
+                logger.warning("bridge error without a live call: %s", frame.get("error"))
+            return
+        p = conn.pending.get(fid)
+        if p is None:
+            if frame.get("ok") is False:
+                logger.warning("bridge error without a live call: %s", frame.get("error"))
+            return
+        kind = frame.get("stream")
+        if kind == "head" and p.stream is not None:
+            p.stream._on_head(frame.get("data") or {})
+            return
+        if kind == "chunk" and p.stream is not None:
+            p.stream._on_chunk(base64.b64decode(frame.get("data", "")))
+            return
+        conn.pending.pop(fid, None)
+        if frame.get("ok"):
+            if not p.future.done():
+                p.future.set_result(frame.get("result"))
+            if p.stream is not None:
+                p.stream._on_end(None)
+        else:
+            err = frame.get("error") or {}
+            exc = BridgeError(err.get("code", "internal"), err.get("message", ""), err.get("data"))
+            if not p.future.done():
+                p.future.set_exception(exc)
+            if p.stream is not None:
+                p.stream._on_end(exc)
+
+    def _dispatch(self, event: BridgeEvent) -> None:
+        local = event.name.startswith("bridge.")
+        for sub in list(self._subscriptions):
+            if local or _topic_matches(sub.topics, event.name):
+                sub._offer(event)
+        for topics, cb in list(self._callbacks):
+            if local or _topic_matches(topics, event.name):
+                try:
+                    result = cb(event)
+                    if asyncio.iscoroutine(result):
+                        self._spawn(result)
+                except Exception:
+                    logger.exception("bridge event callback failed")
+
+    async def _write(self, conn: _Conn, obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        async with self._write_lock:
+            if conn.lost:
+                raise BridgeUnavailable("connection to the bridge lost")
+            try:
+                conn.writer.write(data)
+                await conn.writer.drain()
+            except (OSError, RuntimeError) as exc:
+                self._on_lost(conn, str(exc))
+                raise BridgeUnavailable(f"write to the bridge failed: {exc}") from exc
+
+    async def _notify(self, method: str, params: dict[str, Any]) -> None:
+        conn = self._conn
+        if conn is None or conn.lost:
+            raise BridgeUnavailable("bridge not connected")
+        await self._write(conn, {"method": method, "params": params})
+
+    async def _send_call(
+        self, method: str, params: dict[str, Any], *, stream: BridgeStream | None = None
+    ) -> asyncio.Future[Any]:
+        await self.wait_connected(self.connect_timeout)
+        conn = self._conn
+        if conn is None:
+            raise BridgeUnavailable("bridge not connected")
+        cid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        conn.pending[cid] = _Pending(fut, stream)
+        if stream is not None:
+            stream.id = cid
+        try:
+            await self._write(conn, {"id": cid, "method": method, "params": params})
+        except BridgeUnavailable:
+            conn.pending.pop(cid, None)
+            raise
+        return fut
+
+    # ---- public API ----
+
+    async def call(self, method: str, params: dict[str, Any] | None = None, *, timeout_s: float | None = None) -> Any:
+        """Call ``method``; raises BridgeError / BridgeTimeout / BridgeUnavailable."""
+        limit = self.call_timeout if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        fut = await asyncio.wait_for(self._send_call(method, params or {}), limit)
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), remaining)
+        except TimeoutError:
+            conn = self._conn
+            if conn is not None:
+                # Forget the call: a late answer for this id is then ignored.
+                for key, p in list(conn.pending.items()):
+                    if p.future is fut:
+                        conn.pending.pop(key, None)
+            raise BridgeTimeout(f"{method}: no answer within {limit}s") from None
+
+    def stream(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout_s: float | None = None, window: int = 8
+    ) -> BridgeStream:
+        """A streamed call; use ``async with client.stream(...) as s: async for chunk in s``."""
+        return BridgeStream(self, method, {**(params or {}), "stream": True}, timeout_s or self.call_timeout, window)
+
+    def events(self, *topics: str, maxsize: int | None = None) -> EventSubscription:
+        """Subscribe to events (``"peer.*"`` prefixes allowed). Subscribes on the bridge if needed."""
+        wanted = topics or ("*",)
+        sub = EventSubscription(self, tuple(wanted), maxsize or self.event_queue_size)
+        self._subscriptions.add(sub)
+        self._want_topics(wanted)
+        return sub
+
+    def on_event(self, callback: Callable[[BridgeEvent], Any], *topics: str) -> Callable[[], None]:
+        """Register a callback (plain or async) for events; returns a function that unregisters it."""
+        entry = (tuple(topics or ("*",)), callback)
+        self._callbacks.append(entry)
+        self._want_topics(entry[0])
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(entry)
+
+        return remove
+
+    def _want_topics(self, topics: Iterable[str]) -> None:
+        new = [t for t in topics if t not in self._topics]
+        if not new:
+            return
+        self._topics.update(new)
+        if self.connected:
+            self._spawn(self.call("events.subscribe", {"topics": new}))
+
+    async def ping(self, timeout_s: float = 2.0) -> float:
+        """Round-trip time of a ``ping`` call in milliseconds."""
+        started = time.monotonic()
+        await self.call("ping", timeout_s=timeout_s)
+        return (time.monotonic() - started) * 1000.0
+
+    async def is_ready(self, timeout_s: float = 1.0) -> bool:
+        """True when the bridge answers a ping within ``timeout_s``; never raises."""
+        try:
+            await asyncio.wait_for(self.ping(timeout_s), timeout_s)
+        except (BridgeUnavailable, BridgeTimeout, BridgeError, BridgeProtocolError, TimeoutError):
+            return False
+        return True
+
+    # ---- typed helpers for the current methods ----
+
+    async def swarm_info(self) -> dict[str, Any]:
+        return dict(await self.call("swarm.info"))
+
+    async def pool_status(self) -> dict[str, Any]:
+        return dict(await self.call("pool.status"))
+
+    async def peer_connect(self, peer_key: str, *, timeout_ms: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"peerKey": peer_key}
+        if timeout_ms:
+            params["timeoutMs"] = timeout_ms
+        call_timeout = max(self.call_timeout, (timeout_ms or 0) / 1000 + 5)
+        return dict(await self.call("peer.connect", params, timeout_s=call_timeout))
+
+    async def peer_request(
+        self,
+        peer_key: str,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | str | dict[str, Any] | list[Any] | None = None,
+        timeout_ms: int | None = None,
+        connect_timeout_ms: int | None = None,
+    ) -> PeerResponse:
+        """Send a worker-protocol request and return the whole response."""
+        params = self._request_params(peer_key, method, path, headers, body, timeout_ms, connect_timeout_ms)
+        budget = ((timeout_ms or 30_000) + (connect_timeout_ms or 30_000)) / 1000 + 5
+        result = await self.call("peer.request", params, timeout_s=max(self.call_timeout, budget))
+        return PeerResponse(
+            status_code=int(result["statusCode"]),
+            headers=dict(result.get("headers") or {}),
+            body=base64.b64decode(result.get("bodyBase64") or ""),
+        )
+
+    def peer_request_stream(
+        self,
+        peer_key: str,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | str | dict[str, Any] | list[Any] | None = None,
+        timeout_ms: int | None = None,
+        chunk_size: int | None = None,
+        window: int = 8,
+    ) -> BridgeStream:
+        """Streamed ``peer.request``: ``head`` has statusCode/headers/bodyLength; iterate for bytes."""
+        params = self._request_params(peer_key, method, path, headers, body, timeout_ms, None)
+        if chunk_size:
+            params["chunkSize"] = chunk_size
+        budget = (timeout_ms or 30_000) / 1000 + 35
+        return self.stream("peer.request", params, timeout_s=max(self.call_timeout, budget), window=window)
+
+    @staticmethod
+    def _request_params(
+        peer_key: str,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None,
+        body: bytes | str | dict[str, Any] | list[Any] | None,
+        timeout_ms: int | None,
+        connect_timeout_ms: int | None,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"peerKey": peer_key, "method": method, "path": path, "headers": headers or {}}
+        if isinstance(body, bytes | bytearray):
+            params["bodyBase64"] = base64.b64encode(bytes(body)).decode("ascii")
+        elif body is not None:
+            params["body"] = body
+        if timeout_ms:
+            params["timeoutMs"] = timeout_ms
+        if connect_timeout_ms:
+            params["connectTimeoutMs"] = connect_timeout_ms
+        return params
+
+    async def peer_health(self, peer_key: str, *, timeout_ms: int | None = None) -> float:
+        """Health-check a worker; returns the latency in ms (BridgeError on failure)."""
+        params: dict[str, Any] = {"peerKey": peer_key}
+        if timeout_ms:
+            params["timeoutMs"] = timeout_ms
+        result = await self.call("peer.health", params)
+        return float(result["latencyMs"])
+
+    async def peer_disconnect(self, peer_key: str) -> bool:
+        result = await self.call("peer.disconnect", {"peerKey": peer_key})
+        return bool(result["disconnected"])
+
+    async def register_reply(
+        self,
+        register_id: str,
+        status_code: int,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer a ``peer.register`` event; the bridge relays it to the worker."""
+        params: dict[str, Any] = {"registerId": register_id, "statusCode": status_code}
+        if isinstance(body, bytes | bytearray):
+            params["bodyBase64"] = base64.b64encode(bytes(body)).decode("ascii")
+        elif body is not None:
+            params["body"] = body
+        if headers:
+            params["headers"] = headers
+        await self.call("register.reply", params)

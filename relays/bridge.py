@@ -1,0 +1,107 @@
+"""The gateway's use of the bridge: one client per event loop, and the ``PeerTransport`` over it.
+
+Everything that talks to Node goes through ``hypertuna.bridge``; this module only adapts it to the worker
+protocol types and to Django settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from django.conf import settings
+
+from hypertuna.bridge import BridgeClient, BridgeError, BridgeTimeout, BridgeUnavailable
+from hypertuna.bridge.probe import probe
+from relays.forwarding import PeerError, PeerResponse, PeerStream
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BridgeClient] = weakref.WeakKeyDictionary()
+
+# Bridge error codes that mean "this peer cannot be reached now" (try another one).
+_UNREACHABLE = {"peer-unavailable", "peer-timeout", "peer-closed", "connect-timeout", "handshake-timeout"}
+
+
+class BridgeDown(PeerError):
+    """The local bridge itself is not answering: no peer can be reached through this node."""
+
+
+def get_bridge() -> BridgeClient:
+    """The bridge client of the running event loop (created on first use, reconnecting on its own)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = BridgeClient(
+            socket_path=settings.HYPERTUNA_BRIDGE_SOCKET,
+            secret=settings.HYPERTUNA_BRIDGE_SECRET,
+            client_name="gateway-web",
+            subscribe=("peer.wsframe",),
+        )
+        _clients[loop] = client
+    return client
+
+
+def bridge_ready() -> tuple[bool, str]:
+    """Readiness probe for ``/ready`` (sync, never raises)."""
+    if not settings.HYPERTUNA_BRIDGE_REQUIRED:
+        return True, "not required"
+    return probe(socket_path=settings.HYPERTUNA_BRIDGE_SOCKET, secret=settings.HYPERTUNA_BRIDGE_SECRET)
+
+
+class BridgePeerTransport:
+    """``PeerTransport`` over the bridge's ``peer.request``."""
+
+    def __init__(self, client: BridgeClient) -> None:
+        self.client = client
+
+    async def request(
+        self, peer_key: str, method: str, path: str, *, headers: dict[str, str], body: bytes | None, timeout: float
+    ) -> PeerResponse:
+        try:
+            response = await self.client.peer_request(
+                peer_key, method, path, headers=headers, body=body,
+                timeout_ms=int(timeout * 1000), connect_timeout_ms=int(timeout * 1000),
+            )
+        except BridgeError as exc:
+            raise PeerError(_describe(exc), unreachable=exc.code in _UNREACHABLE) from None
+        except BridgeTimeout:
+            raise PeerError("Request timeout", unreachable=True) from None
+        except BridgeUnavailable:
+            raise BridgeDown("gateway bridge unavailable") from None
+        return PeerResponse(response.status_code, {k: str(v) for k, v in response.headers.items()}, response.body)
+
+    async def stream(
+        self, peer_key: str, method: str, path: str, *, headers: dict[str, str], body: bytes | None, timeout: float
+    ) -> PeerStream:
+        stream = self.client.peer_request_stream(
+            peer_key, method, path, headers=headers, body=body, timeout_ms=int(timeout * 1000)
+        )
+        try:
+            await stream.__aenter__()
+        except BridgeError as exc:
+            raise PeerError(_describe(exc), unreachable=exc.code in _UNREACHABLE) from None
+        except BridgeTimeout:
+            raise PeerError("Request timeout", unreachable=True) from None
+        except BridgeUnavailable:
+            raise BridgeDown("gateway bridge unavailable") from None
+        head = stream.head
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            try:
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await stream.__aexit__(None, None, None)
+
+        return PeerStream(
+            int(head.get("statusCode", 502)),
+            {k: str(v) for k, v in (head.get("headers") or {}).items()},
+            chunks(),
+        )
+
+
+def _describe(exc: BridgeError) -> str:
+    if exc.code in ("peer-timeout", "connect-timeout", "handshake-timeout"):
+        return "Connection timeout"
+    if exc.code in _UNREACHABLE:
+        return "Peer unavailable"
+    return f"Bridge error ({exc.code})"

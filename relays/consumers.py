@@ -1,0 +1,121 @@
+"""The relay WebSocket endpoint: ``/<npub…>/<name>?token=…`` or ``/<relayKey>``.
+
+Thin on purpose: authentication happened in ``RelayAuthMiddleware``; the conversation with workers is
+``GatewaySession``'s. This class wires the two to the socket, the channel layer (token revocation on
+every node) and usage accounting.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from hypertuna.nostr import notice_frame
+from relays import usage
+from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
+from relays.health import tracker
+from relays.middleware import GatewayAuth
+from relays.runtime import forwarded_messages, runtime
+from relays.services import relay_group
+from relays.session import CLOSE_GATEWAY_ERROR, CLOSE_NO_PEERS, GatewaySession, SessionConfig
+
+CLOSE_TOKEN_REVOKED = 4403
+
+
+def bridge_transport() -> BridgePeerTransport:
+    return BridgePeerTransport(get_bridge())
+
+
+class RelayConsumer(AsyncWebsocketConsumer):
+    session: GatewaySession | None = None
+    group: str | None = None
+    # The way to reach workers; tests substitute an in-memory transport.
+    transport_factory = staticmethod(bridge_transport)
+
+    async def connect(self) -> None:
+        auth: GatewayAuth = self.scope["gateway"]
+        await self.accept()
+        if auth.rejection is not None:
+            await self.send(notice_frame(auth.rejection.notice))
+            await self.close(code=auth.rejection.code)
+            return
+        assert auth.relay is not None
+        if not auth.relay.peers:
+            await self.send(notice_frame("Error: No peers available"))
+            await self.close(code=CLOSE_NO_PEERS)
+            return
+        rt = runtime()
+        rt.ensure_started()
+        self.session = GatewaySession(
+            relay_key=auth.relay.relay_key,
+            peers=list(auth.relay.peers),
+            transport=self.transport_factory(),
+            send=self._send_frame,
+            close=self._close_from_session,
+            auth_token=auth.token.relay_auth_token if auth.token else None,
+            health=tracker,
+            config=SessionConfig(
+                request_timeout=settings.HYPERTUNA_PEER_REQUEST_TIMEOUT,
+                poll_interval=settings.HYPERTUNA_POLL_INTERVAL_MS / 1000,
+                max_queued_frames=settings.HYPERTUNA_MAX_QUEUED_FRAMES,
+            ),
+            on_forward=lambda relay: forwarded_messages.labels(relay=relay).inc(),
+        )
+        self.group = relay_group(auth.relay.id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        if auth.token:
+            usage.connection_opened(auth.token.token_id)
+        rt.add(self.session)
+        self.session.start()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.session is None or self.session.closed:
+            return
+        if text_data is None:
+            await self.send(notice_frame("invalid: binary frames are not supported; send JSON text"))
+            return
+        if len(text_data) > settings.HYPERTUNA_MAX_FRAME_BYTES:
+            await self.send(notice_frame(f"invalid: message too large (max {settings.HYPERTUNA_MAX_FRAME_BYTES} bytes)"))
+            return
+        token = self.scope["gateway"].token
+        if token:
+            usage.record(token.token_id, frames=1, bytes_in=len(text_data))
+        self.session.enqueue(text_data)
+
+    async def disconnect(self, code: int) -> None:
+        if self.session is not None:
+            await self.session.stop()
+            runtime().remove(self.session)
+            token = self.scope["gateway"].token
+            if token:
+                usage.connection_closed(token.token_id)
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def token_revoked(self, event: dict[str, Any]) -> None:
+        """Channel-layer message from ``services.revoke_tokens`` (any gateway node)."""
+        token = self.scope["gateway"].token
+        if token is None:
+            return
+        if token.token_id not in event["token_ids"] and token.sequence > event["through_sequence"]:
+            return
+        frame = json.dumps(["TOKEN", "REVOKED", {"reason": event["reason"], "sequence": event["through_sequence"]}])
+        await self.send(frame)
+        if self.session is not None:
+            await self.session.stop()
+        await self.close(code=CLOSE_TOKEN_REVOKED)
+
+    async def _send_frame(self, frame: str) -> None:
+        token = self.scope["gateway"].token
+        if token:
+            usage.record(token.token_id, bytes_out=len(frame))
+        await self.send(frame)
+
+    async def _close_from_session(self, code: int, reason: str) -> None:
+        await self.close(code=code)
+
+
+__all__ = ["CLOSE_GATEWAY_ERROR", "BridgeDown", "RelayConsumer"]

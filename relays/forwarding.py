@@ -1,0 +1,173 @@
+"""The worker protocol as the gateway speaks it, over any ``PeerTransport``.
+
+A transport carries one HTTP-like request to one worker peer (in production: the bridge's RelayProtocol
+over Hyperswarm; in unit tests: a fake). This module knows the worker endpoints and their reply shapes,
+and nothing about Django.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import quote
+
+HOP_BY_HOP = frozenset(
+    {
+        "content-length",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "cookie",
+        "authorization",
+    }
+)
+
+# Workers answer a REQ/CLOSE with informational NOTICEs meant for the gateway, not the user.
+_WORKER_CHATTER = re.compile(r"^Subscription .{0,80} (created|updated) successfully$|^Subscription closed$")
+
+
+class PeerError(Exception):
+    """A peer could not serve a request (unreachable, timed out, or answered with an error status)."""
+
+    def __init__(self, message: str, *, status: int | None = None, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.unreachable = unreachable
+
+
+@dataclass
+class PeerResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass
+class PeerStream:
+    """A streamed response: status and headers first, then the body in chunks."""
+
+    status: int
+    headers: dict[str, str]
+    chunks: AsyncIterator[bytes]
+
+
+class PeerTransport(Protocol):
+    async def request(
+        self, peer_key: str, method: str, path: str, *, headers: dict[str, str], body: bytes | None, timeout: float
+    ) -> PeerResponse: ...
+
+    async def stream(
+        self, peer_key: str, method: str, path: str, *, headers: dict[str, str], body: bytes | None, timeout: float
+    ) -> PeerStream: ...
+
+
+def clean_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Drop hop-by-hop and credential headers before forwarding to a worker or back to a client."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+def _frames_from_json(value: Any) -> list[str]:
+    """Frames from one decoded JSON document: a frame, or (worker error path) an array of frames."""
+    if isinstance(value, list) and value and all(isinstance(item, list) for item in value):
+        return [_dump(item) for item in value]
+    if isinstance(value, list) and value:
+        return [_dump(value)]
+    return []
+
+
+def _dump(frame: Any) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def _is_forwardable(frame_text: str) -> bool:
+    try:
+        frame = json.loads(frame_text)
+    except ValueError:
+        return False
+    if not isinstance(frame, list) or not frame or not isinstance(frame[0], str):
+        return False
+    if frame[0] == "ACK":
+        return False
+    return not (frame[0] == "NOTICE" and len(frame) > 1 and isinstance(frame[1], str) and _WORKER_CHATTER.match(frame[1]))
+
+
+def parse_ndjson(body: bytes) -> list[str]:
+    """Client-bound frames from a ``/post/relay`` reply (NDJSON, or a single JSON array of frames)."""
+    frames: list[str] = []
+    for line in body.decode("utf-8", "replace").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            frames.extend(_frames_from_json(json.loads(line)))
+        except ValueError:
+            continue
+    return [f for f in frames if _is_forwardable(f)]
+
+
+def parse_poll(body: bytes) -> list[str]:
+    """Client-bound frames from a ``/get/relay`` reply (a JSON array of frames, or one frame)."""
+    try:
+        value = json.loads(body.decode("utf-8", "replace") or "[]")
+    except ValueError:
+        return []
+    frames = _frames_from_json(value) if isinstance(value, list) else []
+    return [f for f in frames if _is_forwardable(f)]
+
+
+def relay_path(relay_key: str) -> str:
+    return quote(relay_key, safe=":")
+
+
+async def post_relay(
+    transport: PeerTransport,
+    peer_key: str,
+    *,
+    relay_key: str,
+    message: str,
+    connection_key: str,
+    auth_token: str | None,
+    timeout: float,
+) -> list[str]:
+    """Forward one client frame; returns the frames to send back to the client."""
+    headers = {"content-type": "application/json"}
+    if auth_token:
+        headers["x-auth-token"] = auth_token
+    body = json.dumps({"message": message, "connectionKey": connection_key}, ensure_ascii=False).encode()
+    response = await transport.request(
+        peer_key, "POST", f"/post/relay/{relay_path(relay_key)}", headers=headers, body=body, timeout=timeout
+    )
+    if response.status != 200:
+        raise PeerError(f"Peer returned status {response.status}", status=response.status)
+    return parse_ndjson(response.body)
+
+
+async def poll_relay(
+    transport: PeerTransport,
+    peer_key: str,
+    *,
+    relay_key: str,
+    connection_key: str,
+    auth_token: str | None,
+    timeout: float,
+) -> list[str]:
+    """Fetch the frames a worker has queued for this connection's subscriptions."""
+    headers = {"accept": "application/json"}
+    if auth_token:
+        headers["x-auth-token"] = auth_token
+    response = await transport.request(
+        peer_key, "GET", f"/get/relay/{relay_path(relay_key)}/{connection_key}", headers=headers, body=None,
+        timeout=timeout,
+    )
+    if response.status != 200:
+        raise PeerError(f"Peer returned status {response.status}", status=response.status)
+    return parse_poll(response.body)

@@ -1,0 +1,93 @@
+"""Per-process runtime of the WebSocket gateway: the session registry, worker push delivery, and the
+periodic usage flush. Started lazily by the first connection in each event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from prometheus_client import Counter, Gauge
+
+from relays import usage
+from relays.bridge import get_bridge
+from relays.session import GatewaySession
+
+logger = logging.getLogger(__name__)
+
+USAGE_FLUSH_SECONDS = 30.0
+
+active_sessions = Gauge("gateway_active_sessions", "Open client WebSocket sessions on this node")
+forwarded_messages = Counter("gateway_forwarded_messages_total", "Client frames forwarded to workers", ["relay"])
+pushed_frames = Counter("gateway_pushed_frames_total", "Frames workers pushed to sessions (ws-frame)", ["result"])
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.sessions: dict[str, GatewaySession] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def ensure_started(self) -> None:
+        if self._tasks and not all(t.done() for t in self._tasks):
+            return
+        self._tasks = [
+            asyncio.create_task(self._deliver_pushes(), name="gateway-push-delivery"),
+            asyncio.create_task(self._flush_usage(), name="gateway-usage-flush"),
+        ]
+
+    def add(self, session: GatewaySession) -> None:
+        self.sessions[session.connection_key] = session
+        active_sessions.set(len(self.sessions))
+
+    def remove(self, session: GatewaySession) -> None:
+        self.sessions.pop(session.connection_key, None)
+        active_sessions.set(len(self.sessions))
+
+    async def _deliver_pushes(self) -> None:
+        """Route frames that workers push (message type 2) to the session holding that connection key."""
+        client = get_bridge()
+        while True:
+            try:
+                if not client.connected:
+                    await client.connect()
+                async with client.events("peer.wsframe") as events:
+                    async for event in events:
+                        self.deliver(event.data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("push delivery interrupted", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+
+    def deliver(self, data: dict[str, Any]) -> None:
+        frame = data.get("frame") if isinstance(data, dict) else None
+        if not isinstance(frame, dict) or frame.get("type") != "nostr-frames":
+            return
+        session = self.sessions.get(str(frame.get("connectionKey")))
+        frames = frame.get("frames")
+        if session is None or not isinstance(frames, list):
+            pushed_frames.labels(result="no-session").inc()
+            return
+        texts = [json.dumps(f, ensure_ascii=False, separators=(",", ":")) for f in frames if isinstance(f, list)]
+        pushed_frames.labels(result="delivered").inc(len(texts))
+        asyncio.get_running_loop().create_task(session.deliver(texts))
+
+    async def _flush_usage(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)
+            with contextlib.suppress(Exception):
+                await sync_to_async(usage.flush)()
+
+
+_runtimes: dict[int, Runtime] = {}
+
+
+def runtime() -> Runtime:
+    loop = asyncio.get_running_loop()
+    rt = _runtimes.get(id(loop))
+    if rt is None:
+        rt = _runtimes[id(loop)] = Runtime()
+    return rt

@@ -1,0 +1,418 @@
+"""``GatewaySession``: one client WebSocket's conversation with the workers of one relay.
+
+Plain asyncio, no Django: the consumer hands it frames and callbacks, tests drive it with fakes.
+
+Guarantees:
+- frames from the client are handled strictly in arrival order (one FIFO, one worker task), and the FIFO
+  is bounded: a client that floods faster than the relay answers gets a ``rate-limited:`` NOTICE for the
+  frames that do not fit, never unbounded memory;
+- a frame is tried on each usable peer at most once (rotation); a peer that fails to answer is reported
+  to the health tracker and skipped; an answer with an error status is relayed, not retried;
+- when the current peer stops answering polls the session moves to the next peer and re-sends its open
+  subscriptions there (``since`` advanced past what the client already has), so a second worker of the
+  same relay takes over without the client reconnecting;
+- with no usable peer left the client is told why (``NOTICE``) and the socket is closed with 1013, unless a
+  fallback (read-only replica, leased writes) can serve it;
+- every error the client sees is a ``NOTICE`` (or an ``OK false`` / ``CLOSED`` for the frame at fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hypertuna.nostr import (
+    CloseMessage,
+    EventMessage,
+    FrameError,
+    InvalidEvent,
+    ReqMessage,
+    UnknownMessageType,
+    notice_frame,
+    ok_frame,
+    parse_client_message,
+    verify_event,
+)
+from relays.forwarding import PeerError, PeerTransport, poll_relay, post_relay
+
+logger = logging.getLogger(__name__)
+
+CLOSE_NO_PEERS = 1013
+CLOSE_GATEWAY_ERROR = 1011
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    request_timeout: float = 10.0
+    poll_interval: float = 1.0
+    poll_timeout: float = 5.0
+    max_queued_frames: int = 64
+    # Consecutive poll failures on one peer before the session moves on to the next.
+    poll_failures_before_failover: int = 2
+
+
+class HealthReporter(Protocol):
+    async def peer_failed(self, peer_key: str, reason: str) -> None: ...
+
+    async def peer_ok(self, peer_key: str, latency_ms: float) -> None: ...
+
+
+class Fallback(Protocol):
+    """Serves a frame when no worker can (read-only replica, leased writes). Returns client frames, or
+    None when it cannot serve this frame either."""
+
+    async def handle(self, message: EventMessage | ReqMessage | CloseMessage, raw: str) -> list[str] | None: ...
+
+    async def poll(self) -> list[str]: ...
+
+
+@dataclass
+class _Subscription:
+    raw: str
+    message: ReqMessage
+    newest_seen: int | None = None
+    # Ids delivered at exactly ``newest_seen``: a resumed subscription asks for ``since=newest_seen``
+    # (inclusive, so nothing at that second is lost) and these are the ones not to send twice.
+    newest_ids: set[str] = field(default_factory=set)
+    # Set when the subscription resumes on another peer: (second, ids) the client already has.
+    resumed_at: int | None = None
+    resumed_ids: frozenset[str] = frozenset()
+    eose_sent: bool = False
+
+
+@dataclass
+class SessionStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    forwarded: int = 0
+    failovers: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class GatewaySession:
+    def __init__(
+        self,
+        *,
+        relay_key: str,
+        peers: list[str],
+        transport: PeerTransport,
+        send: Callable[[str], Awaitable[None]],
+        close: Callable[[int, str], Awaitable[None]],
+        auth_token: str | None,
+        health: HealthReporter,
+        refresh_peers: Callable[[], Awaitable[list[str]]] | None = None,
+        fallback: Fallback | None = None,
+        config: SessionConfig | None = None,
+        on_forward: Callable[[str], None] | None = None,
+    ) -> None:
+        self.relay_key = relay_key
+        self.connection_key = secrets.token_hex(16)
+        self.transport = transport
+        self.auth_token = auth_token
+        self.health = health
+        self.config = config or SessionConfig()
+        self.fallback = fallback
+        self.stats = SessionStats()
+        self._send = send
+        self._close = close
+        self._refresh_peers = refresh_peers
+        self._on_forward = on_forward
+        self._peers = list(peers)
+        self._failed: set[str] = set()
+        self._current: str | None = self._peers[0] if self._peers else None
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self.config.max_queued_frames)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._poll_failures = 0
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def current_peer(self) -> str | None:
+        return self._current
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._process_frames(), name=f"session-frames-{self.connection_key[:8]}"),
+            asyncio.create_task(self._poll_loop(), name=f"session-poll-{self.connection_key[:8]}"),
+        ]
+
+    async def stop(self) -> None:
+        """Cancel the session's tasks (the socket is closing or closed)."""
+        self._closed = True
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        for task in self._tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._tasks = []
+
+    def enqueue(self, raw: str) -> bool:
+        """Queue a client frame; False (and a NOTICE) when the FIFO is full."""
+        self.stats.frames_in += 1
+        self.stats.bytes_in += len(raw)
+        try:
+            self._queue.put_nowait(raw)
+        except asyncio.QueueFull:
+            asyncio.get_running_loop().create_task(
+                self.send(notice_frame("rate-limited: too many frames waiting for the relay; slow down"))
+            )
+            return False
+        return True
+
+    async def send(self, frame: str) -> None:
+        if self._closed:
+            return
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(frame)
+        await self._send(frame)
+
+    async def deliver(self, frames: list[str]) -> None:
+        """Frames pushed by a worker (ws-frame message) for this connection."""
+        for frame in frames:
+            self._track_outgoing(frame)
+            await self.send(frame)
+
+    # --- frames -----------------------------------------------------------------------------------
+
+    async def _process_frames(self) -> None:
+        while not self._closed:
+            raw = await self._queue.get()
+            try:
+                await self._handle(raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug handling one frame must not end the conversation: report and continue.
+                logger.exception("session frame handling failed", extra={"relay": self.relay_key})
+                await self.send(notice_frame("error: the gateway could not process this message"))
+
+    async def _handle(self, raw: str) -> None:
+        try:
+            message = parse_client_message(raw)
+        except UnknownMessageType:
+            message = None  # PING/PONG and newer types travel to the worker unchanged
+        except FrameError as exc:
+            await self.send(exc.reply())
+            return
+        if isinstance(message, EventMessage):
+            # Verified here so that forged events never cost a worker anything, and so that the
+            # fallback path (replica, leased writes) can rely on it.
+            try:
+                verify_event(message.event)
+            except InvalidEvent as exc:
+                await self.send(ok_frame(message.event.id, False, exc.message))
+                return
+        if isinstance(message, ReqMessage):
+            self._subscriptions[message.subscription_id] = _Subscription(raw=raw, message=message)
+        elif isinstance(message, CloseMessage):
+            self._subscriptions.pop(message.subscription_id, None)
+        frames = await self._forward(raw, message)
+        for frame in frames:
+            self._track_outgoing(frame)
+            await self.send(frame)
+
+    async def _forward(self, raw: str, message: object) -> list[str]:
+        tried: set[str] = set()
+        last_error = "No peers available"
+        while True:
+            peer = self._pick_peer(exclude=tried)
+            if peer is None:
+                break
+            tried.add(peer)
+            started = time.monotonic()
+            try:
+                frames = await post_relay(
+                    self.transport,
+                    peer,
+                    relay_key=self.relay_key,
+                    message=raw,
+                    connection_key=self.connection_key,
+                    auth_token=self.auth_token,
+                    timeout=self.config.request_timeout,
+                )
+            except PeerError as exc:
+                last_error = str(exc)
+                if exc.status is not None and exc.status < 500 and exc.status != 404:
+                    # The worker answered: its refusal (e.g. 403 for a protected read) is the answer.
+                    return [notice_frame(f"Error: {exc}")]
+                await self._peer_failed(peer, str(exc))
+                continue
+            self.stats.forwarded += 1
+            if self._on_forward:
+                self._on_forward(self.relay_key)
+            await self.health.peer_ok(peer, (time.monotonic() - started) * 1000)
+            if peer != self._current:
+                just_sent = message.subscription_id if isinstance(message, ReqMessage) else None
+                await self._switch_to(peer, replay=True, skip=just_sent)
+            return frames
+        if self.fallback is not None and isinstance(message, (EventMessage, ReqMessage, CloseMessage)):
+            served = await self.fallback.handle(message, raw)
+            if served is not None:
+                return served
+        await self._no_peers(last_error)
+        return []
+
+    def _track_outgoing(self, frame: str) -> None:
+        """Remember what each subscription has delivered, to resume it on another peer."""
+        try:
+            data = json.loads(frame)
+        except ValueError:
+            return
+        if not isinstance(data, list) or len(data) < 2 or not isinstance(data[1], str):
+            return
+        sub = self._subscriptions.get(data[1])
+        if sub is None:
+            return
+        if data[0] == "EVENT" and len(data) > 2 and isinstance(data[2], dict):
+            created, event_id = data[2].get("created_at"), data[2].get("id")
+            if isinstance(created, int) and (sub.newest_seen is None or created > sub.newest_seen):
+                sub.newest_seen = created
+                sub.newest_ids = {event_id} if isinstance(event_id, str) else set()
+            elif created == sub.newest_seen and isinstance(event_id, str):
+                sub.newest_ids.add(event_id)
+        elif data[0] == "EOSE":
+            sub.eose_sent = True
+        elif data[0] == "CLOSED":
+            self._subscriptions.pop(data[1], None)
+
+    # --- peers ------------------------------------------------------------------------------------
+
+    def _pick_peer(self, exclude: set[str]) -> str | None:
+        ordered = self._peers
+        if self._current in ordered:
+            i = ordered.index(self._current)
+            ordered = ordered[i:] + ordered[:i]
+        for peer in ordered:
+            if peer not in exclude and peer not in self._failed:
+                return peer
+        return None
+
+    async def _peer_failed(self, peer: str, reason: str) -> None:
+        self._failed.add(peer)
+        await self.health.peer_failed(peer, reason)
+        logger.info("peer failed for session", extra={"relay": self.relay_key, "peer": peer[:16], "reason": reason})
+        if self._refresh_peers is not None:
+            with contextlib.suppress(Exception):
+                fresh = await self._refresh_peers()
+                # A peer the registry lists again (re-registered, healthy) gets a new chance.
+                self._failed &= set(self._peers) - (set(fresh) - set(self._peers))
+                self._peers = list(fresh)
+
+    async def _switch_to(self, peer: str, *, replay: bool, skip: str | None = None) -> None:
+        previous, self._current = self._current, peer
+        self._poll_failures = 0
+        if previous is not None and previous != peer:
+            self.stats.failovers += 1
+            logger.info(
+                "session failed over",
+                extra={"relay": self.relay_key, "from": (previous or "")[:16], "to": peer[:16]},
+            )
+        if replay:
+            await self._replay_subscriptions(peer, skip=skip)
+
+    async def _replay_subscriptions(self, peer: str, *, skip: str | None = None) -> None:
+        """Open this connection's subscriptions on ``peer``, resuming after what was delivered."""
+        for sub_id, sub in list(self._subscriptions.items()):
+            if sub_id == skip:
+                continue
+            raw = sub.raw
+            if sub.newest_seen is not None:
+                sub.resumed_at, sub.resumed_ids = sub.newest_seen, frozenset(sub.newest_ids)
+                filters = [{**f.to_dict(), "since": max(f.since or 0, sub.newest_seen)} for f in sub.message.filters]
+                raw = json.dumps(["REQ", sub_id, *filters], ensure_ascii=False, separators=(",", ":"))
+            try:
+                frames = await post_relay(
+                    self.transport, peer, relay_key=self.relay_key, message=raw,
+                    connection_key=self.connection_key, auth_token=self.auth_token,
+                    timeout=self.config.request_timeout,
+                )
+            except PeerError as exc:
+                logger.info("subscription replay failed", extra={"relay": self.relay_key, "reason": str(exc)})
+                return
+            for frame in frames:
+                await self.send(frame)
+
+    async def _no_peers(self, reason: str) -> None:
+        await self.send(notice_frame(f"Error: {reason}"))
+        if not self._closed:
+            self._closed = True
+            await self._close(CLOSE_NO_PEERS, "No peers available")
+
+    # --- polling ----------------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.config.poll_interval)
+            if self._closed:
+                return
+            if self._current is None or self._current in self._failed:
+                if not await self._failover_for_poll():
+                    continue
+            await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        peer = self._current
+        if peer is None:
+            return
+        try:
+            frames = await poll_relay(
+                self.transport, peer, relay_key=self.relay_key, connection_key=self.connection_key,
+                auth_token=self.auth_token, timeout=self.config.poll_timeout,
+            )
+        except PeerError as exc:
+            self._poll_failures += 1
+            if self._poll_failures >= self.config.poll_failures_before_failover or exc.unreachable:
+                await self._peer_failed(peer, f"poll: {exc}")
+                await self._failover_for_poll()
+            return
+        self._poll_failures = 0
+        for frame in frames:
+            if self._is_repeat(frame):
+                continue
+            self._track_outgoing(frame)
+            await self.send(frame)
+        if self.fallback is not None:
+            for frame in await self.fallback.poll():
+                await self.send(frame)
+
+    def _is_repeat(self, frame: str) -> bool:
+        """An EOSE or EVENT the client already has (possible right after a subscription resumed)."""
+        if not (frame.startswith('["EOSE"') or frame.startswith('["EVENT"')):
+            return False
+        with contextlib.suppress(ValueError, IndexError, TypeError, AttributeError):
+            data = json.loads(frame)
+            sub = self._subscriptions.get(data[1])
+            if sub is None:
+                return False
+            if data[0] == "EOSE":
+                return sub.eose_sent
+            return data[2].get("created_at") == sub.resumed_at and data[2].get("id") in sub.resumed_ids
+        return False
+
+    async def _failover_for_poll(self) -> bool:
+        peer = self._pick_peer(exclude=set())
+        if peer is None:
+            if self.fallback is not None:
+                return False  # the fallback keeps serving; workers may come back
+            await self._no_peers("relay hosts are unreachable")
+            return False
+        await self._switch_to(peer, replay=True)
+        return True
