@@ -155,7 +155,14 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("HYPERTUNA_CHANNEL_PREFIX", "hypertuna")},
+            # The layer blocks on BZPOPMIN for seconds at a time; redis-py 8 sets a default socket timeout
+            # that is shorter, which would fail every idle receive. No socket timeout, as redis-py 7 had;
+            # a dead connection is still detected by TCP keepalive and health checks.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "socket_keepalive": True,
+                           "health_check_interval": 30}],
+                "prefix": env.str("HYPERTUNA_CHANNEL_PREFIX", "hypertuna"),
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL
@@ -307,11 +314,13 @@ if HYPERTUNA_ESCROW_LEASE_TTL > HYPERTUNA_ESCROW_LEASE_MAX_TTL:
 if ROLE == "escrow":
     # The escrow role serves the escrow API only (no admin, no gateway routes), behind mutual TLS.
     ROOT_URLCONF = "escrow.service_urls"
+    # Django runs each ASGI request's sync code in a fresh thread; persistent connections would leak.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
 CELERY_BEAT_SCHEDULE.update(
     {
         "escrow-expire-leases": {"task": "escrow.tasks.expire_leases", "schedule": 15.0},
-        "escrow-expire-deposits": {"task": "escrow.tasks.expire_deposits", "schedule": 300.0},
         "escrow-audit-checkpoint": {"task": "escrow.tasks.audit_checkpoint", "schedule": 60.0},
+        "escrow-audit-verify": {"task": "escrow.tasks.verify_audit", "schedule": 3600.0},
         "escrow-prune-idempotency": {"task": "escrow.tasks.prune_idempotency", "schedule": 3600.0},
     }
 )

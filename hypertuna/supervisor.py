@@ -1,8 +1,10 @@
 """``make run``: start the whole gateway as one supervised group of processes.
 
-Starts the web process (Daphne) and Celery (worker with embedded beat), waits until the gateway answers
-``/ready``, prints where everything is, and stops the whole group cleanly on Ctrl-C (SIGINT/SIGTERM) or as
-soon as any member dies (a half-running gateway is worse than a stopped one).
+Starts the bridge (Node: Hyperswarm pool on a loopback testnet), the web process (Daphne), Celery (worker
+with embedded beat) and the bridge event consumer; waits until the gateway answers ``/ready``; then starts
+a reference worker hosting a demo relay, which registers itself and obtains a client token, and prints a
+ready ``ws://`` URL. Ctrl-C (SIGINT/SIGTERM) stops the whole group cleanly, and so does the death of any
+member (a half-running gateway is worse than a stopped one).
 
 On the embedded default it also creates what a first run needs and keeps it in ``var/``: a registration
 secret, a Django secret key and an operator account, each generated once and reused afterwards.
@@ -11,11 +13,13 @@ secret, a Django secret key and an operator account, each generated once and reu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -29,7 +33,36 @@ STOP_GRACE_SECONDS = 10
 class Member:
     name: str
     argv: list[str]
+    cwd: Path = BASE_DIR
+    # Output is read line by line (and echoed) so that markers such as the demo token can be picked up.
+    watch: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None)
+    markers: dict[str, dict[str, object]] = field(default_factory=dict)
+    marker_seen: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, env: dict[str, str]) -> None:
+        # Own session per member: Ctrl-C reaches the supervisor, which then stops each in order. Node
+        # members also get a stdin pipe and exit when it closes, so they never outlive the supervisor.
+        self.process = subprocess.Popen(
+            self.argv, env=env, cwd=self.cwd, start_new_session=True, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE if self.watch else None,
+        )
+        if self.watch:
+            threading.Thread(target=self._pump, daemon=True).start()
+        print(f"[supervisor] started {self.name} (pid {self.process.pid})", flush=True)
+
+    def _pump(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            marker, _, payload = line.partition(" ")
+            if marker.startswith("HYPERTUNA_") and payload.startswith("{"):
+                try:
+                    self.markers[marker] = json.loads(payload)
+                    self.marker_seen.set()
+                except ValueError:
+                    pass
+            print(f"[{self.name}] {line}", flush=True)
 
 
 def _persisted_secret(path: Path, nbytes: int = 32) -> str:
@@ -94,7 +127,7 @@ def wait_ready(url: str, members: list[Member], timeout: float = 60.0) -> bool:
 
 
 def stop_all(members: list[Member]) -> None:
-    for member in members:
+    for member in reversed(members):
         if member.process is not None and member.process.poll() is None:
             member.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -114,22 +147,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=os.environ.get("HYPERTUNA_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("HYPERTUNA_PORT", "8000")))
     parser.add_argument("--var-dir", default=os.environ.get("HYPERTUNA_VAR_DIR", str(BASE_DIR / "var")))
+    parser.add_argument("--no-demo", action="store_true", help="do not start the reference worker and demo relay")
     args = parser.parse_args(argv)
 
     var_dir = Path(args.var_dir).resolve()
     env = prepare_environment(var_dir)
+    env.setdefault("HYPERTUNA_BRIDGE_SOCKET", str(var_dir / "bridge.sock"))
+    env.setdefault("HYPERTUNA_SWARM_BOOTSTRAP_FILE", str(var_dir / "swarm.json"))
+    env.setdefault("HYPERTUNA_BRIDGE_STORAGE", str(var_dir / "bridge"))
+    env.setdefault("HYPERTUNA_BRIDGE_EXIT_ON_STDIN_CLOSE", "1")
+    env.setdefault("HYPERTUNA_WORKER_EXIT_ON_STDIN_CLOSE", "1")
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, cwd=BASE_DIR, check=True)
     password = ensure_operator(env, var_dir)
 
     python = sys.executable
+    base = f"http://{args.host}:{args.port}"
     members = [
+        Member("bridge", ["node", "src/main.mjs"], cwd=BASE_DIR / "bridge", watch=True),
         Member("web", [python, "-m", "daphne", "-b", args.host, "-p", str(args.port), "hypertuna.asgi:application"]),
         Member(
             "celery",
             [python, "-m", "celery", "-A", "hypertuna.celery", "worker", "-B", "--loglevel", "INFO",
              "--concurrency", "2", "-s", str(var_dir / "celerybeat-schedule")],
         ),
+        Member("events", [python, "manage.py", "bridge_events"]),
     ]
+    demo = Member(
+        "demo-worker",
+        ["node", "src/worker/main.mjs", "--bootstrap-file", env["HYPERTUNA_SWARM_BOOTSTRAP_FILE"],
+         "--storage", str(var_dir / "demo-worker"), "--gateway-url", base,
+         "--secret", env["HYPERTUNA_REGISTRATION_SECRET"], "--name", "demo", "--requires-auth", "--issue-token"],
+        cwd=BASE_DIR / "bridge",
+        watch=True,
+    )
 
     stopping = False
 
@@ -141,26 +191,38 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     for member in members:
-        # Own process group per member: Ctrl-C reaches the supervisor, which then stops each in order.
-        member.process = subprocess.Popen(member.argv, env=env, cwd=BASE_DIR, start_new_session=True)
-        print(f"[supervisor] started {member.name} (pid {member.process.pid})", flush=True)
+        member.start(env)
 
-    base = f"http://{args.host}:{args.port}"
-    if wait_ready(f"{base}/ready", members):
-        print(
-            "\n"
-            f"  Hypertuna Gateway is ready at {base}\n"
-            f"    admin:    {base}/admin/  (user admin{', password ' + password if password else ''})\n"
-            f"    API docs: {base}/api/docs/\n"
-            f"    metrics:  {base}/metrics   health: {base}/health   ready: {base}/ready\n"
-            f"    worker registration secret: {var_dir / 'registration-secret'}\n"
-            "  Press Ctrl-C to stop.\n",
-            flush=True,
-        )
-    elif not stopping:
-        print("[supervisor] the gateway did not become ready; stopping", flush=True)
+    if not wait_ready(f"{base}/ready", members, timeout=120):
+        if not stopping:
+            print("[supervisor] the gateway did not become ready; stopping", flush=True)
         stop_all(members)
-        return 1
+        return 0 if stopping else 1
+    demo_url = None
+    if not args.no_demo:
+        demo.start(env)
+        members.append(demo)
+        deadline = time.monotonic() + 120
+        while "HYPERTUNA_WORKER_TOKEN" not in demo.markers and time.monotonic() < deadline and not stopping:
+            if demo.process is not None and demo.process.poll() is not None:
+                break
+            demo.marker_seen.wait(0.5)
+            demo.marker_seen.clear()
+        token = demo.markers.get("HYPERTUNA_WORKER_TOKEN")
+        if token:
+            ws_base = base.replace("http://", "ws://").replace("https://", "wss://")
+            demo_url = f"{ws_base}/{token['gatewayPath']}?token={token['token']}"
+    print(
+        "\n"
+        f"  Hypertuna Gateway is ready at {base}\n"
+        f"    admin:    {base}/admin/  (user admin{', password ' + password if password else ''})\n"
+        f"    API docs: {base}/api/docs/\n"
+        f"    metrics:  {base}/metrics   health: {base}/health   ready: {base}/ready\n"
+        f"    worker registration secret: {var_dir / 'registration-secret'}\n"
+        + (f"\n  Demo relay (any Nostr client can use this URL):\n    {demo_url}\n" if demo_url else "")
+        + "  Press Ctrl-C to stop.\n",
+        flush=True,
+    )
 
     exit_code = 0
     while not stopping:

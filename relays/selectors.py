@@ -15,6 +15,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from hypertuna.compat import path_to_relay_key
+from hypertuna.compat.relaykeys import HEX64
 from relays.models import HostPolicy, HostRule, Peer, Relay
 
 SNAPSHOT_PREFIX = "relay:snap:"
@@ -80,18 +81,37 @@ def live_relay(relay_key: str) -> RelaySnapshot | None:
 
 
 def resolve_path(path: str) -> str | None:
-    """Relay key for a client path: ``npub…/name``, ``npub…:name``, a hex key, or a registered alias."""
-    relay_key = path_to_relay_key(path)
-    if relay_key is not None:
-        return relay_key
+    """Relay key for a client path: a hex key, ``npub…/name`` or ``npub…:name`` (the relay's public
+    identifier or its registered key), or the relay's registered gateway path.
+
+    A worker may register a relay under its hex Autobase key and publish ``npub…/name`` as the path
+    clients use, so both spellings are looked up; an exact relay key wins, then the most recently
+    registered relay. Resolutions are cached briefly (a path's relay rarely changes).
+    """
     trimmed = path.strip("/")
     if not trimmed or len(trimmed) > 200:
         return None
-    return (
-        Relay.objects.filter(Q(gateway_path=trimmed) | Q(public_identifier=trimmed))
-        .values_list("relay_key", flat=True)
-        .first()
+    cache_key = f"relay:path:{trimmed}"
+    cached = cache.get(cache_key)
+    if cached is not None:
+        return cached or None
+    candidate = path_to_relay_key(trimmed)
+    spellings = {trimmed, trimmed.replace("/", ":", 1), trimmed.replace(":", "/", 1)}
+    if candidate:
+        spellings.add(candidate)
+    rows = list(
+        Relay.objects.filter(
+            Q(relay_key__in=spellings) | Q(public_identifier__in=spellings) | Q(gateway_path__in=spellings)
+        )
+        .order_by("-last_registered_at")
+        .values_list("relay_key", flat=True)[:10]
     )
+    exact = [key for key in rows if key in spellings]
+    resolved = exact[0] if exact else (rows[0] if rows else None)
+    if resolved is None and candidate and HEX64.match(candidate):
+        resolved = candidate  # a well-formed key of a relay not (yet) known: 4404 "not registered" later
+    cache.set(cache_key, resolved or "", timeout=30 if resolved else 5)
+    return resolved
 
 
 def live_relay_count() -> int:

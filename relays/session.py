@@ -363,10 +363,16 @@ class GatewaySession:
             await asyncio.sleep(self.config.poll_interval)
             if self._closed:
                 return
-            if self._current is None or self._current in self._failed:
-                if not await self._failover_for_poll():
-                    continue
-            await self._poll_once()
+            try:
+                if self._current is None or self._current in self._failed:
+                    if not await self._failover_for_poll():
+                        continue
+                await self._poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Polling must outlive any single failure, or the client silently stops getting events.
+                logger.exception("session poll failed", extra={"relay": self.relay_key})
 
     async def _poll_once(self) -> None:
         peer = self._current

@@ -259,3 +259,13 @@ def test_concurrent_registrations_of_one_relay_leave_one_row():
     assert not errors
     assert Relay.objects.filter(relay_key=key).count() == 1
     assert Registration.objects.filter(relay__relay_key=key).count() == 8
+
+
+def test_hex_relay_is_reachable_by_its_public_path(api):
+    key = hex_key()
+    reg = make_registration(key, metadata={"identifier": "npub1ownerabc:demo", "gatewayPath": "npub1ownerabc/demo"})
+    assert register(api, reg).status_code == 200
+    assert selectors.resolve_path("/npub1ownerabc/demo") == key
+    assert selectors.resolve_path("npub1ownerabc:demo") == key
+    assert selectors.resolve_path(f"/{key}/") == key
+    assert selectors.resolve_path("/npub1someoneelse/demo") is None

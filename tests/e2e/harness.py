@@ -1,0 +1,210 @@
+"""Real processes for end-to-end tests: bridge (Node), Daphne, the bridge event consumer, Celery and
+reference workers, on 127.0.0.1 only, each with a bounded start-up time and killed at teardown.
+
+The stack gets its own database (a fresh Postgres database when ``DATABASE_URL`` points at Postgres, a
+temporary SQLite file otherwise) and its own Redis key prefixes, so it never touches the unit tests' data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+BRIDGE_DIR = ROOT / "bridge"
+START_TIMEOUT = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    markers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pump(self) -> None:
+        assert self.process.stdout is not None
+        with self.log_path.open("ab") as log:
+            for raw in self.process.stdout:
+                log.write(raw)
+                log.flush()
+                marker, _, payload = raw.decode("utf-8", "replace").strip().partition(" ")
+                if marker.startswith("HYPERTUNA_") and payload.startswith("{"):
+                    with contextlib.suppress(ValueError), self._lock:
+                        self.markers[marker] = json.loads(payload)
+
+    def wait_marker(self, marker: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if marker in self.markers:
+                    return self.markers[marker]
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} printed no {marker} within {timeout} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def _database_url(tmp: Path) -> tuple[str, Any]:
+    """A fresh database for the stack; returns its URL and a cleanup callable."""
+    base = os.environ.get("DATABASE_URL", "")
+    if not base.startswith(("postgres://", "postgresql://")):
+        return f"sqlite:///{tmp / 'e2e.sqlite3'}", lambda: None
+    import psycopg
+
+    name = f"hypertuna_e2e_{os.getpid()}_{secrets.token_hex(3)}"
+    parts = urlsplit(base)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return urlunsplit(parts._replace(path=f"/{name}")), drop
+
+
+class Stack:
+    """One gateway node (bridge + web + event consumer [+ celery]) and any number of workers."""
+
+    def __init__(self, tmp: Path, *, celery: bool = False, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.var = tmp / "var"
+        self.var.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}"
+        self.secret = secrets.token_hex(24)
+        self.procs: list[Proc] = []
+        self.workers: list[Proc] = []
+        self._with_celery = celery
+        db_url, self._drop_db = _database_url(tmp)
+        prefix = f"e2e{os.getpid()}{secrets.token_hex(2)}"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "HYPERTUNA_VAR_DIR": str(self.var),
+            "HYPERTUNA_REGISTRATION_SECRET": self.secret,
+            "SECRET_KEY": secrets.token_hex(32),
+            "HYPERTUNA_BRIDGE_SOCKET": str(self.var / "bridge.sock"),
+            "HYPERTUNA_SWARM_BOOTSTRAP_FILE": str(self.var / "swarm.json"),
+            "HYPERTUNA_BRIDGE_STORAGE": str(self.var / "bridge"),
+            "HYPERTUNA_BRIDGE_EXIT_ON_STDIN_CLOSE": "1",
+            "HYPERTUNA_WORKER_EXIT_ON_STDIN_CLOSE": "1",
+            "HYPERTUNA_CACHE_PREFIX": prefix,
+            "HYPERTUNA_CHANNEL_PREFIX": prefix,
+            "HYPERTUNA_POLL_INTERVAL_MS": "250",
+            "HYPERTUNA_PEER_REQUEST_TIMEOUT": "5",
+            "HYPERTUNA_BRIDGE_CONNECT_TIMEOUT_MS": "5000",
+            "HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS": "2000",
+            "HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS": "2000",
+            "HYPERTUNA_RATELIMIT_IP_PER_MINUTE": "0",
+            "HYPERTUNA_LOG_FORMAT": "text",
+            "HYPERTUNA_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        # The unit-test process may have set DJANGO_SETTINGS_MODULE-dependent variables; the stack's own
+        # settings come only from the environment above.
+        self.env.pop("PYTEST_CURRENT_TEST", None)
+
+    def _spawn(self, name: str, argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> Proc:
+        process = subprocess.Popen(
+            argv, cwd=cwd, env=env or self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        proc = Proc(name, process, self.tmp / f"{name}.log")
+        threading.Thread(target=proc.pump, daemon=True).start()
+        return proc
+
+    def start(self) -> Stack:
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env,
+                       check=True, timeout=180)
+        bridge = self._spawn("bridge", ["node", "src/main.mjs"], cwd=BRIDGE_DIR)
+        self.procs.append(bridge)
+        bridge.wait_marker("HYPERTUNA_BRIDGE_READY")
+        self.procs.append(self._spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                                              "hypertuna.asgi:application"]))
+        self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
+        if self._with_celery:
+            self.procs.append(self._spawn("celery", [sys.executable, "-m", "celery", "-A", "hypertuna.celery", "worker",
+                                                     "-B", "--concurrency", "1", "--loglevel", "INFO",
+                                                     "-s", str(self.var / "beat-schedule")]))
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.process.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited early; see {proc.log_path}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.base_url}/ready", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.2)
+        raise TimeoutError(f"gateway not ready within {timeout} s; logs in {self.tmp}")
+
+    def start_worker(self, name: str, *extra: str, storage: Path | None = None) -> Proc:
+        storage = storage or self.tmp / f"worker-{name}"
+        argv = [
+            "node", "src/worker/main.mjs", "--bootstrap-file", str(self.var / "swarm.json"), "--storage", str(storage),
+            "--gateway-url", self.base_url, "--secret", self.secret, "--name", name, "--register-interval-ms", "3000",
+            "--telemetry-interval-ms", "5000", *extra,
+        ]
+        worker = self._spawn(f"worker-{name}", argv, cwd=BRIDGE_DIR)
+        self.workers.append(worker)
+        worker.wait_marker("HYPERTUNA_WORKER_READY")
+        return worker
+
+    def stop(self) -> None:
+        for proc in reversed(self.workers + self.procs):
+            proc.stop()
+        with contextlib.suppress(Exception):
+            self._drop_db()
+
+    def log_tail(self, lines: int = 40) -> str:
+        parts = []
+        for proc in self.procs + self.workers:
+            with contextlib.suppress(OSError):
+                text = proc.log_path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {proc.name} ---\n" + "\n".join(text))
+        return "\n".join(parts)
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None and (BRIDGE_DIR / "node_modules").is_dir()

@@ -1,0 +1,158 @@
+"""Nostr clients reach worker-hosted relays through the real gateway: bridge (Node, Hyperswarm on a
+loopback testnet), Daphne, the bridge event consumer and reference workers as separate processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+
+import pytest
+import websockets
+from coincurve import PrivateKey
+
+from hypertuna.nostr import sign_event
+
+
+def _event(key: PrivateKey, content: str, kind: int = 1) -> dict:
+    return sign_event(key.secret, kind=kind, content=content, tags=[["t", "e2e"]]).to_dict()
+
+
+async def _recv(ws, timeout: float = 15.0):
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def _recv_until(ws, predicate, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        frame = await _recv(ws, max(0.1, deadline - time.monotonic()))
+        seen.append(frame)
+        if predicate(frame):
+            return frame, seen
+    raise AssertionError(f"no matching frame; got {seen}")
+
+
+@pytest.fixture(scope="module")
+def open_relay(stack):
+    worker = stack.start_worker("open")
+    ready = worker.markers["HYPERTUNA_WORKER_READY"]
+    return f"{stack.ws_url}/{ready['gatewayPath']}"
+
+
+@pytest.fixture(scope="module")
+def protected_relay(stack):
+    worker = stack.start_worker("guarded", "--requires-auth", "--issue-token")
+    token = worker.wait_marker("HYPERTUNA_WORKER_TOKEN")
+    return f"{stack.ws_url}/{token['gatewayPath']}", token
+
+
+def test_nostr_sdk_client_publishes_and_reads_back(open_relay):
+    from nostr_sdk import Client, EventBuilder, Filter, Keys, Kind, RelayUrl, ReqTarget
+
+    async def scenario():
+        keys = Keys.generate()
+        client = Client()
+        url = RelayUrl.parse(open_relay)
+        await client.add_relay(url)
+        await client.connect()
+        event = EventBuilder(Kind(1), "hello through the gateway").finalize(keys)
+        output = await client.send_event(event)
+        assert output.success == [url], output.failed
+        found = await client.fetch_events(
+            ReqTarget.single(url, [Filter().author(keys.public_key()).kind(Kind(1))]), timedelta(seconds=15)
+        )
+        assert [e.id().to_hex() for e in found] == [event.id().to_hex()]
+        await client.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_event_ok_req_eose_and_live_events_between_two_clients(open_relay):
+    async def scenario():
+        author = PrivateKey()
+        async with websockets.connect(open_relay) as reader, websockets.connect(open_relay) as writer:
+            stored = _event(author, "stored first")
+            await writer.send(json.dumps(["EVENT", stored]))
+            assert await _recv(writer) == ["OK", stored["id"], True, ""]
+            await reader.send(json.dumps(["REQ", "sub", {"authors": [stored["pubkey"]]}]))
+            frame, _ = await _recv_until(reader, lambda f: f[0] == "EOSE")
+            assert frame == ["EOSE", "sub"]
+            # (the stored event came before EOSE)
+            live = _event(author, "live one")
+            await writer.send(json.dumps(["EVENT", live]))
+            assert await _recv(writer) == ["OK", live["id"], True, ""]
+            frame, seen = await _recv_until(reader, lambda f: f[0] == "EVENT" and f[2]["id"] == live["id"])
+            assert frame[1] == "sub"
+            assert not [f for f in seen if f[0] == "EOSE"], "a second EOSE"
+
+    asyncio.run(scenario())
+
+
+def test_protected_relay_with_worker_issued_token(protected_relay):
+    url, token = protected_relay
+
+    async def scenario():
+        async with websockets.connect(f"{url}?token=x.y") as ws:
+            notice = await _recv(ws)
+            assert notice[0] == "NOTICE" and "token-invalid" in notice[1]
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await _recv(ws)
+            assert info.value.rcvd.code == 4403
+        async with websockets.connect(f"{url}?token={token['token']}") as ws:
+            await ws.send(json.dumps(["REQ", "s", {"limit": 1}]))
+            assert (await _recv_until(ws, lambda f: f[0] == "EOSE"))[0] == ["EOSE", "s"]
+
+    asyncio.run(scenario())
+
+
+def test_bad_input_never_breaks_the_session(stack, open_relay):
+    async def scenario():
+        async with websockets.connect(f"{stack.ws_url}/{'ab' * 32}") as ws:
+            assert (await _recv(ws))[0] == "NOTICE"
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await _recv(ws)
+            assert info.value.rcvd.code == 4404
+        async with websockets.connect(open_relay, max_size=None) as ws:
+            for bad in ("nonsense", "[]", '["EVENT", 1]', '["REQ"]', "x" * 200_000, "[" * 10000):
+                await ws.send(bad)
+                frame = await _recv(ws)
+                assert frame[0] in ("NOTICE", "OK", "CLOSED"), frame
+            good = _event(PrivateKey(), "after the garbage")
+            await ws.send(json.dumps(["EVENT", good]))
+            assert await _recv(ws) == ["OK", good["id"], True, ""]
+
+    asyncio.run(scenario())
+
+
+def test_slow_client_that_never_reads_does_not_hurt_others(open_relay):
+    async def scenario():
+        slow = await websockets.connect(open_relay, max_queue=1)
+        for i in range(200):
+            await slow.send(json.dumps(["REQ", f"s{i}", {"limit": 50}]))
+        async with websockets.connect(open_relay) as ws:
+            good = _event(PrivateKey(), "still served")
+            await ws.send(json.dumps(["EVENT", good]))
+            assert await _recv(ws) == ["OK", good["id"], True, ""]
+        await slow.close()
+
+    asyncio.run(scenario())
+
+
+def test_worker_stop_gives_notice_and_close(stack):
+    worker = stack.start_worker("fragile")
+    url = f"{stack.ws_url}/{worker.markers['HYPERTUNA_WORKER_READY']['gatewayPath']}"
+
+    async def scenario():
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps(["REQ", "s", {"limit": 1}]))
+            await _recv_until(ws, lambda f: f[0] == "EOSE")
+            worker.stop()
+            frame, _ = await _recv_until(ws, lambda f: f[0] == "NOTICE", timeout=40)
+            assert frame[1].startswith("Error:")
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await _recv_until(ws, lambda f: False, timeout=40)
+            assert info.value.rcvd.code == 1013
+
+    asyncio.run(scenario())
