@@ -1,0 +1,31 @@
+"""``make bench``: every benchmark of the repository, one run, ratios printed.
+
+Sections: routing (gateway hop vs direct bridge call) and replicas (replica REQ latency and sync
+throughput beside a Python relay from PyPI on the same data). ``python -m bench routing`` runs one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def main(argv: list[str]) -> int:
+    wanted = set(argv) or {"routing", "replicas"}
+    if "routing" in wanted:
+        from bench import routing_bench
+
+        started = time.monotonic()
+        print(routing_bench.report(routing_bench.run()))
+        print(f"  (routing section took {time.monotonic() - started:.0f} s)\n", flush=True)
+    if "replicas" in wanted:
+        from bench import replica_bench
+
+        started = time.monotonic()
+        replica_bench.main([]) if hasattr(replica_bench, "main") else print(replica_bench.run())
+        print(f"  (replicas section took {time.monotonic() - started:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
