@@ -19,11 +19,11 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs configured settings)
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from hypertuna.wsclose import allow_server_close_codes  # noqa: E402
+from hypertuna.daphne_tuning import tune_daphne  # noqa: E402
 from relays.middleware import RelayAuthMiddleware  # noqa: E402
 from relays.routing import websocket_urlpatterns  # noqa: E402
 
-allow_server_close_codes()
+tune_daphne()
 
 application = ProtocolTypeRouter(
     {

@@ -156,3 +156,26 @@ def test_worker_stop_gives_notice_and_close(stack):
             assert info.value.rcvd.code == 1013
 
     asyncio.run(scenario())
+
+
+def test_drive_files_stream_from_the_worker(stack, tmp_path):
+    import hashlib
+    import os
+    import urllib.request
+
+    files = tmp_path / "files"
+    files.mkdir()
+    payload = os.urandom(700_000)
+    (files / "photo.png").write_bytes(payload)
+    worker = stack.start_worker("files", "--drive-import", str(files))
+    ready = worker.markers["HYPERTUNA_WORKER_READY"]
+    digest = hashlib.sha256(payload).hexdigest()
+    with urllib.request.urlopen(f"{stack.base_url}/drive/{ready['gatewayPath']}/{digest}.png", timeout=30) as resp:
+        assert resp.status == 200
+        assert resp.read() == payload
+    missing = urllib.request.Request(f"{stack.base_url}/drive/{ready['gatewayPath']}/{'0' * 64}")
+    try:
+        urllib.request.urlopen(missing, timeout=30)
+        raise AssertionError("expected 404")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404

@@ -1,4 +1,9 @@
-"""Let Daphne send the server close codes that Nostr clients are told about.
+"""Daphne adjustments: server close codes Nostr clients are told about, and TCP_NODELAY.
+
+TCP_NODELAY: every accepted connection (HTTP and WebSocket) disables Nagle's algorithm, so a small frame
+(an OK, an EOSE) is not held back waiting for the client's delayed ACK.
+
+Close codes:
 
 RFC 6455 §7.4.1 defines 1011 (the server hit an unexpected condition) and the IANA registry adds 1013
 (try again later); the relay protocol answers "no worker can serve this relay now" with 1013 and an
@@ -16,15 +21,32 @@ SERVER_CODES = frozenset({1011, 1013})
 _installed = False
 
 
-def allow_server_close_codes() -> None:
+def tune_daphne() -> None:
     global _installed
     if _installed:
         return
     try:
+        from daphne.http_protocol import HTTPFactory
         from daphne.ws_protocol import WebSocketProtocol
     except ImportError:  # not running under Daphne: nothing to adapt
         return
     original = WebSocketProtocol.serverClose
+    build_protocol = HTTPFactory.buildProtocol
+
+    def build_with_nodelay(self: Any, addr: Any) -> Any:
+        protocol = build_protocol(self, addr)
+        if protocol is not None:
+            make_connection = protocol.makeConnection
+
+            def make_connection_nodelay(transport: Any) -> Any:
+                if hasattr(transport, "setTcpNoDelay"):
+                    transport.setTcpNoDelay(True)
+                return make_connection(transport)
+
+            protocol.makeConnection = make_connection_nodelay
+        return protocol
+
+    HTTPFactory.buildProtocol = build_with_nodelay
 
     def server_close(self: Any, code: int | None = None) -> None:
         if code in SERVER_CODES:

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from daphne.http_protocol import HTTPFactory
+from daphne.ws_protocol import WebSocketProtocol
+
+from hypertuna.daphne_tuning import tune_daphne
+
+
+class Transport:
+    def __init__(self):
+        self.nodelay = None
+
+    def setTcpNoDelay(self, enabled):
+        self.nodelay = enabled
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def test_accepted_connections_disable_nagle():
+    tune_daphne()
+
+    class Server:
+        pass
+
+    factory = HTTPFactory(Server())
+    protocol = factory.buildProtocol(("127.0.0.1", 1))
+    transport = Transport()
+    try:
+        protocol.makeConnection(transport)
+    except Exception:
+        pass  # the fake transport is not a full Twisted transport; only the option matters here
+    assert transport.nodelay is True
+
+
+def test_registered_server_close_codes_reach_the_wire_and_others_stay_validated():
+    tune_daphne()
+    sent = []
+
+    class Fake:
+        serverClose = WebSocketProtocol.serverClose
+
+        def sendCloseFrame(self, code, reasonUtf8, isReply):
+            sent.append(code)
+
+        def sendClose(self, code=None, reason=None):
+            sent.append(("validated", code))
+
+    fake = Fake()
+    fake.serverClose(1013)
+    fake.serverClose(1011)
+    fake.serverClose(4403)
+    fake.serverClose(None)
+    assert sent == [1013, 1011, ("validated", 4403), ("validated", 1000)]
