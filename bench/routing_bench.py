@@ -45,8 +45,9 @@ def _pct(samples: list[float], q: float) -> float:
 
 async def _direct_one(client: BridgeClient, peer: str, relay_key: str, event: dict[str, Any], conn: str) -> None:
     body = json.dumps({"message": json.dumps(["EVENT", event]), "connectionKey": conn}).encode()
-    response = await client.peer_request(peer, "POST", f"/post/relay/{relay_key}",
-                                         headers={"content-type": "application/json"}, body=body)
+    response = await client.peer_request(
+        peer, "POST", f"/post/relay/{relay_key}", headers={"content-type": "application/json"}, body=body
+    )
     if response.status_code != 200 or b'"OK"' not in response.body:
         raise RuntimeError(f"direct EVENT failed: {response.status_code} {response.body[:200]!r}")
 
@@ -80,8 +81,10 @@ async def _measure(socket_path: str, peer: str, relay_key: str, url: str) -> dic
                 await _gateway_one(ws, g_event)
                 gateway_lat.append((time.perf_counter() - started) * 1000)
         results["latency"] = {
-            "direct_p50_ms": statistics.median(direct_lat), "direct_p99_ms": _pct(direct_lat, 0.99),
-            "gateway_p50_ms": statistics.median(gateway_lat), "gateway_p99_ms": _pct(gateway_lat, 0.99),
+            "direct_p50_ms": statistics.median(direct_lat),
+            "direct_p99_ms": _pct(direct_lat, 0.99),
+            "gateway_p50_ms": statistics.median(gateway_lat),
+            "gateway_p99_ms": _pct(gateway_lat, 0.99),
         }
 
         batches = [_events(PER_CLIENT) for _ in range(CLIENTS)]
@@ -136,16 +139,18 @@ def run() -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> str:
     lat, thr, ratios = results["latency"], results["throughput"], results["ratios"]
-    return "\n".join([
-        "Gateway hop vs direct bridge call (same worker, same run)",
-        f"  EVENT->OK latency, {SEQUENTIAL} sequential: direct p50 {lat['direct_p50_ms']:.2f} ms, "
-        f"p99 {lat['direct_p99_ms']:.2f} ms | gateway p50 {lat['gateway_p50_ms']:.2f} ms, p99 {lat['gateway_p99_ms']:.2f} ms",
-        f"  EVENT throughput, {CLIENTS} clients x {PER_CLIENT}: direct {thr['direct_events_per_s']:.0f}/s | "
-        f"gateway {thr['gateway_events_per_s']:.0f}/s",
-        f"  ratios: latency p50 x{ratios['latency_p50_gateway_over_direct']:.2f}, "
-        f"p99 x{ratios['latency_p99_gateway_over_direct']:.2f}, "
-        f"throughput x{ratios['throughput_gateway_over_direct']:.2f} (gateway / direct)",
-    ])
+    return "\n".join(
+        [
+            "Gateway hop vs direct bridge call (same worker, same run)",
+            f"  EVENT->OK latency, {SEQUENTIAL} sequential: direct p50 {lat['direct_p50_ms']:.2f} ms, "
+            f"p99 {lat['direct_p99_ms']:.2f} ms | gateway p50 {lat['gateway_p50_ms']:.2f} ms, p99 {lat['gateway_p99_ms']:.2f} ms",
+            f"  EVENT throughput, {CLIENTS} clients x {PER_CLIENT}: direct {thr['direct_events_per_s']:.0f}/s | "
+            f"gateway {thr['gateway_events_per_s']:.0f}/s",
+            f"  ratios: latency p50 x{ratios['latency_p50_gateway_over_direct']:.2f}, "
+            f"p99 x{ratios['latency_p99_gateway_over_direct']:.2f}, "
+            f"throughput x{ratios['throughput_gateway_over_direct']:.2f} (gateway / direct)",
+        ]
+    )
 
 
 if __name__ == "__main__":

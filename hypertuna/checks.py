@@ -49,7 +49,7 @@ def check_production_settings(app_configs: Any = None, **kwargs: Any) -> list[Wa
         warnings.append(
             Warning(
                 "HYPERTUNA_REGISTRATION_SECRET is shorter than 16 characters.",
-                hint="Use a long random secret (for example `python -c 'import secrets;print(secrets.token_hex(32))'`).",
+                hint="Use a long random secret, e.g. the output of `openssl rand -hex 32`.",
                 id="hypertuna.W005",
             )
         )

@@ -7,6 +7,7 @@ surfacing later as an obscure error. Nothing here imports Django.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -29,17 +30,19 @@ class Env:
     def __init__(self, source: Mapping[str, str] | None = None) -> None:
         self._source = os.environ if source is None else source
 
-    def _raw(self, name: str) -> str | None:
+    def _raw(self, name: builtins.str) -> builtins.str | None:
         value = self._source.get(name)
         if value is None:
             return None
         value = value.strip()
         return value or None
 
-    def is_set(self, name: str) -> bool:
+    def is_set(self, name: builtins.str) -> builtins.bool:
         return self._raw(name) is not None
 
-    def str(self, name: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str:
+    def str(
+        self, name: builtins.str, default: builtins.str | None = None, *, choices: tuple[builtins.str, ...] = ()
+    ) -> builtins.str:
         value = self._raw(name)
         if value is None:
             if default is None:
@@ -49,10 +52,10 @@ class Env:
             raise EnvError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
         return value
 
-    def optional_str(self, name: str) -> str | None:
+    def optional_str(self, name: builtins.str) -> builtins.str | None:
         return self._raw(name)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self._raw(name)
         if value is None:
             return default
@@ -63,13 +66,20 @@ class Env:
             return False
         raise EnvError(f"{name} must be a boolean (true/false/1/0/yes/no/on/off); got {value!r}")
 
-    def int(self, name: str, default: int, *, min_value: int | None = None, max_value: int | None = None) -> int:
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int,
+        *,
+        min_value: builtins.int | None = None,
+        max_value: builtins.int | None = None,
+    ) -> builtins.int:
         value = self._raw(name)
         if value is None:
             result = default
         else:
             try:
-                result = int(value)
+                result = builtins.int(value)
             except ValueError:
                 raise EnvError(f"{name} must be an integer; got {value!r}") from None
         if min_value is not None and result < min_value:
@@ -78,14 +88,16 @@ class Env:
             raise EnvError(f"{name} must be at most {max_value}; got {result}")
         return result
 
-    def list(self, name: str, default: tuple[str, ...] = ()) -> list[str]:
+    def list(self, name: builtins.str, default: tuple[builtins.str, ...] = ()) -> builtins.list[builtins.str]:
         """Comma-separated list; blanks are dropped."""
         value = self._raw(name)
         if value is None:
-            return list(default)
+            return builtins.list(default)
         return [item.strip() for item in value.split(",") if item.strip()]
 
-    def url(self, name: str, default: str | None = None, *, schemes: tuple[str, ...]) -> str | None:
+    def url(
+        self, name: builtins.str, default: builtins.str | None = None, *, schemes: tuple[builtins.str, ...]
+    ) -> builtins.str | None:
         value = self._raw(name)
         if value is None:
             return default

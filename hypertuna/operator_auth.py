@@ -30,8 +30,9 @@ class OperatorKey:
 
 def operator_keys() -> dict[str, list[str]]:
     keys: dict[str, list[str]] = {}
-    for pair in settings.HYPERTUNA_OPERATOR_KEYS:
-        kid, _, secret = pair.partition(":")
+    pairs: list[str] = list(settings.HYPERTUNA_OPERATOR_KEYS)
+    for pair in pairs:
+        kid, _, secret = str(pair).partition(":")
         if kid and secret:
             keys.setdefault(kid, []).append(secret)
     return keys
@@ -56,7 +57,9 @@ class SignedRequestAuthentication(BaseAuthentication):
         except reqsign.SignatureError as exc:
             raise ApiError(exc.code, str(exc), status=401) from None
         try:
-            fresh = cache.add(f"reqsign-nonce:{header.kid}:{header.nonce}", 1, timeout=2 * settings.HYPERTUNA_SIGNATURE_WINDOW)
+            fresh = cache.add(
+                f"reqsign-nonce:{header.kid}:{header.nonce}", 1, timeout=2 * settings.HYPERTUNA_SIGNATURE_WINDOW
+            )
         except Exception:
             raise ApiError("replay-check-unavailable", "Cannot check the request nonce now.", status=503) from None
         if not fresh:

@@ -42,12 +42,30 @@ def canonical_query(query: str) -> str:
 
 def signing_string(method: str, path: str, query: str, body: bytes, timestamp: int, nonce: str, kid: str) -> bytes:
     return "\n".join(
-        [DOMAIN, method.upper(), path, canonical_query(query), hashlib.sha256(body).hexdigest(), str(timestamp), nonce, kid]
+        [
+            DOMAIN,
+            method.upper(),
+            path,
+            canonical_query(query),
+            hashlib.sha256(body).hexdigest(),
+            str(timestamp),
+            nonce,
+            kid,
+        ]
     ).encode("utf-8")
 
 
-def sign(method: str, path: str, *, query: str = "", body: bytes = b"", kid: str, secret: str,
-         timestamp: int | None = None, nonce: str | None = None) -> str:
+def sign(
+    method: str,
+    path: str,
+    *,
+    query: str = "",
+    body: bytes = b"",
+    kid: str,
+    secret: str,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> str:
     """The header value for a request (used by clients, the CLI and tests)."""
     timestamp = int(time.time()) if timestamp is None else timestamp
     nonce = nonce or secrets.token_urlsafe(16)
@@ -71,8 +89,17 @@ def parse_header(value: str) -> SignatureHeader:
     return SignatureHeader(kid=kid, timestamp=timestamp, nonce=nonce, signatures=signatures)
 
 
-def verify(header: SignatureHeader, *, method: str, path: str, query: str, body: bytes, secrets_for_kid: list[str],
-           window: int, now: float | None = None) -> None:
+def verify(
+    header: SignatureHeader,
+    *,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    secrets_for_kid: list[str],
+    window: int,
+    now: float | None = None,
+) -> None:
     """Check freshness and MAC (any of the key's current secrets, for rotation). The caller checks the nonce."""
     now = time.time() if now is None else now
     if abs(now - header.timestamp) > window:

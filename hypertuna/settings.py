@@ -130,6 +130,7 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------------
+assert DATABASE_URL is not None  # env.url returns the default when unset
 _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
 if _db["ENGINE"] == "django.db.backends.postgresql":
     _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
@@ -159,8 +160,14 @@ if REDIS_URL:
             # that is shorter, which would fail every idle receive. No socket timeout, as redis-py 7 had;
             # a dead connection is still detected by TCP keepalive and health checks.
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "socket_keepalive": True,
-                           "health_check_interval": 30}],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": None,
+                        "socket_keepalive": True,
+                        "health_check_interval": 30,
+                    }
+                ],
                 "prefix": env.str("HYPERTUNA_CHANNEL_PREFIX", "hypertuna"),
             },
         }
@@ -291,9 +298,7 @@ try:
     HYPERTUNA_ESCROW_LEASE_MAX_TTL = env.int("HYPERTUNA_ESCROW_LEASE_MAX_TTL", 3600, min_value=10, max_value=86400)
     HYPERTUNA_ESCROW_DEPOSIT_MAX_TTL = env.int("HYPERTUNA_ESCROW_DEPOSIT_MAX_TTL", 7 * 86400, min_value=60)
     HYPERTUNA_ESCROW_SIGNATURE_WINDOW = env.int("HYPERTUNA_ESCROW_SIGNATURE_WINDOW", 300, min_value=10, max_value=3600)
-    HYPERTUNA_ESCROW_CHECKPOINT_DIR = Path(
-        env.str("HYPERTUNA_ESCROW_CHECKPOINT_DIR", str(_escrow_dir / "checkpoints"))
-    )
+    HYPERTUNA_ESCROW_CHECKPOINT_DIR = Path(env.str("HYPERTUNA_ESCROW_CHECKPOINT_DIR", str(_escrow_dir / "checkpoints")))
     HYPERTUNA_ESCROW_PKI_DIR = Path(env.str("HYPERTUNA_ESCROW_PKI_DIR", str(_escrow_dir / "pki")))
     HYPERTUNA_ESCROW_LISTEN_HOST = env.str("HYPERTUNA_ESCROW_LISTEN_HOST", "127.0.0.1")
     HYPERTUNA_ESCROW_LISTEN_PORT = env.int("HYPERTUNA_ESCROW_LISTEN_PORT", 8443, min_value=1, max_value=65535)

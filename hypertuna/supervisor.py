@@ -44,7 +44,11 @@ class Member:
         # Own session per member: Ctrl-C reaches the supervisor, which then stops each in order. Node
         # members also get a stdin pipe and exit when it closes, so they never outlive the supervisor.
         self.process = subprocess.Popen(
-            self.argv, env=env, cwd=self.cwd, start_new_session=True, stdin=subprocess.PIPE,
+            self.argv,
+            env=env,
+            cwd=self.cwd,
+            start_new_session=True,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if self.watch else None,
         )
         if self.watch:
@@ -167,16 +171,42 @@ def main(argv: list[str] | None = None) -> int:
         Member("web", [python, "-m", "daphne", "-b", args.host, "-p", str(args.port), "hypertuna.asgi:application"]),
         Member(
             "celery",
-            [python, "-m", "celery", "-A", "hypertuna.celery", "worker", "-B", "--loglevel", "INFO",
-             "--concurrency", "2", "-s", str(var_dir / "celerybeat-schedule")],
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "hypertuna.celery",
+                "worker",
+                "-B",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "-s",
+                str(var_dir / "celerybeat-schedule"),
+            ],
         ),
         Member("events", [python, "manage.py", "bridge_events"]),
     ]
     demo = Member(
         "demo-worker",
-        ["node", "src/worker/main.mjs", "--bootstrap-file", env["HYPERTUNA_SWARM_BOOTSTRAP_FILE"],
-         "--storage", str(var_dir / "demo-worker"), "--gateway-url", base,
-         "--secret", env["HYPERTUNA_REGISTRATION_SECRET"], "--name", "demo", "--requires-auth", "--issue-token"],
+        [
+            "node",
+            "src/worker/main.mjs",
+            "--bootstrap-file",
+            env["HYPERTUNA_SWARM_BOOTSTRAP_FILE"],
+            "--storage",
+            str(var_dir / "demo-worker"),
+            "--gateway-url",
+            base,
+            "--secret",
+            env["HYPERTUNA_REGISTRATION_SECRET"],
+            "--name",
+            "demo",
+            "--requires-auth",
+            "--issue-token",
+        ],
         cwd=BASE_DIR / "bridge",
         watch=True,
     )

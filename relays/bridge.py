@@ -58,8 +58,13 @@ class BridgePeerTransport:
     ) -> PeerResponse:
         try:
             response = await self.client.peer_request(
-                peer_key, method, path, headers=headers, body=body,
-                timeout_ms=int(timeout * 1000), connect_timeout_ms=int(timeout * 1000),
+                peer_key,
+                method,
+                path,
+                headers=headers,
+                body=body,
+                timeout_ms=int(timeout * 1000),
+                connect_timeout_ms=int(timeout * 1000),
             )
         except BridgeError as exc:
             raise PeerError(_describe(exc), unreachable=exc.code in _UNREACHABLE) from None
@@ -83,7 +88,7 @@ class BridgePeerTransport:
             raise PeerError("Request timeout", unreachable=True) from None
         except BridgeUnavailable:
             raise BridgeDown("gateway bridge unavailable") from None
-        head = stream.head
+        head = stream.head or {}
 
         async def chunks():  # type: ignore[no-untyped-def]
             try:

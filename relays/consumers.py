@@ -78,7 +78,9 @@ class RelayConsumer(AsyncWebsocketConsumer):
             await self.send(notice_frame("invalid: binary frames are not supported; send JSON text"))
             return
         if len(text_data) > settings.HYPERTUNA_MAX_FRAME_BYTES:
-            await self.send(notice_frame(f"invalid: message too large (max {settings.HYPERTUNA_MAX_FRAME_BYTES} bytes)"))
+            await self.send(
+                notice_frame(f"invalid: message too large (max {settings.HYPERTUNA_MAX_FRAME_BYTES} bytes)")
+            )
             return
         token = self.scope["gateway"].token
         if token:

@@ -97,7 +97,9 @@ def _is_forwardable(frame_text: str) -> bool:
         return False
     if frame[0] == "ACK":
         return False
-    return not (frame[0] == "NOTICE" and len(frame) > 1 and isinstance(frame[1], str) and _WORKER_CHATTER.match(frame[1]))
+    return not (
+        frame[0] == "NOTICE" and len(frame) > 1 and isinstance(frame[1], str) and _WORKER_CHATTER.match(frame[1])
+    )
 
 
 def parse_ndjson(body: bytes) -> list[str]:
@@ -165,7 +167,11 @@ async def poll_relay(
     if auth_token:
         headers["x-auth-token"] = auth_token
     response = await transport.request(
-        peer_key, "GET", f"/get/relay/{relay_path(relay_key)}/{connection_key}", headers=headers, body=None,
+        peer_key,
+        "GET",
+        f"/get/relay/{relay_path(relay_key)}/{connection_key}",
+        headers=headers,
+        body=None,
         timeout=timeout,
     )
     if response.status != 200:

@@ -8,9 +8,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-registrations_total = Counter(
-    "gateway_registrations_total", "Worker registration attempts by result", ["result"]
-)
+registrations_total = Counter("gateway_registrations_total", "Worker registration attempts by result", ["result"])
 token_issues_total = Counter("gateway_relay_token_issues_total", "Relay token issue calls by result", ["result"])
 token_refresh_total = Counter("gateway_relay_token_refresh_total", "Relay token refresh calls by result", ["result"])
 token_revocations_total = Counter(
@@ -19,9 +17,7 @@ token_revocations_total = Counter(
 token_validations_total = Counter(
     "gateway_token_validations_total", "Relay token validations by result (ok or the error code)", ["result"]
 )
-token_usage_total = Counter(
-    "gateway_token_usage_total", "Traffic accounted to relay tokens, by kind", ["kind"]
-)
+token_usage_total = Counter("gateway_token_usage_total", "Traffic accounted to relay tokens, by kind", ["kind"])
 
 
 class RegisteredRelaysCollector(Collector):

@@ -64,33 +64,48 @@ def authenticate(scope: dict[str, Any]) -> GatewayAuth:
     ip = client_ip(scope, headers)
     decision = ratelimit.hit("ws-connect", ip, limit=settings.HYPERTUNA_RATELIMIT_IP_PER_MINUTE)
     if not decision.allowed:
-        return GatewayAuth(ip, rejection=Rejection(
-            CLOSE_RATE_LIMITED, "Too many connections",
-            f"rate-limited: too many connections from this address; retry in {decision.retry_after} s",
-        ))
+        return GatewayAuth(
+            ip,
+            rejection=Rejection(
+                CLOSE_RATE_LIMITED,
+                "Too many connections",
+                f"rate-limited: too many connections from this address; retry in {decision.retry_after} s",
+            ),
+        )
     path = str(scope.get("path", "")).strip("/")
     relay_key = _aliases().get(path) or selectors.resolve_path(path)
     if relay_key is None:
-        return GatewayAuth(ip, rejection=Rejection(CLOSE_UNKNOWN_RELAY, "Invalid relay key", "Error: Invalid relay key"))
+        return GatewayAuth(
+            ip, rejection=Rejection(CLOSE_UNKNOWN_RELAY, "Invalid relay key", "Error: Invalid relay key")
+        )
     relay = selectors.live_relay(relay_key)
     if relay is None:
-        return GatewayAuth(ip, rejection=Rejection(
-            CLOSE_UNKNOWN_RELAY, "Relay not registered", "Error: Relay not registered with gateway"
-        ))
+        return GatewayAuth(
+            ip,
+            rejection=Rejection(
+                CLOSE_UNKNOWN_RELAY, "Relay not registered", "Error: Relay not registered with gateway"
+            ),
+        )
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     token = (query.get("token") or [None])[0] or headers.get("x-relay-token")
     if token is None:
         if relay.requires_auth:
-            return GatewayAuth(ip, relay=relay, rejection=Rejection(
-                CLOSE_FORBIDDEN, "Token required", "auth-required: this relay needs an access token (?token=…)"
-            ))
+            return GatewayAuth(
+                ip,
+                relay=relay,
+                rejection=Rejection(
+                    CLOSE_FORBIDDEN, "Token required", "auth-required: this relay needs an access token (?token=…)"
+                ),
+            )
         return GatewayAuth(ip, relay=relay)
     try:
         verified = services.verify_token(token, relay.relay_key)
     except services.TokenRejected as exc:
-        return GatewayAuth(ip, relay=relay, rejection=Rejection(
-            CLOSE_FORBIDDEN, "Invalid token", f"restricted: access token rejected ({exc.code})"
-        ))
+        return GatewayAuth(
+            ip,
+            relay=relay,
+            rejection=Rejection(CLOSE_FORBIDDEN, "Invalid token", f"restricted: access token rejected ({exc.code})"),
+        )
     return GatewayAuth(ip, relay=relay, token=verified)
 
 

@@ -32,8 +32,10 @@ def decide(mode: str, identities: set[str], rules: Mapping[str, set[str]]) -> Ho
 
 def owner_identities(registration: Mapping[str, Any]) -> set[str]:
     """Every identity a registration names for its owner: swarm keys, Nostr pubkey, the relay's npub."""
-    metadata = registration.get("metadata") if isinstance(registration.get("metadata"), dict) else {}
-    owner = metadata.get("owner") if isinstance(metadata.get("owner"), dict) else {}
+    raw_metadata = registration.get("metadata")
+    metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
+    raw_owner = metadata.get("owner")
+    owner: Mapping[str, Any] = raw_owner if isinstance(raw_owner, dict) else {}
     candidates = [
         registration.get("ownerPeerKey"),
         metadata.get("ownerPeerKey"),

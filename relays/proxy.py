@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -30,7 +30,14 @@ from relays.health import tracker
 logger = logging.getLogger(__name__)
 
 MAX_FORWARD_BODY = 256 * 1024
-_FORWARDED_REQUEST_HEADERS = ("accept", "accept-language", "if-none-match", "if-modified-since", "range", "content-type")
+_FORWARDED_REQUEST_HEADERS = (
+    "accept",
+    "accept-language",
+    "if-none-match",
+    "if-modified-since",
+    "range",
+    "content-type",
+)
 
 
 def transport() -> PeerTransport:
@@ -48,8 +55,9 @@ async def _relay_for(identifier: str) -> selectors.RelaySnapshot | None:
     return await sync_to_async(selectors.live_relay)(relay_key)
 
 
-async def _open(relay: selectors.RelaySnapshot, method: str, path: str, headers: dict[str, str],
-                body: bytes | None) -> PeerStream | HttpResponse:
+async def _open(
+    relay: selectors.RelaySnapshot, method: str, path: str, headers: dict[str, str], body: bytes | None
+) -> PeerStream | HttpResponse:
     """Open the response of the first peer that answers; an error response when none does."""
     if not relay.peers:
         return _error(503, "no-peers", "Relay has no available peers")
@@ -87,7 +95,7 @@ def _forward_headers(request: HttpRequest) -> dict[str, str]:
 
 
 @require_http_methods(["GET", "HEAD"])
-async def drive_file(request: HttpRequest, identifier: str, file: str) -> HttpResponse:
+async def drive_file(request: HttpRequest, identifier: str, file: str) -> HttpResponseBase:
     relay = await _relay_for(identifier)
     if relay is None:
         return _error(404, "relay-not-registered", "Relay not registered with gateway")
@@ -97,7 +105,7 @@ async def drive_file(request: HttpRequest, identifier: str, file: str) -> HttpRe
 
 
 @require_http_methods(["GET", "HEAD"])
-async def pfp_file(request: HttpRequest, file: str, owner: str | None = None) -> HttpResponse:
+async def pfp_file(request: HttpRequest, file: str, owner: str | None = None) -> HttpResponseBase:
     identifier = request.GET.get("relay") or request.GET.get("identifier")
     if not identifier:
         return _error(400, "relay-required", "Pass ?relay=<relay key or npub…/name> to locate the avatar")

@@ -122,7 +122,7 @@ def register_relay(
 def _register(*, registration: Any, signature: Any, client_ip: str | None, now: datetime | None) -> Relay:
     secret = _secret()
     if not isinstance(registration, dict) or not isinstance(signature, str):
-        raise ApiError("invalid-request", "Body must be {\"registration\": {...}, \"signature\": \"<hex>\"}.")
+        raise ApiError("invalid-request", 'Body must be {"registration": {...}, "signature": "<hex>"}.')
     # The signature is checked before any field is interpreted: an unauthenticated caller learns
     # nothing about which fields would have been accepted.
     if not verify_hmac(secret, registration, signature):
@@ -153,7 +153,8 @@ def _register(*, registration: Any, signature: Any, client_ip: str | None, now: 
         or _string(metadata.get("identifier"))
         or (parsed.relay_key if ":" in parsed.relay_key else "")
     )
-    owner = metadata.get("owner") if isinstance(metadata.get("owner"), dict) else {}
+    raw_owner = metadata.get("owner")
+    owner: dict[str, Any] = raw_owner if isinstance(raw_owner, dict) else {}
     owner_peer_key = next(
         (
             v.lower()
@@ -177,7 +178,9 @@ def _register(*, registration: Any, signature: Any, client_ip: str | None, now: 
         "unregistered_at": None,
     }
     with transaction.atomic():
-        relay, _ = Relay.objects.get_or_create(relay_key=parsed.relay_key, defaults={**fields, "first_registered_at": now})
+        relay, _ = Relay.objects.get_or_create(
+            relay_key=parsed.relay_key, defaults={**fields, "first_registered_at": now}
+        )
         relay = Relay.objects.select_for_update().get(pk=relay.pk)
         for name, value in fields.items():
             setattr(relay, name, value)
@@ -357,8 +360,16 @@ def _validated_claims(relay_auth_token: Any, pubkey: Any, scope: Any) -> tuple[s
     return relay_auth_token, pubkey, scope
 
 
-def _mint(relay: Relay, *, relay_auth_token: str, pubkey: str | None, scope: str, ttl: int, now: datetime,
-          refreshed_from: RelayToken | None = None) -> IssuedToken:
+def _mint(
+    relay: Relay,
+    *,
+    relay_auth_token: str,
+    pubkey: str | None,
+    scope: str,
+    ttl: int,
+    now: datetime,
+    refreshed_from: RelayToken | None = None,
+) -> IssuedToken:
     """Create the token row and the token; the caller holds the relay row lock."""
     relay.token_sequence += 1
     relay.save(update_fields=["token_sequence"])
@@ -470,7 +481,7 @@ def verify_token(token: Any, relay_key: str, *, now: datetime | None = None) -> 
         payload=payload,
         relay_auth_token=payload["relayAuthToken"],
         pubkey=payload.get("pubkey") if isinstance(payload.get("pubkey"), str) else None,
-        scope=payload.get("scope") if isinstance(payload.get("scope"), str) else DEFAULT_SCOPE,
+        scope=str(payload["scope"]) if isinstance(payload.get("scope"), str) else DEFAULT_SCOPE,
         sequence=row.sequence,
         expires_at=int(payload["expiresAt"]),
     )
@@ -623,8 +634,9 @@ def revoke_token_by_id(*, token_id: int, reason: str) -> RevokeResult:
 # --- Peer health ----------------------------------------------------------------------------------
 
 
-def record_peer_health(*, peer_key: str, healthy: bool, latency_ms: float | None = None,
-                       now: datetime | None = None) -> bool:
+def record_peer_health(
+    *, peer_key: str, healthy: bool, latency_ms: float | None = None, now: datetime | None = None
+) -> bool:
     """Record a health observation of a worker peer for every relay it serves.
 
     Returns True when the peer's reachability changed (and the relays' cached snapshots were refreshed,

@@ -340,8 +340,12 @@ class GatewaySession:
                 raw = json.dumps(["REQ", sub_id, *filters], ensure_ascii=False, separators=(",", ":"))
             try:
                 frames = await post_relay(
-                    self.transport, peer, relay_key=self.relay_key, message=raw,
-                    connection_key=self.connection_key, auth_token=self.auth_token,
+                    self.transport,
+                    peer,
+                    relay_key=self.relay_key,
+                    message=raw,
+                    connection_key=self.connection_key,
+                    auth_token=self.auth_token,
                     timeout=self.config.request_timeout,
                 )
             except PeerError as exc:
@@ -364,9 +368,9 @@ class GatewaySession:
             if self._closed:
                 return
             try:
-                if self._current is None or self._current in self._failed:
-                    if not await self._failover_for_poll():
-                        continue
+                needs_failover = self._current is None or self._current in self._failed
+                if needs_failover and not await self._failover_for_poll():
+                    continue
                 await self._poll_once()
             except asyncio.CancelledError:
                 raise
@@ -380,8 +384,12 @@ class GatewaySession:
             return
         try:
             frames = await poll_relay(
-                self.transport, peer, relay_key=self.relay_key, connection_key=self.connection_key,
-                auth_token=self.auth_token, timeout=self.config.poll_timeout,
+                self.transport,
+                peer,
+                relay_key=self.relay_key,
+                connection_key=self.connection_key,
+                auth_token=self.auth_token,
+                timeout=self.config.poll_timeout,
             )
         except PeerError as exc:
             self._poll_failures += 1

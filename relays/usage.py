@@ -36,7 +36,12 @@ def record(token_id: int, *, connections: int = 0, frames: int = 0, bytes_in: in
         entry["frames"] += frames
         entry["bytes_in"] += bytes_in
         entry["bytes_out"] += bytes_out
-    for kind, amount in (("connections", connections), ("frames", frames), ("bytes_in", bytes_in), ("bytes_out", bytes_out)):
+    for kind, amount in (
+        ("connections", connections),
+        ("frames", frames),
+        ("bytes_in", bytes_in),
+        ("bytes_out", bytes_out),
+    ):
         if amount:
             metrics.token_usage_total.labels(kind=kind).inc(amount)
 

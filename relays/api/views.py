@@ -21,8 +21,14 @@ from hypertuna.exceptions import ApiError
 from relays import services
 from relays.api import serializers as s
 
-ERRORS = {400: s.ErrorResponse, 401: s.ErrorResponse, 403: s.ErrorResponse, 409: s.ErrorResponse,
-          429: s.ErrorResponse, 503: s.ErrorResponse}
+ERRORS = {
+    400: s.ErrorResponse,
+    401: s.ErrorResponse,
+    403: s.ErrorResponse,
+    409: s.ErrorResponse,
+    429: s.ErrorResponse,
+    503: s.ErrorResponse,
+}
 
 
 class WorkerAPIView(APIView):
@@ -36,14 +42,19 @@ class WorkerAPIView(APIView):
         )
         if not decision.allowed:
             raise ApiError(
-                "rate-limited", f"Too many requests; retry in {decision.retry_after} s.", status=429,
+                "rate-limited",
+                f"Too many requests; retry in {decision.retry_after} s.",
+                status=429,
                 retryAfter=decision.retry_after,
             )
 
 
 class RelayRegistrationView(WorkerAPIView):
-    @extend_schema(request=s.RegistrationRequest, responses={200: s.RegistrationResponse, **ERRORS},
-                   summary="Register or refresh a relay (HMAC-signed by the worker)")
+    @extend_schema(
+        request=s.RegistrationRequest,
+        responses={200: s.RegistrationResponse, **ERRORS},
+        summary="Register or refresh a relay (HMAC-signed by the worker)",
+    )
     def post(self, request: Request) -> Response:
         body = s.RegistrationRequest(data=request.data)
         body.is_valid(raise_exception=True)
@@ -52,29 +63,43 @@ class RelayRegistrationView(WorkerAPIView):
             signature=body.validated_data["signature"],
             client_ip=ratelimit.client_ip(request),
         )
-        return Response({
-            "status": "ok",
-            "hyperbee": None,
-            "relayKey": relay.relay_key,
-            "expiresAt": int(relay.expires_at.timestamp() * 1000),
-        })
+        return Response(
+            {
+                "status": "ok",
+                "hyperbee": None,
+                "relayKey": relay.relay_key,
+                "expiresAt": int(relay.expires_at.timestamp() * 1000),
+            }
+        )
 
 
-SIGNATURE_HEADER = OpenApiParameter("x-signature", str, OpenApiParameter.HEADER, required=True,
-                                    description="hex HMAC over the canonical JSON described in the operation")
+SIGNATURE_HEADER = OpenApiParameter(
+    "x-signature",
+    str,
+    OpenApiParameter.HEADER,
+    required=True,
+    description="hex HMAC over the canonical JSON described in the operation",
+)
 
 
 class RelayDetailView(WorkerAPIView):
-    @extend_schema(parameters=[SIGNATURE_HEADER], responses={200: s.StatusResponse, **ERRORS},
-                   summary='Unregister a relay (x-signature over {"relayKey": …})')
+    @extend_schema(
+        parameters=[SIGNATURE_HEADER],
+        responses={200: s.StatusResponse, **ERRORS},
+        summary='Unregister a relay (x-signature over {"relayKey": …})',
+    )
     def delete(self, request: Request, relay_key: str) -> Response:
         services.unregister_relay(relay_key=relay_key, signature=request.headers.get("x-signature"))
         return Response({"status": "ok"})
 
 
 class ResyncCompleteView(WorkerAPIView):
-    @extend_schema(request=None, parameters=[SIGNATURE_HEADER], responses={200: s.StatusResponse, 404: s.ErrorResponse, **ERRORS},
-                   summary='Worker replicated the gateway\'s writes (x-signature over {"action":"resync-complete","relayKey":…})')
+    @extend_schema(
+        request=None,
+        parameters=[SIGNATURE_HEADER],
+        responses={200: s.StatusResponse, 404: s.ErrorResponse, **ERRORS},
+        summary='Worker replicated the gateway\'s writes (x-signature over {"action":"resync-complete","relayKey":…})',
+    )
     def post(self, request: Request, relay_key: str) -> Response:
         services.resync_complete(relay_key=relay_key, signature=request.headers.get("x-signature"))
         return Response({"status": "ok"})
@@ -94,8 +119,11 @@ def signed_payload(request: Request) -> dict[str, Any]:
 
 
 class TokenIssueView(WorkerAPIView):
-    @extend_schema(request=s.SignedPayloadRequest, responses={200: s.TokenResponse, **ERRORS},
-                   summary="Issue a client token (payload: relayKey, relayAuthToken, pubkey?, scope?, ttlSeconds?)")
+    @extend_schema(
+        request=s.SignedPayloadRequest,
+        responses={200: s.TokenResponse, **ERRORS},
+        summary="Issue a client token (payload: relayKey, relayAuthToken, pubkey?, scope?, ttlSeconds?)",
+    )
     def post(self, request: Request) -> Response:
         payload = signed_payload(request)
         issued = services.issue_token(
@@ -109,8 +137,11 @@ class TokenIssueView(WorkerAPIView):
 
 
 class TokenRefreshView(WorkerAPIView):
-    @extend_schema(request=s.SignedPayloadRequest, responses={200: s.TokenResponse, **ERRORS},
-                   summary="Exchange a valid token for a fresh one (payload: relayKey, token, ttlSeconds?)")
+    @extend_schema(
+        request=s.SignedPayloadRequest,
+        responses={200: s.TokenResponse, **ERRORS},
+        summary="Exchange a valid token for a fresh one (payload: relayKey, token, ttlSeconds?)",
+    )
     def post(self, request: Request) -> Response:
         payload = signed_payload(request)
         issued = services.refresh_token(
@@ -120,8 +151,11 @@ class TokenRefreshView(WorkerAPIView):
 
 
 class TokenRevokeView(WorkerAPIView):
-    @extend_schema(request=s.SignedPayloadRequest, responses={200: s.RevokeResponse, **ERRORS},
-                   summary="Revoke one token, all up to a sequence, or all (payload: relayKey, token?, sequence?, reason?)")
+    @extend_schema(
+        request=s.SignedPayloadRequest,
+        responses={200: s.RevokeResponse, **ERRORS},
+        summary="Revoke one token, all up to a sequence, or all (payload: relayKey, token?, sequence?, reason?)",
+    )
     def post(self, request: Request) -> Response:
         payload = signed_payload(request)
         result = services.revoke_tokens(
@@ -130,5 +164,11 @@ class TokenRevokeView(WorkerAPIView):
             token=payload.get("token"),
             sequence=payload.get("sequence"),
         )
-        return Response({"status": "revoked", "disconnected": result.disconnected, "revoked": result.revoked,
-                         "sequence": result.sequence})
+        return Response(
+            {
+                "status": "revoked",
+                "disconnected": result.disconnected,
+                "revoked": result.revoked,
+                "sequence": result.sequence,
+            }
+        )

@@ -143,26 +143,57 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> Proc:
         process = subprocess.Popen(
-            argv, cwd=cwd, env=env or self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            argv,
+            cwd=cwd,
+            env=env or self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         proc = Proc(name, process, self.tmp / f"{name}.log")
         threading.Thread(target=proc.pump, daemon=True).start()
         return proc
 
     def start(self) -> Stack:
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env,
-                       check=True, timeout=180)
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            timeout=180,
+        )
         bridge = self._spawn("bridge", ["node", "src/main.mjs"], cwd=BRIDGE_DIR)
         self.procs.append(bridge)
         bridge.wait_marker("HYPERTUNA_BRIDGE_READY")
-        self.procs.append(self._spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                                              "hypertuna.asgi:application"]))
+        self.procs.append(
+            self._spawn(
+                "web",
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "hypertuna.asgi:application"],
+            )
+        )
         self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
         if self._with_celery:
-            self.procs.append(self._spawn("celery", [sys.executable, "-m", "celery", "-A", "hypertuna.celery", "worker",
-                                                     "-B", "--concurrency", "1", "--loglevel", "INFO",
-                                                     "-s", str(self.var / "beat-schedule")]))
+            self.procs.append(
+                self._spawn(
+                    "celery",
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "hypertuna.celery",
+                        "worker",
+                        "-B",
+                        "--concurrency",
+                        "1",
+                        "--loglevel",
+                        "INFO",
+                        "-s",
+                        str(self.var / "beat-schedule"),
+                    ],
+                )
+            )
         self.wait_ready()
         return self
 
@@ -182,9 +213,23 @@ class Stack:
     def start_worker(self, name: str, *extra: str, storage: Path | None = None) -> Proc:
         storage = storage or self.tmp / f"worker-{name}"
         argv = [
-            "node", "src/worker/main.mjs", "--bootstrap-file", str(self.var / "swarm.json"), "--storage", str(storage),
-            "--gateway-url", self.base_url, "--secret", self.secret, "--name", name, "--register-interval-ms", "3000",
-            "--telemetry-interval-ms", "5000", *extra,
+            "node",
+            "src/worker/main.mjs",
+            "--bootstrap-file",
+            str(self.var / "swarm.json"),
+            "--storage",
+            str(storage),
+            "--gateway-url",
+            self.base_url,
+            "--secret",
+            self.secret,
+            "--name",
+            name,
+            "--register-interval-ms",
+            "3000",
+            "--telemetry-interval-ms",
+            "5000",
+            *extra,
         ]
         worker = self._spawn(f"worker-{name}", argv, cwd=BRIDGE_DIR)
         self.workers.append(worker)

@@ -55,16 +55,46 @@ def test_replayed_signature_is_refused():
 @pytest.mark.parametrize(
     ("mutate", "code"),
     [
-        (lambda: reqsign.sign("POST", "/api/probe", body=b'{"a":2}', kid="ops", secret="first-secret"), "invalid-signature"),
-        (lambda: reqsign.sign("POST", "/api/other", body=b'{"a":1}', kid="ops", secret="first-secret"), "invalid-signature"),
-        (lambda: reqsign.sign("GET", "/api/probe", body=b'{"a":1}', kid="ops", secret="first-secret"), "invalid-signature"),
+        (
+            lambda: reqsign.sign("POST", "/api/probe", body=b'{"a":2}', kid="ops", secret="first-secret"),
+            "invalid-signature",
+        ),
+        (
+            lambda: reqsign.sign("POST", "/api/other", body=b'{"a":1}', kid="ops", secret="first-secret"),
+            "invalid-signature",
+        ),
+        (
+            lambda: reqsign.sign("GET", "/api/probe", body=b'{"a":1}', kid="ops", secret="first-secret"),
+            "invalid-signature",
+        ),
         (lambda: reqsign.sign("POST", "/api/probe", body=b'{"a":1}', kid="ops", secret="wrong"), "invalid-signature"),
         (lambda: reqsign.sign("POST", "/api/probe", body=b'{"a":1}', kid="ghost", secret="x"), "unknown-key"),
-        (lambda: reqsign.sign("POST", "/api/probe", body=b'{"a":1}', kid="other", secret="first-secret"), "invalid-signature"),
-        (lambda: reqsign.sign("POST", "/api/probe", body=b'{"a":1}', kid="ops", secret="first-secret",
-                              timestamp=int(time.time()) - 301), "signature-expired"),
-        (lambda: reqsign.sign("POST", "/api/probe", body=b'{"a":1}', kid="ops", secret="first-secret",
-                              timestamp=int(time.time()) + 301), "signature-expired"),
+        (
+            lambda: reqsign.sign("POST", "/api/probe", body=b'{"a":1}', kid="other", secret="first-secret"),
+            "invalid-signature",
+        ),
+        (
+            lambda: reqsign.sign(
+                "POST",
+                "/api/probe",
+                body=b'{"a":1}',
+                kid="ops",
+                secret="first-secret",
+                timestamp=int(time.time()) - 301,
+            ),
+            "signature-expired",
+        ),
+        (
+            lambda: reqsign.sign(
+                "POST",
+                "/api/probe",
+                body=b'{"a":1}',
+                kid="ops",
+                secret="first-secret",
+                timestamp=int(time.time()) + 301,
+            ),
+            "signature-expired",
+        ),
         (lambda: "kid=ops,t=1", "invalid-signature-header"),
         (lambda: "garbage header; drop table", "invalid-signature-header"),
     ],

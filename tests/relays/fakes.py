@@ -34,7 +34,9 @@ class FakeWorker:
             if frame[0] == "REQ":
                 self.subs.setdefault(conn, {})[frame[1]] = [Filter.from_json(f) for f in frame[2:]]
                 self.eosed.discard((conn, frame[1]))
-                return PeerResponse(200, {}, json.dumps(["NOTICE", f"Subscription {frame[1]} created successfully"]).encode())
+                return PeerResponse(
+                    200, {}, json.dumps(["NOTICE", f"Subscription {frame[1]} created successfully"]).encode()
+                )
             if frame[0] == "CLOSE":
                 self.subs.get(conn, {}).pop(frame[1], None)
                 return PeerResponse(200, {}, b'["NOTICE","Subscription closed"]')

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from hypertuna.compat import hmac_hex
 from relays import services
 from relays.models import RelayToken
 from tests.conftest import SECRET, hex_key, make_registration
-from hypertuna.compat import hmac_hex
 
 pytestmark = pytest.mark.django_db
 
@@ -36,7 +36,9 @@ def relays():
         ("admin:relays_hostrule_changelist", 8),
     ],
 )
-def test_admin_changelists_load_with_bounded_queries(admin_client, relays, django_assert_max_num_queries, url_name, max_queries):
+def test_admin_changelists_load_with_bounded_queries(
+    admin_client, relays, django_assert_max_num_queries, url_name, max_queries
+):
     with django_assert_max_num_queries(max_queries):
         response = admin_client.get(reverse(url_name))
     assert response.status_code == 200

@@ -29,8 +29,9 @@ def register(relay_key):
 
 async def test_unauthenticated_swarm_registration_never_adds_a_peer():
     client = FakeClient()
-    await bridge_events.handle(client, BridgeEvent("peer.register", {"registerId": "r1", "peerKey": "c" * 64,
-                                                                       "body": {"relays": [hex_key()]}}))
+    await bridge_events.handle(
+        client, BridgeEvent("peer.register", {"registerId": "r1", "peerKey": "c" * 64, "body": {"relays": [hex_key()]}})
+    )
     assert client.replies[0][1] == 403 and client.replies[0][2]["error"] == "http-registration-required"
     assert not await sync_to_async(Peer.objects.exists)()
 
@@ -40,8 +41,9 @@ async def test_swarm_registration_of_a_known_peer_is_acknowledged():
     await sync_to_async(register)(key)
     client = FakeClient()
     await bridge_events.handle(client, BridgeEvent("peer.register", {"registerId": "r2", "peerKey": PEER}))
-    assert client.replies == [("r2", 200, {"status": "ok", "relays": [key], "hyperbee": None,
-                                           "blindPeer": {"enabled": False}})]
+    assert client.replies == [
+        ("r2", 200, {"status": "ok", "relays": [key], "hyperbee": None, "blindPeer": {"enabled": False}})
+    ]
 
 
 async def test_disconnect_marks_unreachable_and_connect_restores():

@@ -25,13 +25,16 @@ class FileWorkers:
         if peer_key == DEAD:
             raise PeerError("Connection timeout", unreachable=True)
         if path.startswith("/drive/"):
+
             async def chunks():
                 for i in range(4):
                     yield bytes([65 + i]) * 1000
+
             return PeerStream(200, {"content-type": "image/png", "connection": "keep-alive", "etag": "x"}, chunks())
 
         async def reply():
             yield json.dumps({"path": path, "body": json.loads(body)}).encode()
+
         return PeerStream(201, {"content-type": "application/json"}, reply())
 
 

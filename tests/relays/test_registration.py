@@ -7,7 +7,6 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from hypertuna.compat import hmac_hex
 from relays import selectors, services, tasks
@@ -203,13 +202,19 @@ def test_resync_complete_clears_pending_marks(api):
     assert register(api, reg).status_code == 200
     sig = hmac_hex(SECRET, {"action": "resync-complete", "relayKey": key})
     assert api.post(f"/api/relays/{key}/resync-complete", HTTP_X_SIGNATURE="00" * 32).status_code == 401
-    response = api.post(f"/api/relays/{key}/resync-complete", {"action": "resync-complete", "relayKey": key},
-                        format="json", HTTP_X_SIGNATURE=sig)
+    response = api.post(
+        f"/api/relays/{key}/resync-complete",
+        {"action": "resync-complete", "relayKey": key},
+        format="json",
+        HTTP_X_SIGNATURE=sig,
+    )
     assert response.status_code == 200
     assert Relay.objects.get(relay_key=key).metadata == {"name": "x"}
     other = hex_key()
-    unknown = api.post(f"/api/relays/{other}/resync-complete",
-                       HTTP_X_SIGNATURE=hmac_hex(SECRET, {"action": "resync-complete", "relayKey": other}))
+    unknown = api.post(
+        f"/api/relays/{other}/resync-complete",
+        HTTP_X_SIGNATURE=hmac_hex(SECRET, {"action": "resync-complete", "relayKey": other}),
+    )
     assert unknown.status_code == 404 and unknown.json()["error"] == "relay-not-registered"
 
 

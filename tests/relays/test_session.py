@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
 from coincurve import PrivateKey
 
 from hypertuna.nostr import sign_event
@@ -198,8 +197,14 @@ async def test_flooding_client_is_bounded_and_told():
 
     client = Client()
     session = GatewaySession(
-        relay_key="a" * 64, peers=["p"], transport=SlowTransport({"p": FakeWorker()}), send=client.send,
-        close=client.close, auth_token=None, health=RecordingHealth(), config=FAST,
+        relay_key="a" * 64,
+        peers=["p"],
+        transport=SlowTransport({"p": FakeWorker()}),
+        send=client.send,
+        close=client.close,
+        auth_token=None,
+        health=RecordingHealth(),
+        config=FAST,
     )
     session.start()
     accepted = [session.enqueue(json.dumps(["REQ", f"s{i}", {}])) for i in range(50)]

@@ -8,7 +8,6 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from hypertuna.compat import decode_token, encode_token, token_digest
 from relays import services, usage
@@ -122,7 +121,9 @@ def test_verify_error_codes_in_order(api, relay_key, settings):
             services.verify_token(candidate, key)
         assert info.value.code == code
     with pytest.raises(services.TokenRejected) as info:
-        services.verify_token(token, relay_key, now=timezone.now() + timedelta(seconds=settings.HYPERTUNA_TOKEN_TTL + 1))
+        services.verify_token(
+            token, relay_key, now=timezone.now() + timedelta(seconds=settings.HYPERTUNA_TOKEN_TTL + 1)
+        )
     assert info.value.code == "token-expired"
 
 
@@ -137,7 +138,9 @@ def test_authentic_token_never_issued_here_is_refused(relay_key):
 
 def test_refresh_supersedes_the_old_token(api, relay_key):
     token = issue(api, relay_key).json()["token"]
-    response = api.post("/api/relay-tokens/refresh", signed_payload({"relayKey": relay_key, "token": token}), format="json")
+    response = api.post(
+        "/api/relay-tokens/refresh", signed_payload({"relayKey": relay_key, "token": token}), format="json"
+    )
     assert response.status_code == 200
     fresh = response.json()
     assert fresh["sequence"] == 2 and fresh["token"] != token
@@ -145,7 +148,9 @@ def test_refresh_supersedes_the_old_token(api, relay_key):
     with pytest.raises(services.TokenRejected) as info:
         services.verify_token(token, relay_key)
     assert info.value.code == "token-stale"
-    again = api.post("/api/relay-tokens/refresh", signed_payload({"relayKey": relay_key, "token": token}), format="json")
+    again = api.post(
+        "/api/relay-tokens/refresh", signed_payload({"relayKey": relay_key, "token": token}), format="json"
+    )
     assert again.status_code == 400 and again.json()["error"] == "token-stale"
     missing = api.post("/api/relay-tokens/refresh", signed_payload({"relayKey": relay_key}), format="json")
     assert missing.status_code == 400 and missing.json()["error"] == "invalid-request"
@@ -167,7 +172,9 @@ def test_revoke_one_token_leaves_the_others(api, relay_key):
 
 def test_revoke_by_sequence_cut_off(api, relay_key):
     tokens = [issue(api, relay_key).json()["token"] for _ in range(5)]
-    response = api.post("/api/relay-tokens/revoke", signed_payload({"relayKey": relay_key, "sequence": 3}), format="json")
+    response = api.post(
+        "/api/relay-tokens/revoke", signed_payload({"relayKey": relay_key, "sequence": 3}), format="json"
+    )
     assert response.json()["sequence"] == 3 and response.json()["revoked"] == 3
     for i, token in enumerate(tokens, start=1):
         if i <= 3:
@@ -181,13 +188,20 @@ def test_revoke_by_sequence_cut_off(api, relay_key):
 
 def test_revoke_all_and_bad_input(api, relay_key):
     tokens = [issue(api, relay_key).json()["token"] for _ in range(3)]
-    assert api.post("/api/relay-tokens/revoke", signed_payload({"relayKey": relay_key}), format="json").json()["revoked"] == 3
+    assert (
+        api.post("/api/relay-tokens/revoke", signed_payload({"relayKey": relay_key}), format="json").json()["revoked"]
+        == 3
+    )
     for token in tokens:
         with pytest.raises(services.TokenRejected):
             services.verify_token(token, relay_key)
-    bad_seq = api.post("/api/relay-tokens/revoke", signed_payload({"relayKey": relay_key, "sequence": -1}), format="json")
+    bad_seq = api.post(
+        "/api/relay-tokens/revoke", signed_payload({"relayKey": relay_key, "sequence": -1}), format="json"
+    )
     assert bad_seq.status_code == 400 and bad_seq.json()["error"] == "invalid-sequence"
-    bad_token = api.post("/api/relay-tokens/revoke", signed_payload({"relayKey": relay_key, "token": "x.y"}), format="json")
+    bad_token = api.post(
+        "/api/relay-tokens/revoke", signed_payload({"relayKey": relay_key, "token": "x.y"}), format="json"
+    )
     assert bad_token.status_code == 400 and bad_token.json()["error"] == "token-invalid"
 
 
