@@ -7,7 +7,9 @@ protocol types and to Django settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
+from collections.abc import Iterator
 
 from django.conf import settings
 
@@ -56,7 +58,7 @@ class BridgePeerTransport:
     async def request(
         self, peer_key: str, method: str, path: str, *, headers: dict[str, str], body: bytes | None, timeout: float
     ) -> PeerResponse:
-        try:
+        with _as_peer_errors():
             response = await self.client.peer_request(
                 peer_key,
                 method,
@@ -66,12 +68,6 @@ class BridgePeerTransport:
                 timeout_ms=int(timeout * 1000),
                 connect_timeout_ms=int(timeout * 1000),
             )
-        except BridgeError as exc:
-            raise PeerError(_describe(exc), unreachable=exc.code in _UNREACHABLE) from None
-        except BridgeTimeout:
-            raise PeerError("Request timeout", unreachable=True) from None
-        except BridgeUnavailable:
-            raise BridgeDown("gateway bridge unavailable") from None
         return PeerResponse(response.status_code, {k: str(v) for k, v in response.headers.items()}, response.body)
 
     async def stream(
@@ -80,14 +76,8 @@ class BridgePeerTransport:
         stream = self.client.peer_request_stream(
             peer_key, method, path, headers=headers, body=body, timeout_ms=int(timeout * 1000)
         )
-        try:
+        with _as_peer_errors():
             await stream.__aenter__()
-        except BridgeError as exc:
-            raise PeerError(_describe(exc), unreachable=exc.code in _UNREACHABLE) from None
-        except BridgeTimeout:
-            raise PeerError("Request timeout", unreachable=True) from None
-        except BridgeUnavailable:
-            raise BridgeDown("gateway bridge unavailable") from None
         head = stream.head or {}
 
         async def chunks():  # type: ignore[no-untyped-def]
@@ -102,6 +92,19 @@ class BridgePeerTransport:
             {k: str(v) for k, v in (head.get("headers") or {}).items()},
             chunks(),
         )
+
+
+@contextlib.contextmanager
+def _as_peer_errors() -> Iterator[None]:
+    """Translate bridge client errors into the worker-protocol errors sessions understand."""
+    try:
+        yield
+    except BridgeError as exc:
+        raise PeerError(_describe(exc), unreachable=exc.code in _UNREACHABLE) from None
+    except BridgeTimeout:
+        raise PeerError("Request timeout", unreachable=True) from None
+    except BridgeUnavailable:
+        raise BridgeDown("gateway bridge unavailable") from None
 
 
 def _describe(exc: BridgeError) -> str:

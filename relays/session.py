@@ -239,15 +239,7 @@ class GatewaySession:
             tried.add(peer)
             started = time.monotonic()
             try:
-                frames = await post_relay(
-                    self.transport,
-                    peer,
-                    relay_key=self.relay_key,
-                    message=raw,
-                    connection_key=self.connection_key,
-                    auth_token=self.auth_token,
-                    timeout=self.config.request_timeout,
-                )
+                frames = await self._post(peer, raw)
             except PeerError as exc:
                 last_error = str(exc)
                 if exc.status is not None and exc.status < 500 and exc.status != 404:
@@ -292,6 +284,17 @@ class GatewaySession:
             sub.eose_sent = True
         elif data[0] == "CLOSED":
             self._subscriptions.pop(data[1], None)
+
+    async def _post(self, peer: str, raw: str) -> list[str]:
+        return await post_relay(
+            self.transport,
+            peer,
+            relay_key=self.relay_key,
+            message=raw,
+            connection_key=self.connection_key,
+            auth_token=self.auth_token,
+            timeout=self.config.request_timeout,
+        )
 
     # --- peers ------------------------------------------------------------------------------------
 
@@ -339,15 +342,7 @@ class GatewaySession:
                 filters = [{**f.to_dict(), "since": max(f.since or 0, sub.newest_seen)} for f in sub.message.filters]
                 raw = json.dumps(["REQ", sub_id, *filters], ensure_ascii=False, separators=(",", ":"))
             try:
-                frames = await post_relay(
-                    self.transport,
-                    peer,
-                    relay_key=self.relay_key,
-                    message=raw,
-                    connection_key=self.connection_key,
-                    auth_token=self.auth_token,
-                    timeout=self.config.request_timeout,
-                )
+                frames = await self._post(peer, raw)
             except PeerError as exc:
                 logger.info("subscription replay failed", extra={"relay": self.relay_key, "reason": str(exc)})
                 return
