@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $@
 
-$(BRIDGE_STAMP): bridge/package.json bridge/package-lock.json
+$(BRIDGE_STAMP): bridge/package.json bridge/package-lock.json $(wildcard bridge/blind/package-lock.json)
 	cd bridge && npm ci --no-audit --no-fund
 	@touch $@
 

@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             "demo",
             "--requires-auth",
             "--issue-token",
+            "--blind-peer",
+            "gateway",
         ],
         cwd=BASE_DIR / "bridge",
         watch=True,

@@ -9,6 +9,9 @@ import { baseHandshake, RELAY_PROTOCOLS } from './protocol/relay-protocol.mjs'
 import { startLocalTestnet, createSwarm, bindHostFor, formatNodes } from './swarm/bootstrap.mjs'
 import { writeFileAtomic } from './lib/files.mjs'
 import { createLogger, errorMessage } from './lib/log.mjs'
+import { BlindPeerService, BlindPeerError } from './blind/blind-peer.mjs'
+import { LeaseManager, LeaseError } from './lease/lease-manager.mjs'
+import { topicMatches } from './rpc/server.mjs'
 
 export const BRIDGE_VERSION = '0.1.0'
 
@@ -67,6 +70,8 @@ export class Bridge {
     this.testnet = null
     this.swarm = null
     this.pool = null
+    this.blind = null
+    this.leases = null
     this.rpc = null
     this.bootstrapNodes = []
     this.pendingRegisters = new Map()
@@ -89,6 +94,34 @@ export class Bridge {
       keyPair
     })
     const publicKey = b4a.toString(keyPair.publicKey, 'hex')
+    if (cfg.blindPeer && cfg.blindPeer.enabled) {
+      // Started before the pool: its key goes into the handshake every worker receives.
+      this.blind = new BlindPeerService({
+        storageDir: cfg.storageDir,
+        bootstrap: this.bootstrapNodes,
+        host: bindHostFor(cfg.bootstrap, cfg.swarmHost),
+        seed,
+        maxBytes: cfg.blindPeer.maxBytes,
+        cacheSize: cfg.blindPeer.cacheSize,
+        staleMs: cfg.blindPeer.staleMs,
+        progressIntervalMs: cfg.blindPeer.progressIntervalMs,
+        logger: this.log.child('blind-peer')
+      })
+      for (const name of ['mirror.added', 'mirror.removed', 'mirror.progress']) {
+        this.blind.on(name, (data) => this._event(name, data))
+      }
+      await this.blind.start()
+      this.leases = new LeaseManager({
+        bootstrap: this.bootstrapNodes,
+        host: bindHostFor(cfg.bootstrap, cfg.swarmHost),
+        seed,
+        blind: this.blind,
+        openTimeoutMs: cfg.leaseOpenTimeoutMs,
+        logger: this.log.child('lease')
+      })
+      this.leases.on('lease.closed', (data) => this._event('lease.closed', data))
+      await this.leases.start()
+    }
     this.pool = new PeerPool({
       swarm: this.swarm,
       handshake: {
@@ -103,7 +136,7 @@ export class Bridge {
         ...(cfg.publicUrl ? { publicUrl: cfg.publicUrl, gatewayOrigin: cfg.gatewayOrigin } : {}),
         dispatcherEnabled: false,
         hyperbeeRelayEnabled: false,
-        blindPeerEnabled: false
+        ...(this.blind ? this.blind.handshakeFields() : { blindPeerEnabled: false })
       },
       onInboundRequest: (msg) => this._onInboundRequest(msg),
       logger: this.log.child('pool'),
@@ -115,7 +148,8 @@ export class Bridge {
     this.rpc = new RpcServer({
       secret: cfg.secret,
       logger: this.log.child('rpc'),
-      info: { bridgeVersion: BRIDGE_VERSION, gatewayPublicKey: publicKey }
+      info: { bridgeVersion: BRIDGE_VERSION, gatewayPublicKey: publicKey },
+      onsubscribe: (conn, before) => this._replayProgress(conn, before)
     })
     this._registerMethods()
     const listening = {}
@@ -156,6 +190,8 @@ export class Bridge {
     this.pendingRegisters.clear()
     if (this.rpc) await this.rpc.close()
     if (this.pool) await this.pool.close()
+    if (this.leases) await this.leases.stop()
+    if (this.blind) await this.blind.stop()
     if (this.swarm) await this.swarm.destroy().catch(() => {})
     if (this.testnet) await this.testnet.destroy().catch(() => {})
     try {
@@ -170,6 +206,15 @@ export class Bridge {
     this.pool.on('health', (e) => this._event('peer.health', e))
     this.pool.on('telemetry', (e) => this._event('peer.telemetry', e))
     this.pool.on('wsframe', (e) => this._event('peer.wsframe', e))
+  }
+
+  /**
+   * A connection that just subscribed to mirror.progress gets the current lengths of every
+   * mirrored core once, so a restarted bridge or listener needs no other resynchronisation.
+   */
+  _replayProgress (conn, before) {
+    if (!this.blind || topicMatches(before, 'mirror.progress') || !conn.wants('mirror.progress')) return
+    for (const data of this.blind.progressSnapshot()) this.rpc.pushTo(conn, 'mirror.progress', { ...data, at: Date.now() })
   }
 
   _event (name, data) {
@@ -226,7 +271,7 @@ export class Bridge {
       try {
         return await fn(params, ctx)
       } catch (err) {
-        if (err instanceof PoolError) throw new RpcError(err.code, err.message)
+        if (err instanceof PoolError || err instanceof BlindPeerError || err instanceof LeaseError) throw new RpcError(err.code, err.message)
         throw err
       }
     }
@@ -240,7 +285,10 @@ export class Bridge {
     rpc.register('events.subscribe', async (params, ctx) => {
       const topics = Array.isArray(params.topics) ? params.topics.filter((t) => typeof t === 'string') : null
       if (!topics || topics.length === 0) throw new RpcError('invalid-params', 'topics must be a non-empty list of strings')
+      const before = new Set(ctx.conn.topics)
       for (const t of topics) ctx.conn.topics.add(t)
+      // After the answer is written, so the replayed events follow it on the wire.
+      if (ctx.conn.topics.size > before.size) setImmediate(() => rpc.subscribed(ctx.conn, before))
       return { subscribed: [...ctx.conn.topics] }
     })
 
@@ -313,8 +361,46 @@ export class Bridge {
       else if (params.body !== undefined) body = params.body
       const headers = params.headers && typeof params.headers === 'object' ? params.headers : undefined
       p.resolve({ statusCode, headers, body })
-      return { registerId: params.registerId, delivered: true }
+      // Python answers 2xx only for a peer that a signed HTTP registration lists: that approval
+      // is what lets a worker store cores on the gateway's blind peer.
+      let trusted = false
+      if (statusCode >= 200 && statusCode < 300 && this.blind && this.config.blindPeer.trustRegistered) {
+        this.blind.trust(p.peerKey)
+        trusted = true
+      }
+      return { registerId: params.registerId, delivered: true, blindPeerTrusted: trusted }
     })
+
+    this._registerBlindMethods(wrap)
+  }
+
+  _registerBlindMethods (wrap) {
+    const rpc = this.rpc
+    const blind = () => {
+      if (!this.blind) throw new RpcError('unavailable', 'the blind peer is disabled (HYPERTUNA_BRIDGE_BLIND_PEER=off)')
+      return this.blind
+    }
+    rpc.register('blindPeer.status', wrap(async () => this.blind ? this.blind.status() : { enabled: false }))
+    rpc.register('blindPeer.trust', wrap(async (params) => blind().trust(params.peerKey)))
+    rpc.register('blindPeer.untrust', wrap(async (params) => blind().untrust(params.peerKey)))
+    rpc.register('blindPeer.gc', wrap(async (params) => blind().gc(typeof params.reason === 'string' ? params.reason.slice(0, 200) : 'manual')))
+    rpc.register('blindPeer.deleteCore', wrap(async (params) => blind().deleteCore(params.coreKey, typeof params.reason === 'string' ? params.reason.slice(0, 200) : 'deleted')))
+    rpc.register('mirror.list', wrap(async () => ({ cores: await blind().mirrorList() })))
+    const leases = () => {
+      if (!this.leases) throw new RpcError('unavailable', 'leased writes need the blind peer (HYPERTUNA_BRIDGE_BLIND_PEER=off)')
+      return this.leases
+    }
+    // lease.open carries a secret key: its params are never logged or echoed (see LeaseManager).
+    rpc.register('lease.open', wrap(async (params) => leases().open(params)))
+    rpc.register('lease.append', wrap(async (params) => leases().append({ leaseId: params.leaseId, fencing: params.fencing, event: params.event })))
+    rpc.register('lease.close', wrap(async (params) => leases().close({ leaseId: params.leaseId }, typeof params.reason === 'string' ? params.reason.slice(0, 100) : 'closed')))
+    rpc.register('lease.status', wrap(async () => leases().status()))
+    rpc.register('replica.readView', wrap(async (params) => blind().readView({
+      relayKey: params.relayKey,
+      viewCoreKey: params.viewCoreKey ?? null,
+      startSeq: params.startSeq ?? 0,
+      limit: params.limit ?? 1000
+    })))
   }
 }
 

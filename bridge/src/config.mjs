@@ -55,8 +55,21 @@ export function loadBridgeConfig (env = process.env, cwd = process.cwd()) {
     }
   }
 
+  const blindRaw = (env.HYPERTUNA_BRIDGE_BLIND_PEER || 'on').toLowerCase()
+  if (!['on', 'off', '1', '0', 'true', 'false'].includes(blindRaw)) {
+    throw new ConfigError('HYPERTUNA_BRIDGE_BLIND_PEER must be on or off')
+  }
+
   return {
     bootstrap,
+    blindPeer: {
+      enabled: ['on', '1', 'true'].includes(blindRaw),
+      maxBytes: int(env, 'HYPERTUNA_BRIDGE_BLIND_PEER_MAX_BYTES', 100_000_000_000, { min: 1_000_000 }),
+      staleMs: int(env, 'HYPERTUNA_BRIDGE_BLIND_PEER_STALE_MS', 7 * 24 * 3600_000, { min: 0 }),
+      cacheSize: int(env, 'HYPERTUNA_BRIDGE_REPLICA_CACHE', 32, { min: 1, max: 4096 }),
+      progressIntervalMs: int(env, 'HYPERTUNA_BRIDGE_MIRROR_PROGRESS_MS', 1000, { min: 100 }),
+      trustRegistered: !['off', '0', 'false'].includes((env.HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_REGISTERED || 'on').toLowerCase())
+    },
     publicUrl: publicUrl ? publicUrl.href.replace(/\/$/, '') : null,
     gatewayOrigin: publicUrl ? publicUrl.origin : null,
     gatewayId: env.HYPERTUNA_GATEWAY_ID || null,
@@ -68,6 +81,7 @@ export function loadBridgeConfig (env = process.env, cwd = process.cwd()) {
     socketPath,
     tcp,
     secret: env.HYPERTUNA_BRIDGE_SECRET || null,
+    leaseOpenTimeoutMs: int(env, 'HYPERTUNA_BRIDGE_LEASE_OPEN_TIMEOUT_MS', 60_000, { min: 1000 }),
     registerTimeoutMs: int(env, 'HYPERTUNA_BRIDGE_REGISTER_TIMEOUT_MS', 10_000, { min: 100 }),
     pool: {
       connectTimeoutMs: int(env, 'HYPERTUNA_BRIDGE_CONNECT_TIMEOUT_MS', 15_000, { min: 100 }),

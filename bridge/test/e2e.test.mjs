@@ -165,6 +165,9 @@ describe('bridge + reference worker over a loopback testnet', { timeout: 150_000
     }, { what: 'swarm registration result' })
     assert.equal(st.swarmRegistration.statusCode, 200)
     assert.deepEqual(st.swarmRegistration.body, { status: 'ok' })
+    // Python's 200 to the swarm registration is its approval: the peer may now use the blind peer.
+    const bp = await rpc.call('blindPeer.status')
+    assert.deepEqual(bp.trustedPeers.map((p) => p.key), [readyA.swarmPublicKey])
     const pool = await rpc.call('pool.status')
     const peer = pool.peers.find((p) => p.peerKey === readyA.swarmPublicKey)
     assert.equal(peer.state, 'ready')
@@ -315,6 +318,8 @@ describe('bridge + reference worker over a loopback testnet', { timeout: 150_000
     }, { what: 'beta swarm registration result' })
     assert.equal(st.swarmRegistration.statusCode, 503)
     assert.equal(st.swarmRegistration.body.error, 'registration-timeout')
+    const bp = await rpc.call('blindPeer.status')
+    assert.ok(!bp.trustedPeers.some((p) => p.key === readyB.swarmPublicKey), 'an unanswered registration grants nothing')
 
     // Failed HTTP registrations are retried after 1 s, then 2 s: the third attempt succeeds.
     const betaRegs = await waitFor(() => {

@@ -6,9 +6,15 @@ import path from 'node:path'
 import { RpcServer, RpcError } from '../src/rpc/server.mjs'
 import { TestRpcClient } from './helpers/rpc-client.mjs'
 
+const made = []
 function tmpdir () {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ht-rpc-'))
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-rpc-'))
+  made.push(dir)
+  return dir
 }
+test.after(() => {
+  for (const dir of made) fs.rmSync(dir, { recursive: true, force: true })
+})
 
 async function makeServer (opts = {}) {
   const server = new RpcServer({ logger: quietLogger(), ...opts })

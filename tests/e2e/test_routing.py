@@ -179,3 +179,38 @@ def test_drive_files_stream_from_the_worker(stack, tmp_path):
         raise AssertionError("expected 404")
     except urllib.error.HTTPError as exc:
         assert exc.code == 404
+
+
+def test_failover_to_a_second_worker_of_the_same_relay(stack):
+    first = stack.start_worker("shared", "--allow-join")
+    ready = first.markers["HYPERTUNA_WORKER_READY"]
+    second = stack.start_worker(
+        "shared-b", "--join", ready["relayKey"], "--join-peer", ready["swarmPublicKey"]
+    )
+    second.wait_marker("HYPERTUNA_WORKER_JOINED")
+    url = f"{stack.ws_url}/{ready['relayKey']}"
+    author = PrivateKey()
+
+    async def scenario():
+        async with websockets.connect(url) as reader, websockets.connect(url) as writer:
+            before = _event(author, "before failover")
+            await writer.send(json.dumps(["EVENT", before]))
+            assert await _recv(writer) == ["OK", before["id"], True, ""]
+            await reader.send(json.dumps(["REQ", "sub", {"authors": [before["pubkey"]]}]))
+            await _recv_until(reader, lambda f: f[0] == "EOSE")
+            first.stop()
+            # Both sockets stay open: the sessions move to the second worker of the relay.
+            after = _event(author, "after failover")
+            deadline = time.monotonic() + 60
+            while True:
+                await writer.send(json.dumps(["EVENT", after]))
+                frame = await _recv(writer, 60)
+                if frame[:3] == ["OK", after["id"], True]:
+                    break
+                assert time.monotonic() < deadline, frame
+                await asyncio.sleep(1)
+            frame, seen = await _recv_until(reader, lambda f: f[0] == "EVENT" and f[2]["id"] == after["id"], 60)
+            assert frame[1] == "sub"
+            assert [f for f in seen if f[0] == "EVENT" and f[2]["id"] == before["id"]] == []
+
+    asyncio.run(scenario())

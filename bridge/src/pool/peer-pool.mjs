@@ -121,12 +121,23 @@ export class PeerPool extends EventEmitter {
     const entry = this._entry(key)
     entry.wanted = true
     if (entry.state === 'ready') return Promise.resolve(entry)
-    if (!entry.stream) this._dial(entry)
+    if (!entry.stream && entry.state !== 'dialing') {
+      // An explicit request dials now instead of waiting out a reconnect backoff; concurrent
+      // callers find the entry 'dialing' and share that attempt.
+      clearTimeout(entry.reconnectTimer)
+      entry.reconnectTimer = null
+      this._dial(entry)
+    }
     const ms = timeoutMs ?? this.opts.connectTimeoutMs + this.opts.handshakeTimeoutMs
     return new Promise((resolve, reject) => {
       const waiter = { resolve, reject, timer: null }
       waiter.timer = setTimeout(() => {
         entry.waiters.delete(waiter)
+        if (!entry.stream && entry.state === 'dialing' && entry.waiters.size === 0) {
+          // The attempt produced no connection at all; fall back to the backoff schedule.
+          entry.state = 'idle'
+          if (entry.wanted) this._scheduleReconnect(entry)
+        }
         reject(new PoolError('peer-unavailable', entry.lastError ? `Connection timeout (${entry.lastError})` : 'Connection timeout'))
       }, ms)
       entry.waiters.add(waiter)
@@ -375,6 +386,11 @@ export class PeerPool extends EventEmitter {
     if (this._healthRunning || this.closing) return
     this._healthRunning = true
     try {
+      // Hyperswarm stops retrying an explicit peer after a few failed attempts; a wanted peer
+      // that is neither connected nor scheduled is dialled again here.
+      for (const entry of this.peers.values()) {
+        if (entry.wanted && !entry.stream && !entry.reconnectTimer) this._dial(entry)
+      }
       // Sequential on purpose: a sweep must not add a burst of load to every worker at once.
       for (const entry of [...this.peers.values()]) {
         if (entry.state !== 'ready') continue

@@ -33,7 +33,7 @@ function secretDigest (secret) {
   return createHmac('sha256', 'hypertuna-bridge-rpc').update(String(secret), 'utf8').digest()
 }
 
-function topicMatches (topics, event) {
+export function topicMatches (topics, event) {
   for (const t of topics) {
     if (t === '*' || t === event) return true
     if (t.endsWith('*') && event.startsWith(t.slice(0, -1))) return true
@@ -47,8 +47,11 @@ function topicMatches (topics, event) {
  * for the protocol.
  */
 export class RpcServer {
-  constructor ({ secret = null, logger, limits = {}, info = {} } = {}) {
+  constructor ({ secret = null, logger, limits = {}, info = {}, onsubscribe = null } = {}) {
     this.secretDigest = secret ? secretDigest(secret) : null
+    // Called with (conn, topicsBefore) whenever a connection's subscriptions grow, so state
+    // snapshots (e.g. mirror progress) can be replayed to a subscriber that just arrived.
+    this.onsubscribe = onsubscribe
     this.log = logger || createLogger('rpc')
     this.limits = { ...RPC_DEFAULTS, ...limits }
     this.info = info
@@ -128,6 +131,23 @@ export class RpcServer {
   hasSubscribers (event) {
     for (const conn of this.connections) if (conn.wants(event)) return true
     return false
+  }
+
+  /** Push one event to a single connection (if it wants it); same framing and backpressure. */
+  pushTo (conn, event, data) {
+    if (!conn.wants(event)) return false
+    conn.pushEvent({ event, seq: ++this.eventSeq, time: Date.now(), data })
+    return true
+  }
+
+  /** Run the subscription hook after `conn` gained topics; hook errors never reach the caller. */
+  subscribed (conn, topicsBefore) {
+    if (!this.onsubscribe) return
+    try {
+      this.onsubscribe(conn, topicsBefore)
+    } catch (err) {
+      this.log.warn('subscription hook failed', { error: errorMessage(err) })
+    }
   }
 
   /** Push an event to every authenticated connection subscribed to it; returns the count. */
@@ -421,6 +441,7 @@ class RpcConnection {
     this.authenticated = true
     this.protocol = chosen
     this.clientName = typeof params.client === 'string' ? params.client.slice(0, 200) : null
+    const topicsBefore = new Set(this.topics)
     if (Array.isArray(params.subscribe)) {
       for (const t of params.subscribe) if (typeof t === 'string') this.topics.add(t)
     }
@@ -438,6 +459,7 @@ class RpcConnection {
       },
       ...this.server.info
     })
+    if (this.topics.size > topicsBefore.size) this.server.subscribed(this, topicsBefore)
   }
 
   _onnotification (method, params) {

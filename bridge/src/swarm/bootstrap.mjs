@@ -3,6 +3,7 @@ import Hyperswarm from 'hyperswarm'
 import createTestnet from 'hyperdht/testnet.js'
 
 export const LOOPBACK = '127.0.0.1'
+const DEFAULT_MODULES = { HyperDHT, Hyperswarm }
 export const MIN_TESTNET_NODES = 4
 
 /**
@@ -72,18 +73,23 @@ export async function startLocalTestnet (size = MIN_TESTNET_NODES) {
  * make the library fall back to the public bootstrap, which this package never does by
  * accident.
  */
-export function createDht ({ bootstrap, host, keyPair, port }) {
+export function createDht ({ bootstrap, host, keyPair, port, modules = null }) {
   if (!Array.isArray(bootstrap) || bootstrap.length === 0) {
     throw new Error('createDht requires an explicit, non-empty bootstrap list')
   }
   if (!host) throw new Error('createDht requires an explicit bind host')
   const opts = { bootstrap, host, keyPair }
   if (port) opts.port = port
+  // `modules` lets the blind peer build its DHT from its own install tree (see blind/), so the
+  // streams it replicates on come from the same module copies as its corestore; the same
+  // explicit bootstrap and bind host apply either way.
+  const { HyperDHT } = modules || DEFAULT_MODULES
   return new HyperDHT({ bootstrap: opts.bootstrap, host: opts.host, keyPair: opts.keyPair, port: opts.port })
 }
 
 /** A Hyperswarm over an explicitly configured DHT (never the library's default DHT). */
-export function createSwarm ({ bootstrap, host, keyPair, maxPeers = 64 }) {
-  const dht = createDht({ bootstrap, host, keyPair })
-  return new Hyperswarm({ dht: dht, keyPair, maxPeers })
+export function createSwarm ({ bootstrap, host, keyPair, maxPeers = 64, firewall, modules = null }) {
+  const dht = createDht({ bootstrap, host, keyPair, modules })
+  const { Hyperswarm } = modules || DEFAULT_MODULES
+  return new Hyperswarm({ dht: dht, keyPair, maxPeers, firewall })
 }

@@ -30,6 +30,14 @@ Reference Hypertuna worker: hosts one relay and serves the worker protocol on a 
   --issue-token            after registering, issue a client token and print it
   --token-pubkey HEX       pubkey for --issue-token (default: owner)
   --status-file FILE       where to write status JSON (default <storage>/status.json)
+  --blind-peer KEY|gateway mirror the relay cores to this blind peer (64 hex), or to the one the
+                           gateway advertises in its handshake    [HYPERTUNA_WORKER_BLIND_PEER]
+  --allow-join             accept POST /relay/join from other hosts (adds them as writers)
+  --join RELAYKEY          host an existing relay (replicated from --join-peer) instead of a new one
+  --join-peer HEX          swarm key of a worker hosting that relay (started with --allow-join)
+  --gateway-writer-out F   create a dedicated gateway writer (non-indexer) and write its key pair
+                           to F (0600); it is what a worker would deposit with the escrow
+  --wakeup-interval-ms MS  how often to look for other writers' new blocks (default 5000)
   --help
 `
 
@@ -89,6 +97,12 @@ async function main () {
       'issue-token': { type: 'boolean' },
       'token-pubkey': { type: 'string' },
       'status-file': { type: 'string' },
+      'blind-peer': { type: 'string' },
+      'allow-join': { type: 'boolean' },
+      join: { type: 'string' },
+      'join-peer': { type: 'string' },
+      'gateway-writer-out': { type: 'string' },
+      'wakeup-interval-ms': { type: 'string' },
       help: { type: 'boolean' }
     }
   })
@@ -122,6 +136,11 @@ async function main () {
   }
   if (gatewayPeerKey && !/^[0-9a-f]{64}$/.test(gatewayPeerKey)) fail('--gateway-peer-key must be 64 lowercase hex')
 
+  const blindPeer = values['blind-peer'] || env.HYPERTUNA_WORKER_BLIND_PEER || null
+  if (blindPeer && blindPeer !== 'gateway' && !/^[0-9a-f]{64}$/.test(blindPeer)) fail('--blind-peer must be 64 lowercase hex or "gateway"')
+  if (values.join && !/^[0-9a-f]{64}$/.test(values.join)) fail('--join must be a 64 hex relay key')
+  if (values.join && !(values['join-peer'] && /^[0-9a-f]{64}$/.test(values['join-peer']))) fail('--join needs --join-peer <64 hex swarm key>')
+
   const gatewayUrl = values['gateway-url'] || env.HYPERTUNA_WORKER_GATEWAY_URL || null
   const secret = values.secret || env.HYPERTUNA_WORKER_SECRET || null
   if (values['issue-token'] && !(gatewayUrl && secret)) fail('--issue-token needs --gateway-url and --secret')
@@ -151,6 +170,12 @@ async function main () {
     driveImport: values['drive-import'] || null,
     wsPush: !values['no-ws-push'],
     statusFile: values['status-file'] || null,
+    blindPeer,
+    allowJoin: !!values['allow-join'],
+    join: values.join || null,
+    joinPeer: values['join-peer'] || null,
+    gatewayWriterOut: values['gateway-writer-out'] ? path.resolve(values['gateway-writer-out']) : null,
+    wakeupIntervalMs: num(values['wakeup-interval-ms'], 5000, '--wakeup-interval-ms'),
     logger: log
   })
 
@@ -172,6 +197,9 @@ async function main () {
     process.stdin.resume()
   }
 
+  worker.on('joined', (state) => {
+    process.stdout.write('HYPERTUNA_WORKER_JOINED ' + JSON.stringify({ relayKey: worker.relayKey, ...state }) + '\n')
+  })
   const status = await worker.start()
   log.info('ready', { relayKey: status.relayKey, swarmPublicKey: status.swarmPublicKey, identifier: status.identifier })
   process.stdout.write('HYPERTUNA_WORKER_READY ' + JSON.stringify(status) + '\n')

@@ -57,6 +57,16 @@ export class Registrar {
     return this.last
   }
 
+  /** Signed blind-peer metadata: {payload, signature} with the same HMAC as registrations. */
+  async postBlindPeerMetadata (payload) {
+    try {
+      const res = await this._post('/api/blind-peer/metadata', buildSignedPayload(this.secret, payload))
+      return { at: Date.now(), status: res.status, ok: res.ok, error: res.ok ? null : (res.json?.error ?? res.text.slice(0, 200)) }
+    } catch (err) {
+      return { at: Date.now(), status: null, ok: false, error: err.message }
+    }
+  }
+
   async issueToken ({ relayKey, relayAuthToken, pubkey, scope = 'relay-access', ttlSeconds }) {
     const payload = { relayKey, relayAuthToken, pubkey, scope }
     if (ttlSeconds) payload.ttlSeconds = ttlSeconds

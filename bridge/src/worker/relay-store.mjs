@@ -44,7 +44,10 @@ export async function applyNodes (nodes, view, host) {
     if (!op || typeof op !== 'object') continue
     if (op.type === 'addWriter' && typeof op.key === 'string' && /^[0-9a-f]{64}$/.test(op.key)) {
       await batch.flush()
-      await host.addWriter(b4a.from(op.key, 'hex'), { indexer: true })
+      // Workers add indexers by default. `indexer: false` is used for the gateway writer and
+      // failover hosts: with a second indexer the view is signed only when both have acked, so
+      // an offline one would freeze the mirrored (signed) view that replicas read.
+      await host.addWriter(b4a.from(op.key, 'hex'), { indexer: op.indexer !== false })
       continue
     }
     if (op.type === 'event' && typeof op.event === 'string') {
@@ -117,6 +120,37 @@ export class RelayStore extends EventEmitter {
       viewLength: core ? core.length : 0,
       viewIndexedLength: core ? core.indexedLength : 0
     }
+  }
+
+  /** Hex keys of every writer core in the relay's system view, the local one included. */
+  async writerKeys () {
+    const keys = []
+    for await (const { key } of this.base.system.list()) keys.push(b4a.toString(key, 'hex'))
+    return keys
+  }
+
+  /**
+   * Make this Autobase look for new blocks of every known writer. Autobase 6 learns of other
+   * writers' data only through its wakeup extension and peer heads, which a blind peer does not
+   * speak; without this hint a writer's appends made while we were offline (a leased gateway
+   * write, a failover host) stay invisible when they reach us from the blind peer.
+   */
+  async hintWakeupAll () {
+    const hints = []
+    for (const key of await this.writerKeys()) hints.push({ key: b4a.from(key, 'hex'), length: -1 })
+    if (hints.length) this.base.hintWakeup(hints)
+    await this.base.update()
+  }
+
+  /** Append an addWriter op; returns once it is applied to this view. */
+  async addWriter (keyHex, { indexer = true } = {}) {
+    if (!/^[0-9a-f]{64}$/.test(keyHex)) throw new Error('writer key must be 64 hex')
+    await this.base.append({ type: 'addWriter', key: keyHex, indexer })
+    await this.base.update()
+  }
+
+  async isWriter (keyHex) {
+    return (await this.writerKeys()).includes(keyHex)
   }
 
   async getEvent (id) {

@@ -1,8 +1,11 @@
 import { EventEmitter } from 'node:events'
 import fs from 'node:fs'
 import path from 'node:path'
+import os from 'node:os'
 import { randomBytes } from 'node:crypto'
 import Corestore from 'corestore'
+import Autobase from 'autobase'
+import crypto from 'hypercore-crypto'
 import HyperDHT from 'hyperdht'
 import b4a from 'b4a'
 import { RelayChannel, Router, RELAY_PROTOCOL, LEGACY_RELAY_PROTOCOL, baseHandshake } from '../protocol/relay-protocol.mjs'
@@ -12,6 +15,7 @@ import { createLogger, errorMessage } from '../lib/log.mjs'
 import { RelayStore } from './relay-store.mjs'
 import { RelayDrive } from './drive.mjs'
 import { Registrar } from './registrar.mjs'
+import { RelayMirror } from './mirror.mjs'
 import { verifyEvent, filterProblem, matchFilters, npubFromHex, randomSecretKeyHex, getPublicKeyHex } from './nostr.mjs'
 
 export const WORKER_CAPABILITIES = ['http', 'websocket', 'health', 'telemetry', 'wsframe-push']
@@ -61,6 +65,12 @@ export class ReferenceWorker extends EventEmitter {
       maxQueuedFrames: 1000,
       requiresAuth: false,
       wsPush: true,
+      blindPeer: null,
+      allowJoin: false,
+      join: null,
+      joinPeer: null,
+      gatewayWriterOut: null,
+      wakeupIntervalMs: 5000,
       ...opts
     }
     if (!Array.isArray(this.opts.bootstrap) || this.opts.bootstrap.length === 0) {
@@ -81,7 +91,15 @@ export class ReferenceWorker extends EventEmitter {
     this.startedAt = null
     this.timers = []
     this.closing = false
+    this.mirror = null
+    this.joinState = null
+    this.gatewayWriter = null
     this.router = this._buildRouter()
+  }
+
+  /** Relay replication runs on swarm connections only for hosts that share a relay. */
+  get replicates () {
+    return !!(this.opts.allowJoin || this.opts.join)
   }
 
   async start () {
@@ -100,17 +118,30 @@ export class ReferenceWorker extends EventEmitter {
     this.identifier = `${this.npub}:${this.slug}`
     this.gatewayPath = `${this.npub}/${this.slug}`
 
+    if (this.opts.join && relayMeta && relayMeta.relayKey !== this.opts.join) {
+      throw new Error(`storage ${this.storageDir} already hosts relay ${relayMeta.relayKey}`)
+    }
+    const bootstrapKey = relayMeta?.relayKey || this.opts.join || null
     this.store = new Corestore(path.join(this.storageDir, 'corestore'))
     await this.store.ready()
     this.relay = new RelayStore(this.store.namespace('relay'), {
-      bootstrap: relayMeta?.relayKey ? b4a.from(relayMeta.relayKey, 'hex') : null
+      bootstrap: bootstrapKey ? b4a.from(bootstrapKey, 'hex') : null
     })
     await this.relay.ready()
     this.relayKey = this.relay.key
     if (!relayMeta) {
-      writeFileAtomic(path.join(this.storageDir, 'relay.json'), JSON.stringify({ relayKey: this.relayKey, createdAt: Date.now() }) + '\n')
+      const meta = { relayKey: this.relayKey, createdAt: Date.now() }
+      if (this.opts.join) meta.joinedFrom = this.opts.joinPeer
+      writeFileAtomic(path.join(this.storageDir, 'relay.json'), JSON.stringify(meta) + '\n')
     }
-    this.relay.on('event', (ev) => this._onLiveEvent(ev))
+    this.relay.on('event', (ev) => {
+      this._onLiveEvent(ev)
+      if (this.mirror) this.mirror.onRelayChanged()
+    })
+    // A restarted host first looks for what other writers (a leased gateway writer, a failover
+    // host) appended while it was away; see RelayStore.hintWakeupAll.
+    await this.relay.hintWakeupAll()
+    if (this.opts.gatewayWriterOut) this.gatewayWriter = await this._ensureGatewayWriter(this.opts.gatewayWriterOut)
 
     this.drive = new RelayDrive(this.store)
     await this.drive.ready()
@@ -130,14 +161,18 @@ export class ReferenceWorker extends EventEmitter {
     const topic = HyperDHT.hash(Buffer.from(TOPIC_NAMES[this.opts.protocol], 'utf8'))
     await this.swarm.join(topic, { server: true, client: false }).flushed()
     if (this.opts.gatewayPeerKey) this.swarm.joinPeer(b4a.from(this.opts.gatewayPeerKey, 'hex'))
+    if (this.opts.join && this.opts.joinPeer) this.swarm.joinPeer(b4a.from(this.opts.joinPeer, 'hex'))
 
     this.registrar = this.opts.gatewayUrl && this.opts.secret
       ? new Registrar({ gatewayUrl: this.opts.gatewayUrl, secret: this.opts.secret })
       : null
 
     this.startedAt = Date.now()
+    if (this.opts.blindPeer && this.opts.blindPeer !== 'gateway') this._startMirror(this.opts.blindPeer)
     this._every(this.opts.telemetryIntervalMs, () => this._sendTelemetryAll())
     this._every(this.opts.registerIntervalMs, () => this._registerSwarmAll())
+    this._every(this.opts.registerIntervalMs, () => this.mirror && this.mirror.sync().then(() => this.mirror && this.mirror.postMetadata()))
+    this._every(this.opts.wakeupIntervalMs, () => this._wakeupOthers())
     this._every(60_000, () => this._gcConnections())
     if (this.registrar) this._scheduleRegistration((await this.registerHttp()).ok)
     this.writeStatus()
@@ -158,6 +193,7 @@ export class ReferenceWorker extends EventEmitter {
     clearTimeout(this._regTimer)
     for (const t of this.timers) clearInterval(t)
     for (const ch of this.channels) ch.close()
+    if (this.mirror) await this.mirror.close().catch(() => {})
     if (this.swarm) await this.swarm.destroy().catch(() => {})
     if (this.drive) await this.drive.close().catch(() => {})
     if (this.relay) await this.relay.close().catch(() => {})
@@ -180,8 +216,130 @@ export class ReferenceWorker extends EventEmitter {
       registration: this.registrar ? this.registrar.last : null,
       swarmRegistration: this.lastSwarmRegistration,
       gateways: [...this.gateways.keys()],
+      mirror: this.mirror ? this.mirror.status() : null,
+      join: this.joinState,
+      gatewayWriterKey: this.gatewayWriter ? this.gatewayWriter.writerKey : null,
       pid: process.pid
     }
+  }
+
+  // ---- blind-peer mirroring ----
+
+  _startMirror (blindPeerKey) {
+    if (this.closing || !/^[0-9a-f]{64}$/.test(blindPeerKey)) return
+    if (this.mirror && this.mirror.blindPeerKey === blindPeerKey) return
+    if (this.mirror) this.mirror.close().catch(() => {})
+    this.mirror = new RelayMirror({
+      swarm: this.swarm,
+      store: this.store,
+      relay: this.relay,
+      drive: this.drive,
+      blindPeerKey,
+      registrar: this.registrar,
+      identifier: this.identifier,
+      ownerPeerKey: this.swarmPublicKey,
+      logger: this.log.child('mirror')
+    })
+    this.mirror.start()
+    this.emit('mirror', { blindPeerKey })
+    this.writeStatus()
+  }
+
+  /** Periodic wakeup hint while other writers exist (their appends may arrive via the mirror). */
+  async _wakeupOthers () {
+    if (this.closing) return
+    const keys = await this.relay.writerKeys()
+    if (keys.length > 1) await this.relay.hintWakeupAll()
+    if (this.mirror && keys.some((k) => !this.mirror.cores.has(k))) this.mirror.onRelayChanged()
+  }
+
+  /**
+   * A dedicated gateway writer: a fresh Ed25519 key pair whose Autobase writer core is added as a
+   * non-indexer, written once to `file` (0600) as {relayKey, writerKey, publicKey, secretKey}
+   * (base64 secret). This stands in for the escrow deposit of a real worker. The writer core key
+   * is computed in a throwaway store from the public key alone, so the secret key never enters
+   * this worker's own storage.
+   */
+  async _ensureGatewayWriter (file) {
+    const existing = readJsonIfExists(file)
+    if (existing && existing.relayKey === this.relayKey && /^[0-9a-f]{64}$/.test(existing.writerKey || '')) {
+      if (!(await this.relay.isWriter(existing.writerKey))) await this.relay.addWriter(existing.writerKey, { indexer: false })
+      return { writerKey: existing.writerKey }
+    }
+    const keyPair = crypto.keyPair()
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-writer-key-'))
+    let writerKey
+    try {
+      const tmpStore = new Corestore(tmp)
+      const core = Autobase.getLocalCore(tmpStore, { keyPair: { publicKey: keyPair.publicKey, secretKey: null } })
+      await core.ready()
+      writerKey = b4a.toString(core.key, 'hex')
+      await core.close()
+      await tmpStore.close()
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true })
+    }
+    await this.relay.addWriter(writerKey, { indexer: false })
+    const out = {
+      relayKey: this.relayKey,
+      writerKey,
+      publicKey: b4a.toString(keyPair.publicKey, 'hex'),
+      secretKey: b4a.toString(keyPair.secretKey, 'base64'),
+      createdAt: Date.now()
+    }
+    writeFileAtomic(file, JSON.stringify(out) + '\n', 0o600)
+    keyPair.secretKey.fill(0)
+    return { writerKey }
+  }
+
+  // ---- failover hosting ----
+
+  /**
+   * Joining host: once the channel to the hosting worker is open, ask it to add our writer core,
+   * then wait until the replicated system view lists us and the Autobase is writable.
+   */
+  async _requestJoin (ch) {
+    if (this.joinState && (this.joinState.state === 'writable' || this.joinState.state === 'requesting')) return
+    const writerKey = this.relay.info().localKey
+    this.joinState = { state: 'requesting', writerKey, peer: this.opts.joinPeer, at: Date.now() }
+    try {
+      if (!this.relay.base.writable) {
+        const res = await ch.request({ method: 'POST', path: '/relay/join', headers: JSONH, body: { relayKey: this.relayKey, writerKey } })
+        if (res.statusCode !== 200) throw new Error(`join refused with ${res.statusCode}: ${res.body.toString('utf8').slice(0, 200)}`)
+      }
+      const deadline = Date.now() + 60_000
+      while (!this.relay.base.writable) {
+        if (this.closing) return
+        if (Date.now() > deadline) throw new Error('not writable 60 s after the join was accepted')
+        await this.relay.base.update()
+        await new Promise((resolve) => setTimeout(resolve, 200))
+      }
+      this.joinState = { state: 'writable', writerKey, peer: this.opts.joinPeer, at: Date.now() }
+      this.emit('joined', this.joinState)
+      if (!this.closing) this.writeStatus()
+    } catch (err) {
+      this.joinState = { state: 'failed', writerKey, peer: this.opts.joinPeer, error: errorMessage(err), at: Date.now() }
+      this.log.warn('join failed', { error: errorMessage(err) })
+    }
+  }
+
+  async _relayJoin (req) {
+    if (!this.opts.allowJoin) return { statusCode: 403, headers: JSONH, body: { error: 'join-not-allowed' } }
+    let body
+    try {
+      body = JSON.parse(req.body.toString('utf8'))
+    } catch {
+      return { statusCode: 400, headers: JSONH, body: { error: 'invalid-json' } }
+    }
+    if (!body || body.relayKey !== this.relayKey) return { statusCode: 404, headers: JSONH, body: { error: 'relay-not-found' } }
+    if (typeof body.writerKey !== 'string' || !/^[0-9a-f]{64}$/.test(body.writerKey)) {
+      return { statusCode: 400, headers: JSONH, body: { error: 'writerKey must be 64 hex' } }
+    }
+    if (!this.relay.base.writable) return { statusCode: 503, headers: JSONH, body: { error: 'not-writable' } }
+    if (!(await this.relay.isWriter(body.writerKey))) await this.relay.addWriter(body.writerKey, { indexer: false })
+    this.log.info('writer added on join request', { peerKey: req.peerKey })
+    if (this.mirror) this.mirror.onRelayChanged()
+    return { statusCode: 200, headers: JSONH, body: { status: 'added', relayKey: this.relayKey, writerKey: body.writerKey } }
   }
 
   writeStatus () {
@@ -343,6 +501,9 @@ export class ReferenceWorker extends EventEmitter {
   _onConnection (stream) {
     const peerKey = b4a.toString(stream.remotePublicKey, 'hex')
     stream.on('error', () => {})
+    // Hosts of a shared relay replicate their whole store with each other, as real workers do
+    // on their relay swarm; a plain host never does, so gateways see only the worker protocol.
+    if (this.replicates) this.store.replicate(stream)
     const ch = RelayChannel.from(stream, {
       protocol: this.opts.protocol,
       handshake: this._handshake(),
@@ -350,6 +511,9 @@ export class ReferenceWorker extends EventEmitter {
     })
     if (ch.closed) return
     this.channels.add(ch)
+    if (this.opts.join && peerKey === this.opts.joinPeer) {
+      ch.once('open', () => this._requestJoin(ch))
+    }
     ch.on('close', () => {
       this.channels.delete(ch)
       const gw = this.gateways.get(peerKey)
@@ -376,6 +540,7 @@ export class ReferenceWorker extends EventEmitter {
     const r = new Router()
     r.add('POST', '/identify-gateway', (req) => this._identifyGateway(req))
     r.add('GET', '/health', () => ({ statusCode: 200, headers: JSONH, body: this._health() }))
+    r.add('POST', '/relay/join', (req) => this._relayJoin(req))
     r.add('POST', '/register', () => ({ statusCode: 200, headers: JSONH, body: { status: 'acknowledged', timestamp: Date.now() } }))
     r.add('POST', '/post/relay/:identifier', (req) => this._postRelay(req))
     r.add('GET', '/get/relay/:identifier/:connectionKey', (req) => this._getRelay(req))
@@ -402,6 +567,11 @@ export class ReferenceWorker extends EventEmitter {
     ])
     const gw = { peerKey: req.peerKey, channel: req.channel, capabilities, identifiedAt: Date.now() }
     this.gateways.set(req.peerKey, gw)
+    // `--blind-peer gateway`: mirror to the blind peer the gateway advertises in its handshake.
+    const bpKey = payload.blindPeerPublicKey || remote.blindPeerPublicKey
+    if (this.opts.blindPeer === 'gateway' && (payload.blindPeerEnabled || remote.blindPeerEnabled) && typeof bpKey === 'string') {
+      this._startMirror(bpKey.toLowerCase())
+    }
     // Telemetry and the swarm registration go out after the identify response: the gateway
     // only treats the connection as ready once that response arrives.
     setImmediate(() => {

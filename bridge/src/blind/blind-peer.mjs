@@ -1,0 +1,537 @@
+import { EventEmitter } from 'node:events'
+import fs from 'node:fs'
+import path from 'node:path'
+import { createHash } from 'node:crypto'
+import { loadBlindModules } from './modules.mjs'
+import { LruCache } from './lru.mjs'
+import { createSwarm } from '../swarm/bootstrap.mjs'
+import { writeFileAtomic, readJsonIfExists } from '../lib/files.mjs'
+import { createLogger, errorMessage } from '../lib/log.mjs'
+
+export class BlindPeerError extends Error {
+  constructor (code, message) {
+    super(message)
+    this.code = code
+  }
+}
+
+const hex = (buf) => Buffer.from(buf).toString('hex')
+
+/** Event records are the 32-byte keys of the worker view; everything else is index or state. */
+const EVENT_KEY_BYTES = 32
+const MAX_READ_LIMIT = 10_000
+
+/**
+ * The blind-peer server subclass that refuses `add-core` from peers Python has not approved.
+ * blind-peer 3.8.1 itself accepts cores from anyone and uses `trustedPubKeys` only for announce
+ * and delete rights; the gateway must not store cores for strangers, so both request paths (the
+ * legacy protomux-rpc `add-core` of blind-peering 1.x and the muxer `cores` of 2.x) are gated
+ * here, before any record is written.
+ */
+function gatedBlindPeerClass (BlindPeer, service) {
+  return class GatedBlindPeer extends BlindPeer {
+    async _onaddcore (stream, record) {
+      if (!service.isTrusted(stream.remotePublicKey)) {
+        service._refused(stream.remotePublicKey, [record.key])
+        throw new Error('peer is not trusted to add cores')
+      }
+      return super._onaddcore(stream, record)
+    }
+
+    async _onaddcores (stream, request) {
+      if (!service.isTrusted(stream.remotePublicKey)) {
+        service._refused(stream.remotePublicKey, (request.cores || []).map((c) => c.key))
+        throw new Error('peer is not trusted to add cores')
+      }
+      return super._onaddcores(stream, request)
+    }
+  }
+}
+
+/**
+ * Decode a view value: workers store c.any-tagged values (codecs >= 3.1 tags every value), older
+ * writers plain UTF-8. A value that is not a tagged string is returned as its UTF-8 text.
+ */
+export function decodeViewValue (c, buf) {
+  if (buf === null || buf === undefined) return null
+  if (buf.length > 0 && buf[0] === 0x02) {
+    try {
+      const state = { start: 0, end: buf.length, buffer: buf }
+      const v = c.any.decode(state)
+      if (typeof v === 'string' && state.start === buf.length) return v
+    } catch {}
+  }
+  return Buffer.from(buf).toString('utf8')
+}
+
+/**
+ * A blind-peer 3.8.1 server on a corestore-7 store, on its own Hyperswarm over the bridge's
+ * DHT bootstrap (never a library default), plus the gateway's read side: mirrored relay views
+ * are read in-process from the blind peer's store.
+ *
+ * Events: 'mirror.added', 'mirror.removed', 'mirror.progress' (shapes in README.md).
+ */
+export class BlindPeerService extends EventEmitter {
+  constructor ({ storageDir, bootstrap, host, seed, maxBytes, cacheSize = 32, staleMs, progressIntervalMs = 1000, logger }) {
+    super()
+    this.dir = path.join(storageDir, 'blind-peer')
+    this.bootstrap = bootstrap
+    this.host = host
+    this.seed = seed
+    this.maxBytes = maxBytes
+    this.staleMs = staleMs
+    this.progressIntervalMs = progressIntervalMs
+    this.log = logger || createLogger('blind-peer')
+    this.trusted = new Map()
+    this.internal = new Set()
+    this.progress = new Map()
+    this.remoteSeen = new Map()
+    this.gcRunning = false
+    this.lastGc = null
+    this.refusedCount = 0
+    this.cache = new LruCache({
+      max: cacheSize,
+      // Closing the bee closes its core session; the blind peer's own sessions stay open. A
+      // session evicted while a read still walks it is closed when that read finishes.
+      onevict: (session) => {
+        session.evicted = true
+        if (session.reads === 0) return session.bee.close()
+      }
+    })
+    this.viewByRelay = new Map()
+    this.m = null
+    this.bp = null
+    this.swarm = null
+    this.timer = null
+  }
+
+  async start () {
+    const m = this.m = loadBlindModules()
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 })
+    this._loadTrusted()
+    // The blind peer's identity is derived from the gateway seed, so it is stable across
+    // restarts (workers keep mirroring to the same key) yet distinct from the pool's key.
+    const keyPair = m.hcrypto.keyPair(createHash('sha256').update('hypertuna-blind-peer\0').update(this.seed).digest())
+    this.swarm = createSwarm({ bootstrap: this.bootstrap, host: this.host, keyPair, modules: m })
+    const Gated = gatedBlindPeerClass(m.BlindPeer, this)
+    this.bp = new Gated(path.join(this.dir, 'rocks'), {
+      swarm: this.swarm,
+      maxBytes: this.maxBytes,
+      enableGc: true,
+      // Kept empty on purpose: blind-peer's trusted keys may announce cores on the DHT and delete
+      // any core remotely. Add rights are gated by `this.trusted` instead.
+      trustedPubKeys: []
+    })
+    this.bp.on('add-core', (record, _isNew, stream) => this._onAddCore(record, stream))
+    this.bp.on('flush-error', (err) => this.log.warn('blind-peer flush failed', { error: errorMessage(err) }))
+    this.bp.on('gc-done', ({ bytesCleared }) => this.log.info('blind-peer byte budget gc', { bytesCleared }))
+    await this.bp.ready()
+    await this.swarm.dht.ready()
+    await this.bp.listen()
+    await this._snapshotProgress()
+    this.timer = setInterval(() => this._progressTick(), this.progressIntervalMs)
+    this.timer.unref()
+    this.log.info('blind peer listening', { publicKey: this.publicKey })
+  }
+
+  async stop () {
+    clearInterval(this.timer)
+    await this.cache.clear()
+    if (this.bp) await this.bp.close().catch((err) => this.log.warn('blind-peer close failed', { error: errorMessage(err) }))
+    if (this.swarm) await this.swarm.destroy().catch(() => {})
+  }
+
+  get publicKey () {
+    return hex(this.swarm.keyPair.publicKey)
+  }
+
+  get encryptionKey () {
+    return hex(this.bp.encryptionPublicKey)
+  }
+
+  handshakeFields () {
+    return {
+      blindPeerEnabled: true,
+      blindPeerPublicKey: this.publicKey,
+      blindPeerEncryptionKey: this.encryptionKey,
+      blindPeerMaxBytes: this.maxBytes
+    }
+  }
+
+  // ---- keys and trust ----
+
+  /** 64-hex or z-base-32 → 32-byte Buffer; anything else is invalid-params. */
+  decodeKey (value, name = 'key') {
+    if (typeof value !== 'string') throw new BlindPeerError('invalid-params', `${name} must be 64-hex or a z-base-32 id`)
+    try {
+      const buf = this.m.IdEnc.decode(/^[0-9a-fA-F]{64}$/.test(value) ? value.toLowerCase() : value)
+      if (buf.length === 32) return buf
+    } catch {}
+    throw new BlindPeerError('invalid-params', `${name} must be 64-hex or a z-base-32 id`)
+  }
+
+  isTrusted (key) {
+    const id = hex(key)
+    return this.trusted.has(id) || this.internal.has(id)
+  }
+
+  /** The bridge's own lease swarm: trusted for this process only, never listed or persisted. */
+  trustInternal (key) {
+    this.internal.add(hex(key))
+  }
+
+  /** How many contiguous blocks of a core the blind peer holds (0 when it holds none). */
+  async heldLength (key) {
+    const tracker = this.bp.activeReplication.get(hex(this.m.hcrypto.discoveryKey(key)))
+    if (tracker && tracker.core.opened && !tracker.core.closing) return tracker.core.contiguousLength
+    const [info] = await this.bp.store.storage.getInfos([this.m.hcrypto.discoveryKey(key)])
+    if (!info || !info.head) return 0
+    return info.hints && typeof info.hints.contiguousLength === 'number' ? info.hints.contiguousLength : info.head.length
+  }
+
+  _trustFile () {
+    return path.join(this.dir, 'trusted-peers.json')
+  }
+
+  _loadTrusted () {
+    const data = readJsonIfExists(this._trustFile())
+    if (data && Array.isArray(data.peers)) {
+      for (const p of data.peers) if (/^[0-9a-f]{64}$/.test(p.key)) this.trusted.set(p.key, { trustedSince: p.trustedSince })
+    }
+  }
+
+  _saveTrusted () {
+    const peers = [...this.trusted].map(([key, v]) => ({ key, trustedSince: v.trustedSince }))
+    writeFileAtomic(this._trustFile(), JSON.stringify({ peers }) + '\n', 0o600)
+  }
+
+  trust (peerKey) {
+    const key = hex(this.decodeKey(peerKey, 'peerKey'))
+    const existing = this.trusted.get(key)
+    if (!existing) {
+      this.trusted.set(key, { trustedSince: Date.now() })
+      this._saveTrusted()
+    }
+    return { peerKey: key, trusted: true, trustedSince: this.trusted.get(key).trustedSince }
+  }
+
+  untrust (peerKey) {
+    const key = hex(this.decodeKey(peerKey, 'peerKey'))
+    const removed = this.trusted.delete(key)
+    if (removed) this._saveTrusted()
+    return { peerKey: key, trusted: false, removed }
+  }
+
+  _refused (remoteKey, keys) {
+    this.refusedCount++
+    this.log.warn('add-core refused from untrusted peer', { peerKey: hex(remoteKey), cores: keys.length })
+  }
+
+  // ---- events ----
+
+  _onAddCore (record, stream) {
+    const coreKey = hex(record.key)
+    const referrer = record.referrer ? hex(record.referrer) : null
+    // The blind peer learns nothing about a core's role. A relay's referrer is its Autobase key,
+    // which is the creator's writer core, so that one case is known; Python merges the rest from
+    // the worker's signed metadata.
+    const type = referrer && referrer === coreKey ? 'writer' : 'unknown'
+    this.emit('mirror.added', {
+      coreKey,
+      referrer,
+      relayKey: referrer,
+      type,
+      ownerPeerKey: stream && stream.remotePublicKey ? hex(stream.remotePublicKey) : null,
+      announce: !!record.announce,
+      priority: record.priority || 0
+    })
+    if (referrer) this.viewByRelay.delete(referrer)
+  }
+
+  _emitProgress (coreKey, length, contiguousLength, remoteLength, force = false) {
+    const remote = Math.max(remoteLength || 0, this.remoteSeen.get(coreKey) || 0)
+    this.remoteSeen.set(coreKey, remote)
+    const prev = this.progress.get(coreKey)
+    if (!force && prev && prev.length === length && prev.contiguousLength === contiguousLength && prev.remoteLength === remote) return
+    const data = { coreKey, length, contiguousLength, remoteLength: remote, updatedAt: Date.now() }
+    this.progress.set(coreKey, data)
+    this.emit('mirror.progress', data)
+  }
+
+  /**
+   * Once at start: every core the blind peer holds, with lengths from storage (no core is
+   * opened for this). The records are kept and replayed to each new mirror.progress subscriber,
+   * so a gateway that restarts the bridge or its listener gets one report per core.
+   */
+  async _snapshotProgress () {
+    const records = await this.listRecords()
+    const batch = 64
+    for (let i = 0; i < records.length; i += batch) {
+      const slice = records.slice(i, i + batch)
+      const infos = await this.bp.store.storage.getInfos(slice.map((r) => this.m.hcrypto.discoveryKey(r.key)))
+      slice.forEach((r, j) => {
+        const info = infos[j]
+        const length = info && info.head ? info.head.length : 0
+        const contiguous = info && info.hints && typeof info.hints.contiguousLength === 'number' ? info.hints.contiguousLength : length
+        this._emitProgress(hex(r.key), length, Math.min(contiguous, length), Math.max(r.length || 0, length), true)
+      })
+    }
+  }
+
+  /** Throttled by the timer period: at most one report per core per tick, and only on change. */
+  _progressTick () {
+    for (const tracker of this.bp.activeReplication.values()) {
+      if (!tracker.record || tracker.destroyed) continue
+      const core = tracker.core
+      if (!core.opened || core.closing) continue
+      let remote = 0
+      for (const peer of core.peers) remote = Math.max(remote, peer.remoteLength || 0)
+      this._emitProgress(hex(core.key), core.length, core.contiguousLength, remote)
+    }
+  }
+
+  progressSnapshot () {
+    return [...this.progress.values()]
+  }
+
+  // ---- records, status ----
+
+  async listRecords () {
+    return this.bp.db.find('@blind-peer/cores', {}).toArray()
+  }
+
+  async status () {
+    const digest = this.bp.digest || {}
+    return {
+      enabled: true,
+      publicKey: this.publicKey,
+      encryptionKey: this.encryptionKey,
+      maxBytes: this.maxBytes,
+      trustedPeers: [...this.trusted].map(([key, v]) => ({ key, trustedSince: v.trustedSince })),
+      bytesAllocated: digest.bytesAllocated || 0,
+      cores: digest.cores || 0,
+      referrers: digest.referrers || 0,
+      activeCores: this.bp.activeReplication.size,
+      refusedAddRequests: this.refusedCount,
+      stats: { ...this.bp.stats },
+      gc: { running: this.gcRunning, last: this.lastGc, staleMs: this.staleMs },
+      cache: this.cache.info(),
+      versions: this.m.versions
+    }
+  }
+
+  async mirrorList () {
+    const records = await this.listRecords()
+    return records.map((r) => ({
+      coreKey: hex(r.key),
+      referrer: r.referrer ? hex(r.referrer) : null,
+      priority: r.priority,
+      announce: r.announce,
+      length: r.length,
+      bytesAllocated: r.bytesAllocated,
+      updatedAt: r.updated,
+      activeAt: r.active,
+      progress: this.progress.get(hex(r.key)) || null
+    }))
+  }
+
+  // ---- deletion and hygiene ----
+
+  /**
+   * Delete one core: the same steps as blind-peer's remote `delete-core`, without a remote
+   * stream (the request comes from Python). Open replica sessions of the core are closed first so
+   * nothing reads it while it is cleared.
+   */
+  async deleteCore (coreKey, reason) {
+    const key = this.decodeKey(coreKey, 'coreKey')
+    const id = hex(key)
+    const record = await this.bp.db.getCoreRecord(key)
+    if (!record) return { coreKey: id, deleted: false }
+    await this.cache.delete(id)
+    for (const [relay, view] of this.viewByRelay) if (view === id) this.viewByRelay.delete(relay)
+    const core = this.bp.store.get({ key })
+    await core.ready()
+    try {
+      const announced = this.bp.announcedCores.get(core.id)
+      if (announced) {
+        this.bp.swarm.leave(core.discoveryKey)
+        await announced.close().catch(() => {})
+        this.bp.announcedCores.delete(core.id)
+      }
+      const tracker = this.bp.activeReplication.get(hex(core.discoveryKey))
+      if (tracker) await tracker.core.close().catch(() => {})
+      await core.clear(0, core.length)
+    } finally {
+      await core.close().catch(() => {})
+    }
+    this.bp.db.deleteCore(key)
+    await this.bp.flush()
+    this.progress.delete(id)
+    this.remoteSeen.delete(id)
+    this.emit('mirror.removed', { coreKey: id, reason: reason || 'deleted' })
+    return { coreKey: id, deleted: true }
+  }
+
+  /**
+   * Hygiene run: blind-peer's own byte-budget GC (clears data of non-announced cores above
+   * maxBytes, keeping their records), then deletion of stale cores (never announced, priority 0,
+   * no activity for staleMs). Decisions that need relay knowledge (which duplicate to keep) are
+   * Python's, through blindPeer.deleteCore.
+   */
+  async gc (reason) {
+    if (this.gcRunning) return { status: 'skipped', reason: 'running' }
+    this.gcRunning = true
+    const started = Date.now()
+    try {
+      const bytesBefore = this.bp.stats.bytesGcd
+      await this.bp.flush()
+      const budgetBytes = this.bp.stats.bytesGcd - bytesBefore
+      const records = await this.listRecords()
+      const cutoff = Date.now() - this.staleMs
+      const evicted = []
+      let bytesFreed = budgetBytes
+      for (const r of records) {
+        if (r.announce || (r.priority || 0) > 0) continue
+        if ((r.active || r.updated || 0) > cutoff) continue
+        const res = await this.deleteCore(hex(r.key), 'stale')
+        if (res.deleted) {
+          evicted.push(hex(r.key))
+          bytesFreed += r.bytesAllocated || 0
+        }
+      }
+      const result = {
+        status: 'ok',
+        reason: reason || 'manual',
+        scanned: records.length,
+        totalEvictions: evicted.length,
+        bytesFreed,
+        evictionReasons: evicted.length ? { stale: evicted.length } : {},
+        evicted,
+        budgetBytesCleared: budgetBytes,
+        startedAt: started,
+        durationMs: Date.now() - started
+      }
+      this.lastGc = result
+      return result
+    } finally {
+      this.gcRunning = false
+    }
+  }
+
+  // ---- replica reads ----
+
+  async _held (key) {
+    const record = await this.bp.db.getCoreRecord(key)
+    if (record) return true
+    const [info] = await this.bp.store.storage.getInfos([this.m.hcrypto.discoveryKey(key)])
+    return !!info
+  }
+
+  async _session (key) {
+    const id = hex(key)
+    const cached = this.cache.get(id)
+    if (cached) return cached
+    const core = this.bp.store.get({ key })
+    await core.ready()
+    const bee = new this.m.Hyperbee(core, { keyEncoding: 'binary', valueEncoding: 'binary', extension: false })
+    await bee.ready()
+    const session = { core, bee, openedAt: Date.now(), reads: 0, evicted: false }
+    // A concurrent read may have opened the same core meanwhile; keep one session.
+    const raced = this.cache.peek(id)
+    if (raced) {
+      await bee.close().catch(() => {})
+      return this.cache.get(id)
+    }
+    this.cache.set(id, session)
+    return session
+  }
+
+  /**
+   * Without a view key, the relay's view is found among the cores mirrored with the relay key as
+   * referrer: the Hyperbee that holds the worker layout's time index. With several (an indexer
+   * change leaves the old view behind) the longest wins.
+   */
+  async resolveViewCore (relayKey) {
+    let referrer
+    try {
+      referrer = this.decodeKey(relayKey, 'relayKey')
+    } catch {
+      return null
+    }
+    const rid = hex(referrer)
+    const known = this.viewByRelay.get(rid)
+    if (known) return Buffer.from(known, 'hex')
+    const records = (await this.listRecords()).filter((r) => r.referrer && hex(r.referrer) === rid)
+    let best = null
+    for (const r of records) {
+      let s = null
+      try {
+        s = await this._session(r.key)
+        s.reads++
+        const readable = Math.min(s.core.length, s.core.contiguousLength)
+        if (readable < 2) continue
+        const snap = s.bee.snapshot()
+        try {
+          const hit = await snap.peek({ gte: Buffer.from('created_at:'), lt: Buffer.from('created_at;') }, { wait: false })
+          if (hit && (!best || readable > best.readable)) best = { key: r.key, readable }
+        } finally {
+          await snap.close().catch(() => {})
+        }
+      } catch {
+        // Not a Hyperbee (a writer or drive core) or not readable yet: not the view.
+      } finally {
+        if (s) {
+          s.reads--
+          if (s.evicted && s.reads === 0) await s.bee.close().catch(() => {})
+        }
+      }
+    }
+    if (!best) return null
+    this.viewByRelay.set(rid, hex(best.key))
+    return best.key
+  }
+
+  async readView ({ relayKey, viewCoreKey, startSeq, limit }) {
+    if (!Number.isInteger(startSeq) || startSeq < 0) throw new BlindPeerError('invalid-params', 'startSeq must be a non-negative integer')
+    if (!Number.isInteger(limit) || limit < 1) throw new BlindPeerError('invalid-params', 'limit must be a positive integer')
+    limit = Math.min(limit, MAX_READ_LIMIT)
+    let key
+    if (viewCoreKey === null || viewCoreKey === undefined || viewCoreKey === '') {
+      key = await this.resolveViewCore(relayKey)
+      if (!key) throw new BlindPeerError('replica-not-found', 'no view core is known for this relay')
+    } else {
+      key = this.decodeKey(viewCoreKey, 'viewCoreKey')
+    }
+    if (!(await this._held(key))) throw new BlindPeerError('core-unavailable', 'the blind peer does not hold this core')
+    const session = await this._session(key)
+    session.reads++
+    try {
+      return await this._read(session, key, startSeq, limit)
+    } finally {
+      session.reads--
+      if (session.evicted && session.reads === 0) await session.bee.close().catch(() => {})
+    }
+  }
+
+  async _read ({ core, bee }, key, startSeq, limit) {
+    // Only blocks held locally are readable: the mirrored view core carries only signed
+    // (indexed) blocks, and a gap would make the read wait for a peer that may never come.
+    const length = Math.min(core.length, core.contiguousLength)
+    const result = { viewCoreKey: hex(key), length, nextSeq: startSeq, entries: [] }
+    if (startSeq >= length) return result
+    const end = Math.min(startSeq + limit, length)
+    for await (const node of bee.createHistoryStream({ gte: startSeq, lt: end, wait: false })) {
+      if (node.seq < startSeq || node.seq >= end) continue
+      const k = node.key
+      if (!k || k.length !== EVENT_KEY_BYTES) continue
+      result.entries.push({
+        seq: node.seq,
+        type: node.type,
+        key: hex(k),
+        value: node.type === 'put' ? decodeViewValue(this.m.c, node.value) : null
+      })
+    }
+    result.nextSeq = end
+    return result
+  }
+}
