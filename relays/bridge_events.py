@@ -16,7 +16,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from hypertuna.bridge import BridgeClient, BridgeEvent, BridgeTimeout
+from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeEvent, BridgeTimeout
 from hypertuna.compat.relaykeys import HEX64
 from relays import selectors, services
 
@@ -27,7 +27,9 @@ TOPICS = ("peer.connected", "peer.disconnected", "peer.health", "peer.register",
 _BENIGN_CLOSES = {"manual-destroy", "duplicate-replacement"}
 
 
-def register_answer(peer_key: str) -> tuple[int, dict[str, Any]]:
+def register_answer(peer_key: str, blind_peer: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The answer to a worker's Hyperswarm registration. A 2xx also tells the bridge to let this peer
+    mirror cores into the blind peer, so it is given only to peers of signed registrations."""
     relays = selectors.relays_served_by(peer_key) if HEX64.match(peer_key or "") else []
     if not relays:
         return 403, {
@@ -35,7 +37,23 @@ def register_answer(peer_key: str) -> tuple[int, dict[str, Any]]:
             "message": "Register relays with the gateway's signed HTTP API first.",
         }
     services.record_peer_health(peer_key=peer_key, healthy=True)
-    return 200, {"status": "ok", "relays": relays, "hyperbee": None, "blindPeer": {"enabled": False}}
+    return 200, {"status": "ok", "relays": relays, "hyperbee": None, "blindPeer": blind_peer}
+
+
+async def blind_peer_summary(client: BridgeClient) -> dict[str, Any]:
+    """What workers need to mirror into the gateway's blind peer (``{"enabled": False}`` when it is off)."""
+    try:
+        status = await client.call("blindPeer.status", timeout_s=5)
+    except BridgeClientError:
+        return {"enabled": False}
+    if not isinstance(status, dict) or not status.get("enabled"):
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "publicKey": status.get("publicKey"),
+        "encryptionKey": status.get("encryptionKey"),
+        "maxBytes": status.get("maxBytes"),
+    }
 
 
 async def handle(client: BridgeClient, event: BridgeEvent) -> None:
@@ -50,7 +68,7 @@ async def handle(client: BridgeClient, event: BridgeEvent) -> None:
     ):
         await sync_to_async(services.record_peer_health)(peer_key=peer_key, healthy=False)
     elif event.name == "peer.register":
-        status, body = await sync_to_async(register_answer)(peer_key)
+        status, body = await sync_to_async(register_answer)(peer_key, await blind_peer_summary(client))
         await client.register_reply(str(data["registerId"]), status, body=body)
 
 

@@ -14,8 +14,17 @@ PEER = "b" * 64
 
 
 class FakeClient:
-    def __init__(self):
+    def __init__(self, blind_peer=None):
         self.replies = []
+        self.blind_peer = blind_peer
+
+    async def call(self, method, params=None, *, timeout_s=None):
+        assert method == "blindPeer.status"
+        if self.blind_peer is None:
+            from hypertuna.bridge import BridgeError
+
+            raise BridgeError("unknown-method", "no blind peer")
+        return self.blind_peer
 
     async def register_reply(self, register_id, status, *, body=None):
         self.replies.append((register_id, status, body))
