@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from hypertuna import ratelimit
 from hypertuna.nostr import notice_frame
 from relays import usage
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
@@ -82,7 +84,17 @@ class RelayConsumer(AsyncWebsocketConsumer):
                 notice_frame(f"invalid: message too large (max {settings.HYPERTUNA_MAX_FRAME_BYTES} bytes)")
             )
             return
-        token = self.scope["gateway"].token
+        auth: GatewayAuth = self.scope["gateway"]
+        token = auth.token
+        # Counted in the shared cache so one token's budget holds across sockets and gateway nodes; an
+        # open relay's clients are limited per address instead.
+        identity = f"token:{token.token_id}" if token else f"ip:{auth.client_ip}"
+        decision = await sync_to_async(ratelimit.hit)(
+            "ws-frames", identity, limit=settings.HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE
+        )
+        if not decision.allowed:
+            await self.send(notice_frame(f"rate-limited: too many messages; retry in {decision.retry_after} s"))
+            return
         if token:
             usage.record(token.token_id, frames=1, bytes_in=len(text_data))
         self.session.enqueue(text_data)

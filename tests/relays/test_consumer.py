@@ -178,3 +178,25 @@ async def test_connection_rate_limit_per_ip(workers, settings):
     limited = await connect(f"/{key}")
     assert (await receive_json(limited))[1].startswith("rate-limited:")
     assert (await limited.receive_output(timeout=2))["code"] == 4429
+
+
+async def test_frame_rate_limit_per_token(workers, settings):
+    settings.HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE = 3
+    key = hex_key()
+    workers[P1] = FakeWorker()
+    await database_sync_to_async(register)(key, [P1])
+    issued = await database_sync_to_async(services.issue_token)(relay_key=key, relay_auth_token="a")
+    first = await connect(f"/{key}?token={issued.token}")
+    second = await connect(f"/{key}?token={issued.token}")
+    for i in range(2):
+        ev = event(f"n{i}")
+        await first.send_to(json.dumps(["EVENT", ev]))
+        assert (await receive_json(first))[:3] == ["OK", ev["id"], True]
+    ev = event("third, on another socket with the same token")
+    await second.send_to(json.dumps(["EVENT", ev]))
+    assert (await receive_json(second))[:3] == ["OK", ev["id"], True]
+    await second.send_to(json.dumps(["EVENT", event("over budget")]))
+    notice = await receive_json(second)
+    assert notice[0] == "NOTICE" and notice[1].startswith("rate-limited:")
+    await first.disconnect()
+    await second.disconnect()
