@@ -298,6 +298,7 @@ try:
     HYPERTUNA_ESCROW_LEASE_MAX_TTL = env.int("HYPERTUNA_ESCROW_LEASE_MAX_TTL", 3600, min_value=10, max_value=86400)
     HYPERTUNA_ESCROW_DEPOSIT_MAX_TTL = env.int("HYPERTUNA_ESCROW_DEPOSIT_MAX_TTL", 7 * 86400, min_value=60)
     HYPERTUNA_ESCROW_SIGNATURE_WINDOW = env.int("HYPERTUNA_ESCROW_SIGNATURE_WINDOW", 300, min_value=10, max_value=3600)
+    HYPERTUNA_ESCROW_RATELIMIT_PER_MINUTE = env.int("HYPERTUNA_ESCROW_RATELIMIT_PER_MINUTE", 120, min_value=0)
     HYPERTUNA_ESCROW_CHECKPOINT_DIR = Path(env.str("HYPERTUNA_ESCROW_CHECKPOINT_DIR", str(_escrow_dir / "checkpoints")))
     HYPERTUNA_ESCROW_PKI_DIR = Path(env.str("HYPERTUNA_ESCROW_PKI_DIR", str(_escrow_dir / "pki")))
     HYPERTUNA_ESCROW_LISTEN_HOST = env.str("HYPERTUNA_ESCROW_LISTEN_HOST", "127.0.0.1")
@@ -305,6 +306,7 @@ try:
     HYPERTUNA_ESCROW_TLS_CERT = env.optional_str("HYPERTUNA_ESCROW_TLS_CERT")
     HYPERTUNA_ESCROW_TLS_KEY = env.optional_str("HYPERTUNA_ESCROW_TLS_KEY")
     HYPERTUNA_ESCROW_TLS_CA = env.optional_str("HYPERTUNA_ESCROW_TLS_CA")
+    HYPERTUNA_ESCROW_REVOKED_CERTS = [f.lower().replace(":", "") for f in env.list("HYPERTUNA_ESCROW_REVOKED_CERTS")]
     # Gateway side (HYPERTUNA_ROLE=gateway): how the coordinator reaches the escrow. No URL: no leases.
     HYPERTUNA_ESCROW_URL = env.url("HYPERTUNA_ESCROW_URL", None, schemes=("https",))
     HYPERTUNA_ESCROW_CA = env.optional_str("HYPERTUNA_ESCROW_CA")

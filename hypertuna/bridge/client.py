@@ -5,6 +5,8 @@ place Python talks to it. Guarantees:
 
 * every call carries a request id and a deadline; a late answer is dropped, never delivered to
   another call;
+* at most the bridge's ``maxInFlight`` calls are outstanding: further callers wait for a slot (within
+  their own deadline) instead of being refused;
 * a lost connection fails the calls in flight with :class:`BridgeUnavailable` at once and, with
   ``reconnect=True``, is re-established in the background with exponential backoff (subscriptions are
   renewed by the new ``hello``; subscribers receive a ``bridge.reconnected`` event so they can resync);
@@ -273,6 +275,7 @@ class BridgeClient:
         self._write_lock = asyncio.Lock()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._slots: asyncio.Semaphore | None = None
         self.server_info: dict[str, Any] = {}
 
     @classmethod
@@ -559,15 +562,37 @@ class BridgeClient:
         conn = self._conn
         if conn is None:
             raise BridgeUnavailable("bridge not connected")
+        # Client-side backpressure: never exceed the bridge's in-flight limit, so a burst of
+        # callers waits here (within their own timeout) instead of being refused as 'overloaded'.
+        if self._slots is None:
+            limit = int((self.server_info.get("limits") or {}).get("maxInFlight") or 256)
+            self._slots = asyncio.Semaphore(limit)
+        slots = self._slots
+        await slots.acquire()
+        if conn.lost:
+            slots.release()
+            raise BridgeUnavailable("connection to the bridge lost")
         cid = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def settled(f: asyncio.Future[Any]) -> None:
+            # The slot is held until the bridge answers (or the connection is lost), even when the
+            # caller gave up earlier: the bridge is still working on it. Reading the exception here
+            # keeps abandoned calls from logging "exception was never retrieved".
+            slots.release()
+            if not f.cancelled():
+                f.exception()
+
+        fut.add_done_callback(settled)
         conn.pending[cid] = _Pending(fut, stream)
         if stream is not None:
             stream.id = cid
         try:
             await self._write(conn, {"id": cid, "method": method, "params": params})
-        except BridgeUnavailable:
+        except BridgeUnavailable as exc:
             conn.pending.pop(cid, None)
+            if not fut.done():
+                fut.set_exception(exc)
             raise
         return fut
 
@@ -582,12 +607,8 @@ class BridgeClient:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), remaining)
         except TimeoutError:
-            conn = self._conn
-            if conn is not None:
-                # Forget the call: a late answer for this id is then ignored.
-                for key, p in list(conn.pending.items()):
-                    if p.future is fut:
-                        conn.pending.pop(key, None)
+            # The call stays registered so its late answer releases the in-flight slot; nobody
+            # awaits it any more, so that answer is dropped.
             raise BridgeTimeout(f"{method}: no answer within {limit}s") from None
 
     def stream(

@@ -47,6 +47,9 @@ class FakeBridge:
         self.requests: list[dict[str, Any]] = []
         self.hellos: list[dict[str, Any]] = []
         self.max_outstanding = 0
+        self.max_in_flight = 256
+        self.delay_running = 0
+        self.delay_peak = 0
         self.handlers: dict[str, Handler] = {
             "ping": self._ping,
             "echo": self._echo,
@@ -131,7 +134,15 @@ class FakeBridge:
             return
         conn.authenticated = True
         conn.topics.update(params.get("subscribe") or [])
-        await conn.reply(rid, {"protocol": 1, "server": "fake-bridge", "methods": sorted(self.handlers)})
+        await conn.reply(
+            rid,
+            {
+                "protocol": 1,
+                "server": "fake-bridge",
+                "methods": sorted(self.handlers),
+                "limits": {"maxInFlight": self.max_in_flight},
+            },
+        )
 
     async def _ping(self, conn: FakeConn, rid: Any, params: dict[str, Any]) -> None:
         await conn.reply(rid, {"pong": True})
@@ -140,7 +151,12 @@ class FakeBridge:
         await conn.reply(rid, {"echo": params})
 
     async def _delay(self, conn: FakeConn, rid: Any, params: dict[str, Any]) -> None:
-        await asyncio.sleep(params["ms"] / 1000)
+        self.delay_running += 1
+        self.delay_peak = max(self.delay_peak, self.delay_running)
+        try:
+            await asyncio.sleep(params["ms"] / 1000)
+        finally:
+            self.delay_running -= 1
         await conn.reply(rid, {"tag": params["tag"]})
 
     async def _never(self, conn: FakeConn, rid: Any, params: dict[str, Any]) -> None:

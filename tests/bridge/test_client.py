@@ -223,3 +223,19 @@ async def test_a_stream_that_fails_before_its_head_raises_the_error(client: Brid
         async with client.stream("fail", {"code": "peer-unavailable"}):
             pass
     assert info.value.code == "peer-unavailable"
+
+
+async def test_calls_beyond_the_bridge_in_flight_limit_wait_for_a_slot(fake: FakeBridge) -> None:
+    fake.max_in_flight = 2
+    c = BridgeClient(socket_path=fake.path, call_timeout=5)
+    await c.connect()
+    try:
+        results = await asyncio.gather(*[c.call("delay", {"ms": 50, "tag": str(i)}) for i in range(6)])
+        assert [r["tag"] for r in results] == [str(i) for i in range(6)]
+        assert fake.delay_peak == 2
+        # A call that timed out keeps its slot until the bridge answers, then frees it.
+        with pytest.raises(BridgeTimeout):
+            await c.call("never", {"late_ms": 200}, timeout_s=0.05)
+        assert (await c.call("delay", {"ms": 1, "tag": "after"}))["tag"] == "after"
+    finally:
+        await c.close()

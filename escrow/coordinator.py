@@ -1,0 +1,356 @@
+"""Gateway-side escrow coordinator: asks the escrow for write leases and keeps them in the vault.
+
+The WebSocket fallback path calls, when an EVENT must be written and no peer is healthy::
+
+    from escrow.coordinator import get_coordinator
+    lease = await get_coordinator().ensure_write_lease(relay_key, healthy_peers=0)
+    if lease is None:   # no escrow configured, policy refused, lease held elsewhere, escrow unreachable
+        ...answer ["OK", id, false, "blocked: relay is read-only"]...
+    else:
+        with get_coordinator().vault.writer_secret(relay_key) as secret:
+            ...hand ``secret`` to the bridge for this one append (never store or log it)...
+
+``ensure_write_lease`` returns a ``LeaseHandle`` (identifiers, fence, expiry; no secret). It reuses an
+unexpired lease from the vault, renews it when less than a third of its lifetime is left, and otherwise
+requests a new one with a fresh X25519 session key. Concurrent callers for one relay share one request.
+
+Evidence sent with an unlock: the caller's healthy peer count and the mirror freshness from
+``replicas.selectors.mirror_freshness(relay_key)``. That selector belongs to the replicas app; it is
+imported lazily and, until it exists (ImportError/AttributeError), the coordinator sends no mirror
+evidence, which the escrow policy refuses (``mirror-evidence-missing``): fail closed.
+
+A 409 ``lease-active`` for a lease this process does not hold means another gateway node holds it; this
+node does not steal it (it would only thrash the fence) and answers read-only until it expires or an
+operator revokes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from escrow import crypto, metrics
+from escrow.transport import EscrowHTTPError, EscrowUnavailable, MTLSClient
+from escrow.vault import LeaseVault, StaleLease, VaultEntry
+from escrow.worker_client import PolicyError, verify_policy
+
+logger = logging.getLogger(__name__)
+
+
+class EscrowClient(Protocol):
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class LeaseHandle:
+    relay_key: str
+    lease_id: str
+    fence: int
+    expires_at: int
+    writer_public_key: str
+
+
+@dataclass(frozen=True)
+class LeaseResult:
+    """Outcome of one lease request (no secret inside; safe to log and to return from operator APIs)."""
+
+    status: str  # granted, refused, conflict, unavailable, disabled
+    lease: LeaseHandle | None = None
+    reasons: tuple[str, ...] = ()
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "lease": self.lease.__dict__ if self.lease else None,
+            "reasons": list(self.reasons),
+            "detail": self.detail,
+        }
+
+
+def _mirror_freshness_sync(relay_key: str) -> datetime | None:
+    try:
+        from replicas import selectors as replica_selectors
+
+        selector = replica_selectors.mirror_freshness
+    except (ImportError, AttributeError):
+        return None
+    result = selector(relay_key)
+    return result if isinstance(result, datetime) else None
+
+
+def _handle(entry: VaultEntry) -> LeaseHandle:
+    return LeaseHandle(entry.relay_key, entry.lease_id, entry.fence, int(entry.expires_at), entry.writer_public.hex())
+
+
+class EscrowCoordinator:
+    def __init__(
+        self,
+        client: EscrowClient | None,
+        *,
+        vault: LeaseVault | None = None,
+        mirror_freshness: Callable[[str], datetime | None] = _mirror_freshness_sync,
+        request_ttl: int = 300,
+        clock: Callable[[], float] = time.time,
+        pinned_verify_key: bytes | None = None,
+        confirm_interval: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.vault = vault or LeaseVault(clock=clock)
+        self._mirror_freshness = mirror_freshness
+        self._request_ttl = request_ttl
+        self._clock = clock
+        self._verify_key = pinned_verify_key
+        self._confirm_interval = confirm_interval
+        self._confirmed_at: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks_guard = threading.Lock()
+        metrics.leases_active.set_function(self.vault.count)
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    def _lock_for(self, relay_key: str) -> asyncio.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(relay_key, asyncio.Lock())
+
+    # --- Public API --------------------------------------------------------------------------------------
+
+    async def ensure_write_lease(self, relay_key: str, *, healthy_peers: int = 0) -> LeaseHandle | None:
+        """A usable write lease for ``relay_key``, requesting or renewing one if needed; None if refused."""
+        self.vault.sweep()
+        entry = self.vault.get(relay_key)
+        if entry is not None:
+            await self._confirm(entry)
+            entry = self.vault.get(relay_key)
+        if entry is not None:
+            await self._maybe_renew(entry)
+            entry = self.vault.get(relay_key)
+            if entry is not None:
+                return _handle(entry)
+        if not self.enabled:
+            return None
+        async with self._lock_for(relay_key):
+            # Another caller may have obtained the lease while this one waited.
+            entry = self.vault.get(relay_key)
+            if entry is not None:
+                return _handle(entry)
+            result = await self.request_lease(relay_key, healthy_peers=healthy_peers, requested_by="auto")
+        return result.lease
+
+    async def request_lease(self, relay_key: str, *, healthy_peers: int, requested_by: str) -> LeaseResult:
+        if self.client is None:
+            return LeaseResult("disabled", detail="HYPERTUNA_ESCROW_URL is not configured")
+        mirror_at = await sync_to_async(self._mirror_freshness, thread_sensitive=True)(relay_key)
+        result = await asyncio.to_thread(self._request_lease_sync, relay_key, healthy_peers, mirror_at, requested_by)
+        metrics.unlock_requests_total.labels(result.status).inc()
+        if result.lease is not None:
+            self._schedule_expiry(result.lease)
+        logger.info(
+            "escrow lease request",
+            extra={
+                "relay_key": relay_key,
+                "result": result.status,
+                "reasons": list(result.reasons),
+                "lease_id": result.lease.lease_id if result.lease else None,
+                "requested_by": requested_by,
+            },
+        )
+        return result
+
+    async def release(self, relay_key: str, *, reason: str) -> bool:
+        """Drop the local lease (wiping the secret) and tell the escrow, so it can grant again."""
+        entry = self.vault.drop(relay_key, reason)
+        if entry is None:
+            return False
+        if self.client is not None:
+            try:
+                await asyncio.to_thread(
+                    self.client.request, "POST", "/escrow/revoke", {"leaseId": entry.lease_id, "reason": reason}
+                )
+            except (EscrowUnavailable, EscrowHTTPError) as exc:
+                # The local copy is already gone; the escrow lease lapses at its expiry at the latest.
+                logger.warning(
+                    "escrow: could not report lease release",
+                    extra={"lease_id": entry.lease_id, "error": type(exc).__name__},
+                )
+        return True
+
+    def shutdown(self) -> None:
+        self.vault.clear("shutdown")
+
+    # --- Internals -----------------------------------------------------------------------------------------
+
+    def _escrow_verify_key(self) -> bytes:
+        if self._verify_key is None:
+            assert self.client is not None
+            policy = verify_policy(self.client.request("GET", "/policy"))
+            self._verify_key = bytes.fromhex(policy["verifyKey"])
+        return self._verify_key
+
+    def _request_lease_sync(
+        self, relay_key: str, healthy_peers: int, mirror_at: datetime | None, requested_by: str
+    ) -> LeaseResult:
+        assert self.client is not None
+        session = crypto.generate_session_keypair()
+        evidence: dict[str, Any] = {"healthyPeers": healthy_peers}
+        if mirror_at is not None:
+            evidence["mirrorFreshAt"] = int(mirror_at.timestamp())
+        body = {
+            "relayKey": relay_key,
+            "sessionPublicKey": crypto.b64encode(session.public),
+            "evidence": evidence,
+            "ttl": self._request_ttl,
+        }
+        try:
+            verify_key = self._escrow_verify_key()
+            grant = self.client.request("POST", "/escrow/unlock", body)
+        except EscrowHTTPError as exc:
+            session.discard()
+            if exc.status == 412:
+                reasons = tuple(str(r) for r in exc.body.get("reasons", []))
+                self.vault.note_refusal(relay_key, list(reasons))
+                return LeaseResult("refused", reasons=reasons)
+            if exc.status == 409:
+                return LeaseResult("conflict", detail=exc.code)
+            return LeaseResult("error", detail=exc.code)
+        except (EscrowUnavailable, PolicyError) as exc:
+            session.discard()
+            return LeaseResult("unavailable", detail=type(exc).__name__)
+        try:
+            opened = crypto.open_lease(
+                session,
+                sealed=crypto.b64decode(grant.get("sealedSecret"), field="sealedSecret"),
+                signature=crypto.b64decode(grant.get("signature"), field="signature", length=crypto.SIGNATURE_BYTES),
+                escrow_verify_key=verify_key,
+                lease_id=str(grant.get("leaseId")),
+                relay_key=relay_key,
+                fence=int(grant.get("fence", 0)),
+                expires_at=int(grant.get("expiresAt", 0)),
+                writer_public=bytes.fromhex(str(grant.get("writerPublicKey", ""))),
+            )
+        except (crypto.CryptoError, ValueError, TypeError) as exc:
+            # A grant we cannot open or that does not match what we asked for is a security event.
+            code = getattr(exc, "code", type(exc).__name__)
+            logger.error("escrow: lease envelope rejected", extra={"relay_key": relay_key, "error": code})
+            return LeaseResult("error", detail=f"envelope-rejected:{code}")
+        try:
+            entry = self.vault.put(opened, requested_by=requested_by)
+        except StaleLease:
+            return LeaseResult("error", detail="stale-fence")
+        return LeaseResult("granted", lease=_handle(entry))
+
+    async def _confirm(self, entry: VaultEntry) -> None:
+        """Ask the escrow whether the lease still stands, at most every ``confirm_interval`` seconds.
+
+        This bounds how long the gateway can keep writing after the escrow revoked the lease (a worker
+        came back, an operator revoked): one interval. If the escrow cannot be reached the lease is kept
+        until its own expiry, which is the hard bound.
+        """
+        if self.client is None:
+            return
+        now = self._clock()
+        if now - self._confirmed_at.get(entry.lease_id, entry.stored_at) < self._confirm_interval:
+            return
+        try:
+            status = await asyncio.to_thread(self.client.request, "GET", f"/escrow/relays/{entry.relay_key}")
+        except (EscrowUnavailable, EscrowHTTPError):
+            return
+        current = status.get("lease") or {}
+        if current.get("leaseId") != entry.lease_id:
+            self.vault.drop(entry.relay_key, "revoked-at-escrow")
+            self._confirmed_at.pop(entry.lease_id, None)
+            return
+        self._confirmed_at[entry.lease_id] = now
+
+    async def _maybe_renew(self, entry: VaultEntry) -> None:
+        if self.client is None:
+            return
+        remaining = entry.expires_at - self._clock()
+        lifetime = max(entry.expires_at - entry.stored_at, 1.0)
+        if remaining > lifetime / 3:
+            return
+        try:
+            renewed = await asyncio.to_thread(
+                self.client.request, "POST", "/escrow/renew", {"leaseId": entry.lease_id, "ttl": self._request_ttl}
+            )
+        except EscrowHTTPError as exc:
+            if exc.status in (404, 409):
+                # The escrow ended the lease (worker returned, revoked, expired): stop writing now.
+                self.vault.drop(entry.relay_key, exc.code)
+            return
+        except EscrowUnavailable:
+            return  # keep using the lease until its own expiry
+        self.vault.update_expiry(entry.relay_key, entry.lease_id, float(renewed["expiresAt"]))
+        self._schedule_expiry(_handle(entry), at=float(renewed["expiresAt"]))
+
+    def _schedule_expiry(self, lease: LeaseHandle, at: float | None = None) -> None:
+        """Wipe the secret at (early) expiry even if nobody touches the vault again."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = max((at or lease.expires_at) - self._clock() - self.vault._margin, 0.0)
+        loop.call_later(delay, self.vault.sweep)
+
+
+_coordinator: EscrowCoordinator | None = None
+_coordinator_lock = threading.Lock()
+
+
+def build_default_coordinator() -> EscrowCoordinator:
+    client: EscrowClient | None = None
+    if settings.HYPERTUNA_ESCROW_URL:
+        ca, cert, key = (
+            settings.HYPERTUNA_ESCROW_CA,
+            settings.HYPERTUNA_ESCROW_CLIENT_CERT,
+            settings.HYPERTUNA_ESCROW_CLIENT_KEY,
+        )
+        if not (ca and cert and key):
+            # Never fall back to plain TLS or the system trust store (system check escrow.E001 says the same).
+            raise ImproperlyConfigured(
+                "HYPERTUNA_ESCROW_URL needs HYPERTUNA_ESCROW_CA, _CLIENT_CERT and _CLIENT_KEY (mutual TLS only)."
+            )
+        client = MTLSClient(
+            settings.HYPERTUNA_ESCROW_URL, ca=ca, cert=cert, key=key, timeout=settings.HYPERTUNA_ESCROW_TIMEOUT
+        )
+    return EscrowCoordinator(client, request_ttl=settings.HYPERTUNA_ESCROW_REQUEST_TTL)
+
+
+def get_coordinator() -> EscrowCoordinator:
+    """The process-wide coordinator (one vault per gateway process)."""
+    global _coordinator
+    if _coordinator is None:
+        with _coordinator_lock:
+            if _coordinator is None:
+                _coordinator = build_default_coordinator()
+                # Wipe leased secrets on interpreter exit too (the server's SIGTERM path ends here).
+                atexit.register(_coordinator.shutdown)
+    return _coordinator
+
+
+def set_coordinator(coordinator: EscrowCoordinator | None) -> EscrowCoordinator | None:
+    """Replace the process-wide coordinator (tests, or a composition root with its own client)."""
+    global _coordinator
+    with _coordinator_lock:
+        previous, _coordinator = _coordinator, coordinator
+    if previous is not None and previous is not coordinator:
+        previous.shutdown()
+    return previous
+
+
+async def ensure_write_lease(relay_key: str, *, healthy_peers: int = 0) -> LeaseHandle | None:
+    """Shortcut for the WebSocket fallback path: ``await ensure_write_lease(relay_key, healthy_peers=0)``."""
+    return await get_coordinator().ensure_write_lease(relay_key, healthy_peers=healthy_peers)

@@ -1,0 +1,270 @@
+"""Gateway coordinator and in-memory vault, against a real mTLS escrow listener where it matters."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
+from prometheus_client import REGISTRY
+
+from escrow import coordinator as coordinator_module
+from escrow import crypto
+from escrow.coordinator import EscrowCoordinator
+from escrow.models import Lease
+from escrow.transport import MTLSClient
+from escrow.vault import LeaseVault, StaleLease
+from escrow.worker_client import WorkerClient
+from tests.escrow.mtls import escrow_listener, make_pki
+
+
+def fresh_mirror(relay_key):
+    return timezone.now() - timedelta(seconds=5)
+
+
+def unlock_count(result: str) -> float:
+    return REGISTRY.get_sample_value("gateway_escrow_unlock_requests_total", {"result": result}) or 0.0
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def escrow_url(certs, escrow_settings):
+    escrow_settings.HYPERTUNA_ESCROW_HEARTBEAT_SILENCE = 0
+    with escrow_listener(certs) as url:
+        yield url
+
+
+@pytest.fixture
+def deposited(certs, escrow_url):
+    worker = WorkerClient(certs.client(escrow_url, certs.worker), crypto.generate_signing_keypair())
+    writer = crypto.generate_signing_keypair()
+    relay_key = "ef" * 32
+    worker.deposit(relay_key, writer.secret)
+    return worker, writer, relay_key
+
+
+def make_coordinator(certs, url, **kwargs) -> EscrowCoordinator:
+    return EscrowCoordinator(certs.client(url, certs.gateway), **kwargs)
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_ensure_write_lease_obtains_opens_and_reuses(certs, escrow_url, deposited):
+    _, writer, relay_key = deposited
+    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+    before = unlock_count("granted")
+    lease = await coordinator.ensure_write_lease(relay_key, healthy_peers=0)
+    assert lease is not None and lease.fence == 1 and lease.writer_public_key == writer.public.hex()
+    with coordinator.vault.writer_secret(relay_key) as secret:
+        assert secret is not None and bytes(secret) == bytes(writer.secret)
+    again = await coordinator.ensure_write_lease(relay_key, healthy_peers=0)
+    assert again == lease
+    assert await Lease.objects.acount() == 1
+    assert unlock_count("granted") == before + 1
+    assert REGISTRY.get_sample_value("gateway_escrow_leases_active") == 1.0
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_refusal_without_mirror_evidence_leaves_the_relay_read_only(certs, escrow_url, deposited):
+    _, _, relay_key = deposited
+    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=lambda relay_key: None)
+    assert await coordinator.ensure_write_lease(relay_key, healthy_peers=0) is None
+    health = coordinator.vault.health()[0]
+    assert health["status"] == "refused" and health["reasons"] == ["mirror-evidence-missing"]
+    assert coordinator.vault.count() == 0
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_worker_return_ends_the_gateway_lease_at_renewal(certs, escrow_url, deposited):
+    worker, _, relay_key = deposited
+    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+    lease = await coordinator.ensure_write_lease(relay_key)
+    assert lease is not None
+    worker.heartbeat(relay_key)  # the escrow revokes the lease (rotation)
+    # Jump to the renewal point: the renew is refused, so the local copy goes too.
+    entry = coordinator.vault.get(relay_key)
+    secret = entry.writer_secret
+    entry.stored_at = entry.expires_at - 300
+    coordinator._clock = lambda: entry.expires_at - 60
+    assert await coordinator.ensure_write_lease(relay_key) is None
+    assert coordinator.vault.get(relay_key) is None
+    assert bytes(secret) == bytes(len(secret))  # wiped
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_release_wipes_and_revokes_at_the_escrow(certs, escrow_url, deposited):
+    _, _, relay_key = deposited
+    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+    lease = await coordinator.ensure_write_lease(relay_key)
+    secret = coordinator.vault.get(relay_key).writer_secret
+    assert await coordinator.release(relay_key, reason="worker-resync") is True
+    assert bytes(secret) == bytes(64)
+    assert (await Lease.objects.aget(id=lease.lease_id)).state == "revoked"
+    # The escrow can grant again right away (fence moves on).
+    again = await coordinator.ensure_write_lease(relay_key)
+    assert again is not None and again.fence == lease.fence + 1
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_lease_held_by_another_node_is_not_stolen(certs, escrow_url, deposited):
+    _, _, relay_key = deposited
+    node_a = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+    node_b = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+    assert await node_a.ensure_write_lease(relay_key) is not None
+    assert await node_b.ensure_write_lease(relay_key) is None
+    assert node_a.vault.get(relay_key) is not None
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_unreachable_escrow_means_no_lease(certs, tmp_path):
+    client = MTLSClient(
+        "https://127.0.0.1:9",
+        ca=str(certs.ca.cert),
+        cert=str(certs.gateway.cert),
+        key=str(certs.gateway.key),
+        timeout=2,
+    )
+    coordinator = EscrowCoordinator(client, mirror_freshness=fresh_mirror)
+    before = unlock_count("unavailable")
+    assert await coordinator.ensure_write_lease("ab" * 32) is None
+    assert unlock_count("unavailable") == before + 1
+
+
+async def test_no_escrow_configured_means_no_lease():
+    coordinator = EscrowCoordinator(None)
+    assert await coordinator.ensure_write_lease("ab" * 32) is None
+    assert (await coordinator.request_lease("ab" * 32, healthy_peers=0, requested_by="t")).status == "disabled"
+
+
+def test_missing_replicas_selector_means_no_mirror_evidence(monkeypatch):
+    import replicas.selectors
+
+    monkeypatch.delattr(replicas.selectors, "mirror_freshness")  # app present, selector not (yet)
+    assert coordinator_module._mirror_freshness_sync("ab" * 32) is None
+    monkeypatch.setitem(sys.modules, "replicas", None)  # app absent: the import itself fails
+    assert coordinator_module._mirror_freshness_sync("ab" * 32) is None
+
+
+@pytest.mark.django_db
+def test_mirror_evidence_comes_from_the_replicas_selector(monkeypatch):
+    import replicas.selectors
+
+    moment = timezone.now() - timedelta(seconds=7)
+    monkeypatch.setattr(replicas.selectors, "mirror_freshness", lambda relay_key: moment)
+    assert coordinator_module._mirror_freshness_sync("ab" * 32) == moment
+
+
+def test_default_coordinator_follows_settings(settings, certs):
+    settings.HYPERTUNA_ESCROW_URL = None
+    assert coordinator_module.build_default_coordinator().enabled is False
+    settings.HYPERTUNA_ESCROW_URL = "https://escrow.internal:8443"
+    settings.HYPERTUNA_ESCROW_CA = str(certs.ca.cert)
+    settings.HYPERTUNA_ESCROW_CLIENT_CERT = str(certs.gateway.cert)
+    settings.HYPERTUNA_ESCROW_CLIENT_KEY = str(certs.gateway.key)
+    built = coordinator_module.build_default_coordinator()
+    assert built.enabled and built.client.host == "escrow.internal" and built.client.port == 8443
+    settings.HYPERTUNA_ESCROW_CLIENT_KEY = None
+    with pytest.raises(ImproperlyConfigured):
+        coordinator_module.build_default_coordinator()
+
+
+# --- Vault ---------------------------------------------------------------------------------------------
+
+
+def opened(relay_key="ab" * 32, fence=1, expires_at=2_000.0, lease_id="l1"):
+    writer = crypto.generate_signing_keypair()
+    return crypto.OpenedLease(lease_id, relay_key, fence, int(expires_at), writer.public, bytearray(writer.secret))
+
+
+def test_vault_expires_early_and_wipes():
+    now = [1_000.0]
+    vault = LeaseVault(clock=lambda: now[0], skew_margin=2.0)
+    lease = opened(expires_at=1_100)
+    secret = lease.writer_secret
+    vault.put(lease)
+    now[0] = 1_097.9
+    assert vault.get(lease.relay_key) is not None
+    now[0] = 1_098.0
+    assert vault.get(lease.relay_key) is None
+    assert bytes(secret) == bytes(64)
+    assert vault.health()[0]["status"] == "expired"
+
+
+def test_vault_sweep_wipes_everything_expired():
+    now = [1_000.0]
+    vault = LeaseVault(clock=lambda: now[0])
+    leases = [opened(relay_key=f"{i:02x}" * 32, expires_at=1_010 + i * 100) for i in range(3)]
+    for lease in leases:
+        vault.put(lease)
+    now[0] = 1_150
+    assert sorted(vault.sweep()) == sorted([leases[0].relay_key, leases[1].relay_key])
+    assert bytes(leases[0].writer_secret) == bytes(64) and bytes(leases[2].writer_secret) != bytes(64)
+    vault.clear()
+    assert bytes(leases[2].writer_secret) == bytes(64) and vault.count() == 0
+
+
+def test_vault_refuses_older_fences_and_wipes_superseded_entries():
+    vault = LeaseVault(clock=lambda: 1_000.0)
+    first = opened(fence=2)
+    vault.put(first)
+    stale = opened(fence=1)
+    with pytest.raises(StaleLease):
+        vault.put(stale)
+    assert bytes(stale.writer_secret) == bytes(64)
+    newer = opened(fence=3, lease_id="l3")
+    vault.put(newer)
+    assert bytes(first.writer_secret) == bytes(64)
+    assert vault.get(first.relay_key).lease_id == "l3"
+
+
+def test_vault_never_prints_the_secret():
+    vault = LeaseVault(clock=lambda: 1_000.0)
+    lease = opened()
+    entry = vault.put(lease)
+    text = repr(entry) + repr(lease) + str(vault.leases()) + str(vault.health())
+    assert lease.writer_secret.hex() not in text and str(list(lease.writer_secret)) not in text
+
+
+def test_borrowed_secret_is_read_only():
+    vault = LeaseVault(clock=lambda: 1_000.0)
+    lease = opened()
+    vault.put(lease)
+    with vault.writer_secret(lease.relay_key) as view, pytest.raises(TypeError):
+        view[0] = 1
+    with vault.writer_secret("cd" * 32) as missing:
+        assert missing is None
+
+
+def test_release_listeners_hear_every_drop_and_cannot_break_it():
+    now = [1_000.0]
+    vault = LeaseVault(clock=lambda: now[0])
+    heard = []
+    vault.on_release(lambda relay_key, lease_id, reason: heard.append((lease_id, reason)))
+    vault.on_release(lambda *args: 1 / 0)  # a broken listener is logged, not fatal
+    first = opened(lease_id="a", fence=1, expires_at=1_100)
+    vault.put(first)
+    vault.put(opened(lease_id="b", fence=2, expires_at=1_100))
+    now[0] = 1_099
+    vault.sweep()
+    assert heard == [("a", "superseded"), ("b", "expired")]
+    assert bytes(first.writer_secret) == bytes(64)
+
+
+async def test_module_shortcut_uses_the_process_coordinator():
+    fake = EscrowCoordinator(None)
+    previous = coordinator_module.set_coordinator(fake)
+    try:
+        assert coordinator_module.get_coordinator() is fake
+        assert await coordinator_module.ensure_write_lease("ab" * 32, healthy_peers=0) is None
+    finally:
+        coordinator_module.set_coordinator(previous)
