@@ -323,14 +323,12 @@ if ROLE == "escrow":
     ROOT_URLCONF = "escrow.service_urls"
     # Django runs each ASGI request's sync code in a fresh thread; persistent connections would leak.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-CELERY_BEAT_SCHEDULE.update(
-    {
-        "escrow-expire-leases": {"task": "escrow.tasks.expire_leases", "schedule": 15.0},
-        "escrow-audit-checkpoint": {"task": "escrow.tasks.audit_checkpoint", "schedule": 60.0},
-        "escrow-audit-verify": {"task": "escrow.tasks.verify_audit", "schedule": 3600.0},
-        "escrow-prune-idempotency": {"task": "escrow.tasks.prune_idempotency", "schedule": 3600.0},
-    }
-)
+ESCROW_BEAT_SCHEDULE = {
+    "escrow-expire-leases": {"task": "escrow.tasks.expire_leases", "schedule": 15.0},
+    "escrow-audit-checkpoint": {"task": "escrow.tasks.audit_checkpoint", "schedule": 60.0},
+    "escrow-audit-verify": {"task": "escrow.tasks.verify_audit", "schedule": 3600.0},
+    "escrow-prune-idempotency": {"task": "escrow.tasks.prune_idempotency", "schedule": 3600.0},
+}
 
 # --- Replicas -------------------------------------------------------------------------------------
 # Blind-peer mirrors and materialized replicas (replicas app; every variable in .env.example).
@@ -351,3 +349,7 @@ CELERY_BEAT_SCHEDULE["replicas-sync-all"] = {
 }
 CELERY_BEAT_SCHEDULE["replicas-refresh-states"] = {"task": "replicas.tasks.refresh_replica_states", "schedule": 60.0}
 # --- end Replicas ---------------------------------------------------------------------------------
+
+# Each role's beat runs only its own periodic work, against its own database.
+if ROLE == "escrow":
+    CELERY_BEAT_SCHEDULE = ESCROW_BEAT_SCHEDULE

@@ -34,6 +34,7 @@ class Member:
     name: str
     argv: list[str]
     cwd: Path = BASE_DIR
+    env: dict[str, str] | None = None
     # Output is read line by line (and echoed) so that markers such as the demo token can be picked up.
     watch: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None)
@@ -115,6 +116,41 @@ def ensure_operator(env: dict[str, str], var_dir: Path) -> str | None:
     return password
 
 
+def prepare_escrow(env: dict[str, str], var_dir: Path, port: int) -> dict[str, str]:
+    """Development escrow next to the gateway: a private CA and certificates (created once), the escrow
+    role's own database and state folder, and the gateway configured as its mTLS client."""
+    pki = var_dir / "escrow" / "pki"
+    if not (pki / "ca.pem").exists():
+        subprocess.run(
+            [sys.executable, "manage.py", "escrow_certs", "init", "--dir", str(pki)],
+            env=env,
+            cwd=BASE_DIR,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    env.setdefault("HYPERTUNA_ESCROW_URL", f"https://127.0.0.1:{port}")
+    env.setdefault("HYPERTUNA_ESCROW_CA", str(pki / "ca.pem"))
+    env.setdefault("HYPERTUNA_ESCROW_CLIENT_CERT", str(pki / "gateway.pem"))
+    env.setdefault("HYPERTUNA_ESCROW_CLIENT_KEY", str(pki / "gateway-key.pem"))
+    service_dir = var_dir / "escrow-service"
+    escrow_env = {
+        **env,
+        "HYPERTUNA_ROLE": "escrow",
+        "HYPERTUNA_VAR_DIR": str(service_dir),
+        "ESCROW_DATABASE_URL": env.get("ESCROW_DATABASE_URL") or f"sqlite:///{service_dir / 'escrow.sqlite3'}",
+        "HYPERTUNA_ESCROW_PKI_DIR": str(pki),
+        "HYPERTUNA_ESCROW_TLS_CA": str(pki / "ca.pem"),
+        "HYPERTUNA_ESCROW_TLS_CERT": str(pki / "server.pem"),
+        "HYPERTUNA_ESCROW_TLS_KEY": str(pki / "server-key.pem"),
+        "HYPERTUNA_ESCROW_LISTEN_PORT": str(port),
+    }
+    service_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=escrow_env, cwd=BASE_DIR, check=True
+    )
+    return escrow_env
+
+
 def wait_ready(url: str, members: list[Member], timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -152,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("HYPERTUNA_PORT", "8000")))
     parser.add_argument("--var-dir", default=os.environ.get("HYPERTUNA_VAR_DIR", str(BASE_DIR / "var")))
     parser.add_argument("--no-demo", action="store_true", help="do not start the reference worker and demo relay")
+    parser.add_argument("--escrow-port", type=int, default=int(os.environ.get("HYPERTUNA_ESCROW_LISTEN_PORT", "8443")))
     args = parser.parse_args(argv)
 
     var_dir = Path(args.var_dir).resolve()
@@ -161,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("HYPERTUNA_BRIDGE_STORAGE", str(var_dir / "bridge"))
     env.setdefault("HYPERTUNA_BRIDGE_EXIT_ON_STDIN_CLOSE", "1")
     env.setdefault("HYPERTUNA_WORKER_EXIT_ON_STDIN_CLOSE", "1")
+    escrow_env = prepare_escrow(env, var_dir, args.escrow_port)
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, cwd=BASE_DIR, check=True)
     password = ensure_operator(env, var_dir)
 
@@ -188,6 +226,27 @@ def main(argv: list[str] | None = None) -> int:
             ],
         ),
         Member("events", [python, "manage.py", "bridge_events"]),
+        # The escrow runs as its own role: own database, own broker folder, mTLS listener.
+        Member("escrow", [python, "manage.py", "run_escrow"], env=escrow_env),
+        Member(
+            "escrow-celery",
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "hypertuna.celery",
+                "worker",
+                "-B",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "1",
+                "-s",
+                str(var_dir / "escrow-service" / "celerybeat-schedule"),
+            ],
+            env=escrow_env,
+        ),
     ]
     demo = Member(
         "demo-worker",
@@ -223,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     for member in members:
-        member.start(env)
+        member.start(member.env or env)
 
     if not wait_ready(f"{base}/ready", members, timeout=120):
         if not stopping:
@@ -251,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         f"    API docs: {base}/api/docs/\n"
         f"    metrics:  {base}/metrics   health: {base}/health   ready: {base}/ready\n"
         f"    worker registration secret: {var_dir / 'registration-secret'}\n"
+        f"    escrow (mTLS): {env['HYPERTUNA_ESCROW_URL']}, certificates in {var_dir / 'escrow' / 'pki'}\n"
         + (f"\n  Demo relay (any Nostr client can use this URL):\n    {demo_url}\n" if demo_url else "")
         + "  Press Ctrl-C to stop.\n",
         flush=True,
