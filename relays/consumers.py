@@ -18,6 +18,7 @@ from hypertuna import ratelimit
 from hypertuna.nostr import notice_frame
 from relays import usage
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
+from relays.fallback import ReplicaFallback
 from relays.health import tracker
 from relays.middleware import GatewayAuth
 from relays.runtime import forwarded_messages, runtime
@@ -33,6 +34,7 @@ def bridge_transport() -> BridgePeerTransport:
 
 class RelayConsumer(AsyncWebsocketConsumer):
     session: GatewaySession | None = None
+    fallback: ReplicaFallback | None = None
     group: str | None = None
     # The way to reach workers; tests substitute an in-memory transport.
     transport_factory = staticmethod(bridge_transport)
@@ -45,12 +47,13 @@ class RelayConsumer(AsyncWebsocketConsumer):
             await self.close(code=auth.rejection.code)
             return
         assert auth.relay is not None
-        if not auth.relay.peers:
+        if not auth.relay.peers and not auth.replica:
             await self.send(notice_frame("Error: No peers available"))
             await self.close(code=CLOSE_NO_PEERS)
             return
         rt = runtime()
         rt.ensure_started()
+        self.fallback = rt.fallback_for(auth.relay.relay_key) if auth.replica else None
         self.session = GatewaySession(
             relay_key=auth.relay.relay_key,
             peers=list(auth.relay.peers),
@@ -65,6 +68,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
                 max_queued_frames=settings.HYPERTUNA_MAX_QUEUED_FRAMES,
             ),
             on_forward=lambda relay: forwarded_messages.labels(relay=relay).inc(),
+            fallback=self.fallback,
         )
         self.group = relay_group(auth.relay.id)
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -100,6 +104,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
         self.session.enqueue(text_data)
 
     async def disconnect(self, code: int) -> None:
+        if self.fallback is not None:
+            runtime().drop_fallback(self.fallback)
         if self.session is not None:
             await self.session.stop()
             runtime().remove(self.session)

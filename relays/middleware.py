@@ -16,7 +16,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from hypertuna import ratelimit
-from relays import selectors, services
+from relays import fallback, selectors, services
 from relays.selectors import RelaySnapshot
 
 CLOSE_UNKNOWN_RELAY = 4404
@@ -37,6 +37,8 @@ class GatewayAuth:
     relay: RelaySnapshot | None = None
     token: services.VerifiedToken | None = None
     rejection: Rejection | None = None
+    # A replica can serve this relay when no worker can.
+    replica: bool = False
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
@@ -79,6 +81,13 @@ def authenticate(scope: dict[str, Any]) -> GatewayAuth:
             ip, rejection=Rejection(CLOSE_UNKNOWN_RELAY, "Invalid relay key", "Error: Invalid relay key")
         )
     relay = selectors.live_relay(relay_key)
+    replica = False
+    if relay is None or not relay.peers:
+        replica = fallback.replica_available(relay_key)
+        if relay is None and replica:
+            # Registration lapsed (every worker offline for longer than the TTL) but the relay is mirrored:
+            # it stays readable, and writable under a lease.
+            relay = selectors.offline_snapshot(relay_key)
     if relay is None:
         return GatewayAuth(
             ip,
@@ -97,7 +106,7 @@ def authenticate(scope: dict[str, Any]) -> GatewayAuth:
                     CLOSE_FORBIDDEN, "Token required", "auth-required: this relay needs an access token (?token=…)"
                 ),
             )
-        return GatewayAuth(ip, relay=relay)
+        return GatewayAuth(ip, relay=relay, replica=replica)
     try:
         verified = services.verify_token(token, relay.relay_key)
     except services.TokenRejected as exc:
@@ -106,7 +115,7 @@ def authenticate(scope: dict[str, Any]) -> GatewayAuth:
             relay=relay,
             rejection=Rejection(CLOSE_FORBIDDEN, "Invalid token", f"restricted: access token rejected ({exc.code})"),
         )
-    return GatewayAuth(ip, relay=relay, token=verified)
+    return GatewayAuth(ip, relay=relay, token=verified, replica=replica)
 
 
 class RelayAuthMiddleware:

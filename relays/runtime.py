@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge
 
 from relays import usage
 from relays.bridge import get_bridge
+from relays.fallback import LeaseWriter, ReplicaFallback
 from relays.session import GatewaySession
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,28 @@ pushed_frames = Counter("gateway_pushed_frames_total", "Frames workers pushed to
 class Runtime:
     def __init__(self) -> None:
         self.sessions: dict[str, GatewaySession] = {}
+        self.fallbacks: dict[str, set[ReplicaFallback]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._writer: LeaseWriter | None = None
+
+    def fallback_for(self, relay_key: str) -> ReplicaFallback:
+        """A fallback for one socket of ``relay_key``, linked to this node's other sockets of the relay."""
+        if self._writer is None:
+            self._writer = LeaseWriter(get_bridge())
+        fallback = ReplicaFallback(
+            relay_key=relay_key,
+            writer=self._writer,
+            peers_of_relay=lambda: list(self.fallbacks.get(relay_key, ())),
+        )
+        self.fallbacks.setdefault(relay_key, set()).add(fallback)
+        return fallback
+
+    def drop_fallback(self, fallback: ReplicaFallback) -> None:
+        group = self.fallbacks.get(fallback.relay_key)
+        if group is not None:
+            group.discard(fallback)
+            if not group:
+                del self.fallbacks[fallback.relay_key]
 
     def ensure_started(self) -> None:
         if self._tasks and not all(t.done() for t in self._tasks):

@@ -80,6 +80,22 @@ def live_relay(relay_key: str) -> RelaySnapshot | None:
     return snap
 
 
+def offline_snapshot(relay_key: str) -> RelaySnapshot | None:
+    """The relay as known, with no peers: for serving a lapsed relay from its replica."""
+    relay = Relay.objects.filter(relay_key=relay_key).first()
+    if relay is None:
+        return None
+    return RelaySnapshot(
+        id=relay.pk,
+        relay_key=relay.relay_key,
+        requires_auth=relay.requires_auth,
+        peers=(),
+        expires_at=relay.expires_at.timestamp(),
+        gateway_path=relay.gateway_path,
+        owner_peer_key=relay.owner_peer_key,
+    )
+
+
 def resolve_path(path: str) -> str | None:
     """Relay key for a client path: a hex key, ``npub…/name`` or ``npub…:name`` (the relay's public
     identifier or its registered key), or the relay's registered gateway path.

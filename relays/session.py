@@ -365,6 +365,9 @@ class GatewaySession:
             try:
                 needs_failover = self._current is None or self._current in self._failed
                 if needs_failover and not await self._failover_for_poll():
+                    if self.fallback is not None:
+                        for frame in await self.fallback.poll():
+                            await self.send(frame)
                     continue
                 await self._poll_once()
             except asyncio.CancelledError:

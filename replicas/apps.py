@@ -6,3 +6,8 @@ from django.apps import AppConfig
 class ReplicasConfig(AppConfig):
     name = "replicas"
     verbose_name = "Replicas"
+
+    def ready(self) -> None:
+        from replicas import metrics
+
+        metrics.register_collectors()

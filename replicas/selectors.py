@@ -1,0 +1,394 @@
+"""Reads: NIP-01 REQ answers from the materialized replica, readiness, mirror freshness, summaries.
+
+``query_events`` answers the initial query of a REQ in SQL with exactly the result of
+``hypertuna.nostr.apply_query`` over the replica's visible events (property-tested): per filter the
+matching events newest first (``created_at`` desc, ties by lowest id), ``since``/``until`` inclusive,
+``limit`` per filter; the union of the filters' selections, each event once, in the same order.
+
+Query plan (performance-anchors §3.2): each filter is expanded into one ordered top-N scan per value
+of its most selective multi-valued field — per id, per ``#x`` value (on the denormalized tag index
+``(replica, name, value, created_at DESC, id)``), per (author, kind) pair, per author, per kind, or the
+time index — with every other condition applied inside the scan, before its ``LIMIT``. The scans are
+merged (a ``UNION`` of sub-selects on SQLite; on Postgres the values are passed as arrays and
+``unnest``-ed into one ``LATERAL`` top-N, which keeps planning cheap) and cut to the filter's limit again;
+only those rows are joined for their JSON. One statement per filter; no unbounded scan (the limit
+defaults to ``max_limit``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.db.models import Count, F, Max, Q, QuerySet, Sum
+from django.utils import timezone
+
+from hypertuna.nostr import Filter
+from replicas.models import MirrorCore, Replica, ReplicaEvent, ReplicaTag
+from replicas.services import derive_state, lag_ms, tag_key
+
+#: Above this many (author, kind) pairs a filter is expanded per author only (kind as ``IN``).
+MAX_PAIR_EXPANSION = 256
+
+_EV = ReplicaEvent._meta.db_table
+_TAG = ReplicaTag._meta.db_table
+# The replica is resolved inside each statement (one round trip per filter, and never a stale id).
+_REPLICA = f"(SELECT id FROM {Replica._meta.db_table} WHERE relay_key = %s)"  # noqa: S608
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event of a REQ answer: its id (hex), ``created_at`` and JSON text to send verbatim."""
+
+    id: str
+    created_at: int
+    json: str
+
+
+class _Scan:
+    """One ordered top-N sub-select over a single index prefix, with the filter's other conditions."""
+
+    def __init__(self, table: str, alias: str) -> None:
+        self.table = table
+        self.alias = alias
+        self.where: list[str] = []
+        self.params: list[Any] = []
+
+    def add(self, clause: str, *params: Any) -> None:
+        self.where.append(clause)
+        self.params.extend(params)
+
+    def add_in(self, column: str, values: Sequence[Any]) -> None:
+        if len(values) == 1:
+            self.add(f"{self.alias}.{column} = %s", values[0])
+        else:
+            self.add(f"{self.alias}.{column} IN ({', '.join(['%s'] * len(values))})", *values)
+
+    def sql(self, limit: int) -> tuple[str, list[Any]]:
+        a = self.alias
+        # Only (created_at, eid) is selected: both are in every scan's index, so the scan can be
+        # index-only; the JSON is fetched for the final top-N rows alone. Only table/column names and
+        # placeholders are interpolated; every value is a parameter.
+        text = (
+            f"SELECT {a}.created_at AS created_at, {a}.eid AS eid FROM {self.table} {a} "  # noqa: S608
+            f"WHERE {' AND '.join(self.where)} ORDER BY {a}.created_at DESC, {a}.eid ASC LIMIT {int(limit)}"
+        )
+        return text, list(self.params)
+
+
+def _conditions(scan: _Scan, f: Filter, *, skip: tuple[str, ...] = (), skip_tag: str | None = None) -> None:
+    """Every condition of ``f`` except those the scan is driven by (``skip`` fields, ``skip_tag``)."""
+    if f.ids is not None:
+        scan.add_in("eid", sorted(bytes.fromhex(i) for i in f.ids))
+    if f.authors is not None and "authors" not in skip:
+        scan.add_in("pubkey", sorted(bytes.fromhex(a) for a in f.authors))
+    if f.kinds is not None and "kinds" not in skip:
+        scan.add_in("kind", sorted(f.kinds))
+    if f.since is not None:
+        scan.add(f"{scan.alias}.created_at >= %s", f.since)
+    if f.until is not None:
+        scan.add(f"{scan.alias}.created_at <= %s", f.until)
+    pk = f"{scan.alias}.event_id" if scan.table == _TAG else f"{scan.alias}.id"
+    for letter, values in f.tags:
+        if letter == skip_tag:
+            continue
+        keys = sorted({tag_key(v) for v in values})
+        placeholders = ", ".join(["%s"] * len(keys))
+        scan.add(
+            f"EXISTS (SELECT 1 FROM {_TAG} x WHERE x.event_id = {pk} AND x.name = %s AND x.value IN ({placeholders}))",  # noqa: S608
+            letter,
+            *keys,
+        )
+
+
+@dataclass
+class _Plan:
+    """How one filter is read: ``template`` holds every condition but the drivers; each combination
+    of driver values (``column = value`` per driver) is one ordered top-N index range."""
+
+    template: _Scan
+    drivers: list[tuple[str, str, list[Any]]]  # (column, Postgres element type, values)
+
+    def union_sql(self, limit: int) -> tuple[str, list[Any]]:
+        """Portable form: one sub-select per combination, merged with UNION (SQLite)."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for i, combo in enumerate(itertools.product(*(values for _, _, values in self.drivers))):
+            scan = _Scan(self.template.table, self.template.alias)
+            scan.where = list(self.template.where)
+            scan.params = list(self.template.params)
+            for (column, _, _), value in zip(self.drivers, combo, strict=True):
+                scan.add(f"{scan.alias}.{column} = %s", value)
+            text, scan_params = scan.sql(limit)
+            # A derived table per scan keeps ORDER BY/LIMIT legal inside the UNION.
+            parts.append(f"SELECT created_at, eid FROM ({text}) s{i}")  # noqa: S608
+            params.extend(scan_params)
+        # The union's own ORDER BY/LIMIT cuts the merged candidates to the filter's top N (UNION also
+        # removes an event found by two scans).
+        return f"{' UNION '.join(parts)} ORDER BY created_at DESC, eid ASC LIMIT {int(limit)}", params
+
+    def lateral_sql(self, limit: int) -> tuple[str, list[Any]]:
+        """Postgres form: driver values as arrays, one LATERAL top-N per combination. Same result as
+        :meth:`union_sql`, but the statement stays small whatever the number of values, so planning
+        does not grow with it (measured: 5 ms of planning for 100 UNION branches against 0.15 ms)."""
+        if not self.drivers:
+            return self.template.sql(limit)
+        scan = _Scan(self.template.table, self.template.alias)
+        scan.where = list(self.template.where)
+        scan.params = list(self.template.params)
+        sources = []
+        for i, (column, pg_type, _) in enumerate(self.drivers):
+            sources.append(f"unnest(%s::{pg_type}[]) d{i}(v)")
+            scan.where.append(f"{scan.alias}.{column} = d{i}.v")
+        inner, inner_params = scan.sql(limit)
+        text = (
+            f"SELECT DISTINCT s.created_at, s.eid FROM {' CROSS JOIN '.join(sources)} "  # noqa: S608
+            f"CROSS JOIN LATERAL ({inner}) s ORDER BY s.created_at DESC, s.eid ASC LIMIT {int(limit)}"
+        )
+        return text, [*(list(values) for _, _, values in self.drivers), *inner_params]
+
+
+def _plan(relay_key: str, f: Filter) -> _Plan:
+    """Choose the drivers for ``f`` (see the module docstring)."""
+
+    def event_scan() -> _Scan:
+        scan = _Scan(_EV, "e")
+        scan.add(f"e.replica_id = {_REPLICA}", relay_key)
+        return scan
+
+    if f.ids is not None:
+        # Point lookups on the unique (replica, eid) index; the other conditions filter those rows.
+        scan = event_scan()
+        _conditions(scan, f)
+        return _Plan(scan, [])
+    if f.tags:
+        # Drive by the tag letter with the fewest values (each value is one index range).
+        letter, values = min(f.tags, key=lambda item: (len(item[1]), item[0]))
+        keys = sorted({tag_key(v) for v in values})
+        # With few kinds, one (value, kind) range each on the (name, value, kind, created_at) index
+        # returns rows already ordered; "kind IN" over one value range would sort them (anchors §3.2).
+        per_kind = f.kinds is not None and len(keys) * len(f.kinds) <= MAX_PAIR_EXPANSION
+        scan = _Scan(_TAG, "t")
+        scan.add(f"t.replica_id = {_REPLICA}", relay_key)
+        scan.add("t.name = %s", letter)
+        _conditions(scan, f, skip=("kinds",) if per_kind else (), skip_tag=letter)
+        drivers: list[tuple[str, str, list[Any]]] = [("value", "text", keys)]
+        if per_kind and f.kinds is not None:
+            drivers.append(("kind", "integer", sorted(f.kinds)))
+        return _Plan(scan, drivers)
+    if f.authors is not None:
+        authors = sorted(bytes.fromhex(a) for a in f.authors)
+        per_kind = f.kinds is not None and len(authors) * len(f.kinds) <= MAX_PAIR_EXPANSION
+        scan = event_scan()
+        _conditions(scan, f, skip=("authors", "kinds") if per_kind else ("authors",))
+        drivers = [("pubkey", "bytea", authors)]
+        if per_kind and f.kinds is not None:
+            drivers.append(("kind", "integer", sorted(f.kinds)))
+        return _Plan(scan, drivers)
+    if f.kinds is not None:
+        scan = event_scan()
+        _conditions(scan, f, skip=("kinds",))
+        return _Plan(scan, [("kind", "integer", sorted(f.kinds))])
+    scan = event_scan()
+    _conditions(scan, f)
+    return _Plan(scan, [])
+
+
+def _is_empty(f: Filter) -> bool:
+    """A filter with an empty list matches nothing (hypertuna.nostr.filters docstring)."""
+    return (
+        (f.ids is not None and not f.ids)
+        or (f.authors is not None and not f.authors)
+        or (f.kinds is not None and not f.kinds)
+        or any(not values for _, values in f.tags)
+        or (f.since is not None and f.until is not None and f.since > f.until)
+    )
+
+
+def _filter_sql(relay_key: str, f: Filter, limit: int) -> tuple[str, list[Any]]:
+    plan = _plan(relay_key, f)
+    candidates, params = plan.lateral_sql(limit) if connection.vendor == "postgresql" else plan.union_sql(limit)
+    # Only the filter's top N candidates are joined to the event rows for their JSON.
+    sql = (
+        f"SELECT ev.eid, ev.created_at, ev.json FROM ({candidates}) top "  # noqa: S608
+        f"JOIN {_EV} ev ON ev.replica_id = {_REPLICA} AND ev.eid = top.eid ORDER BY ev.created_at DESC, ev.eid ASC"
+    )
+    return sql, [*params, relay_key]
+
+
+def query_events(relay_key: str, filters: Sequence[Filter], *, max_limit: int | None = None) -> list[StoredEvent]:
+    """The initial answer to a REQ with ``filters`` from ``relay_key``'s replica (see module docstring).
+
+    Each filter's ``limit`` is clamped to ``max_limit`` (default ``HYPERTUNA_REPLICA_MAX_LIMIT``) and a
+    filter without ``limit`` gets ``max_limit`` (NIP-01 lets a relay return fewer events). A relay with
+    no replica answers ``[]``. Sync ORM: from async code use :func:`aquery_events`.
+    """
+    cap = settings.HYPERTUNA_REPLICA_MAX_LIMIT if max_limit is None else max_limit
+    selected: dict[bytes, StoredEvent] = {}
+    with connection.cursor() as cursor:
+        for f in filters:
+            limit = cap if f.limit is None else min(f.limit, cap)
+            if limit <= 0 or _is_empty(f):
+                continue
+            sql, params = _filter_sql(relay_key, f, limit)
+            cursor.execute(sql, params)
+            for eid, created_at, text in cursor.fetchall():
+                key = bytes(eid)
+                if key not in selected:
+                    selected[key] = StoredEvent(id=key.hex(), created_at=created_at, json=text)
+    return sorted(selected.values(), key=lambda e: (-e.created_at, e.id))
+
+
+aquery_events = sync_to_async(query_events)
+"""``await aquery_events(relay_key, filters, max_limit=...)`` from a consumer (runs in Django's sync
+thread; never call the ORM from the event loop)."""
+
+
+# --- readiness and freshness ----------------------------------------------------------------------
+
+
+def mirror_freshness(relay_key: str) -> datetime | None:
+    """When the relay's mirrored view last caught up with the worker's announced length.
+
+    The view core(s) of the relay are considered (the blind peer's contiguous length against the
+    longest length the worker announced). If the mirror is caught up now, this is the latest time that
+    was confirmed (``caught_up_at``); if it is behind, the blind peer holds everything the worker had
+    announced up to ``behind_since`` — the answer is the later of the two known instants. ``None``: no
+    view core is mirrored for the relay, or it never caught up. The escrow coordinator compares
+    ``now - mirror_freshness`` with its ``mirrorFreshnessMaxLagMs``.
+    """
+    cores = list(
+        MirrorCore.objects.filter(relay_key=relay_key, core_type="autobase-view", state=MirrorCore.State.ACTIVE).values(
+            "caught_up_at", "behind_since", "mirrored_length", "remote_length"
+        )
+    )
+    best: datetime | None = None
+    for core in cores:
+        if core["mirrored_length"] >= core["remote_length"]:
+            moment = core["caught_up_at"]
+        else:
+            # Behind: fresh as of the moment it fell behind (everything before was held), but only if it
+            # had ever caught up.
+            moment = core["behind_since"] if core["caught_up_at"] is not None else None
+        if moment is not None and (best is None or moment > best):
+            best = moment
+    return best
+
+
+def replica_status(relay_key: str, *, now: datetime | None = None) -> dict[str, Any] | None:
+    """Readiness of one relay's replica, with lag computed for ``now``; None if there is none."""
+    replica = Replica.objects.filter(relay_key=relay_key).first()
+    if replica is None:
+        return None
+    return replica_as_dict(replica, now=now)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def replica_as_dict(
+    replica: Replica, *, now: datetime | None = None, cores: list[MirrorCore] | None = None
+) -> dict[str, Any]:
+    now = now or timezone.now()
+    out: dict[str, Any] = {
+        "relayKey": replica.relay_key,
+        "publicIdentifier": replica.public_identifier or None,
+        "state": derive_state(replica, now),
+        "viewCoreKey": replica.view_core_key or None,
+        "materializedLength": replica.checkpoint_seq,
+        "remoteLength": replica.remote_length,
+        "syncedViewLength": replica.synced_view_length,
+        "lagEntries": replica.lag_entries,
+        "lagMs": lag_ms(replica, now),
+        "behindSince": _iso(replica.behind_since),
+        "caughtUpAt": _iso(replica.caught_up_at),
+        "lastSyncedAt": _iso(replica.last_synced_at),
+        "events": replica.event_count,
+        "consecutiveFailures": replica.consecutive_failures,
+        "lastError": replica.last_error or None,
+        "mirrorFreshness": _iso(mirror_freshness(replica.relay_key)),
+    }
+    if cores is not None:
+        out["cores"] = [core_as_dict(c) for c in cores]
+    return out
+
+
+def core_as_dict(core: MirrorCore) -> dict[str, Any]:
+    return {
+        "coreKey": core.core_key,
+        "relayKey": core.relay_key or None,
+        "type": core.core_type,
+        "ownerPeerKey": core.owner_peer_key or None,
+        "announce": core.announce,
+        "priority": core.priority,
+        "mirroredLength": core.mirrored_length,
+        "remoteLength": core.remote_length,
+        "state": core.state,
+        "lastActivityAt": _iso(core.last_activity_at),
+        "caughtUpAt": _iso(core.caught_up_at),
+        "behindSince": _iso(core.behind_since),
+    }
+
+
+def replicas_list(*, limit: int = 100, with_cores: bool = False, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Per-relay readiness for ``/api/blind-peer/replicas``: the most behind first, then by key."""
+    # Longest-waiting first; caught-up replicas (no behind_since) last on every database.
+    replicas = list(Replica.objects.order_by(F("behind_since").asc(nulls_last=True), "relay_key")[:limit])
+    by_relay: dict[str, list[MirrorCore]] = {}
+    if with_cores and replicas:
+        for core in MirrorCore.objects.filter(relay_key__in=[r.relay_key for r in replicas]):
+            by_relay.setdefault(core.relay_key, []).append(core)
+    return [replica_as_dict(r, now=now, cores=by_relay.get(r.relay_key, []) if with_cores else None) for r in replicas]
+
+
+def blind_peer_summary(*, now: datetime | None = None) -> dict[str, Any]:
+    """Totals for ``/api/blind-peer``: mirrors by state/type, owners, replicas by state, worst lag."""
+    now = now or timezone.now()
+    mirrors = MirrorCore.objects.all()
+    by_state = dict(mirrors.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    by_type = dict(
+        mirrors.filter(state=MirrorCore.State.ACTIVE)
+        .values_list("core_type")
+        .annotate(n=Count("id"))
+        .values_list("core_type", "n")
+    )
+    totals = mirrors.filter(state=MirrorCore.State.ACTIVE).aggregate(
+        mirrored=Sum("mirrored_length"), last_activity=Max("last_activity_at")
+    )
+    replicas = list(Replica.objects.all())
+    states: dict[str, int] = {}
+    worst = 0
+    for replica in replicas:
+        state = derive_state(replica, now)
+        states[state] = states.get(state, 0) + 1
+        worst = max(worst, lag_ms(replica, now))
+    return {
+        "mirrors": {
+            "total": sum(by_state.values()),
+            "byState": by_state,
+            "activeByType": by_type,
+            "owners": mirrors.filter(state=MirrorCore.State.ACTIVE)
+            .exclude(owner_peer_key="")
+            .values("owner_peer_key")
+            .distinct()
+            .count(),
+            "mirroredBlocks": totals["mirrored"] or 0,
+            "lastActivityAt": _iso(totals["last_activity"]),
+        },
+        "replicas": {"total": len(replicas), "byState": states, "maxLagMs": worst},
+    }
+
+
+def replicas_behind(queryset: QuerySet[Replica], seconds: int, now: datetime | None = None) -> QuerySet[Replica]:
+    """Replicas whose oldest unmaterialized entry has waited longer than ``seconds`` (SQL, for admin)."""
+    from datetime import timedelta
+
+    now = now or timezone.now()
+    return queryset.filter(Q(behind_since__lt=now - timedelta(seconds=seconds)))

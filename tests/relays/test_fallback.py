@@ -1,0 +1,216 @@
+"""Relays with no reachable worker: replica reads and leased writes, through the real ASGI stack."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from datetime import timedelta
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from coincurve import PrivateKey
+from django.utils import timezone
+
+from hypertuna.asgi import application
+from hypertuna.bridge import BridgeError
+from hypertuna.compat import hmac_hex
+from hypertuna.nostr import Event, sign_event
+from relays import fallback as fallback_module
+from relays import services
+from relays.consumers import RelayConsumer
+from relays.fallback import LeaseWriter
+from relays.models import Relay
+from relays.runtime import Runtime
+from tests.conftest import SECRET, hex_key, make_registration
+from tests.relays.fakes import FakeTransport
+from tests.replicas.helpers import ensure_replica, ingest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+KEY = PrivateKey()
+
+
+def signed(content: str, created_at: int) -> Event:
+    return sign_event(KEY.secret, kind=1, content=content, tags=[], created_at=created_at)
+
+
+@pytest.fixture
+def offline(monkeypatch, settings):
+    settings.HYPERTUNA_POLL_INTERVAL_MS = 50
+    monkeypatch.setattr(RelayConsumer, "transport_factory", staticmethod(lambda: FakeTransport({})))
+    monkeypatch.setattr(Runtime, "ensure_started", lambda self: None)
+
+
+def register(relay_key: str, peers: list[str]) -> None:
+    reg = make_registration(relay_key, peers=peers, metadata={"requiresAuth": False})
+    services.register_relay(registration=reg, signature=hmac_hex(SECRET, reg))
+    services.refresh_relay_cache(relay_key)
+
+
+def mirror(relay_key: str, events: list[Event]) -> None:
+    ensure_replica(relay_key, "c" * 64)
+    ingest(relay_key, events)
+
+
+async def recv(communicator, timeout=3):
+    return json.loads(await communicator.receive_from(timeout=timeout))
+
+
+async def test_peerless_relay_is_read_from_its_replica_and_read_only(offline):
+    key = hex_key()
+    old, new = signed("old", 100), signed("new", 200)
+    await database_sync_to_async(register)(key, [])
+    await database_sync_to_async(mirror)(key, [old, new])
+    communicator = WebsocketCommunicator(application, f"/{key}")
+    assert (await communicator.connect())[0]
+    await communicator.send_to(json.dumps(["REQ", "s", {"kinds": [1], "limit": 1}]))
+    assert await recv(communicator) == ["EVENT", "s", new.to_dict()]
+    assert await recv(communicator) == ["EOSE", "s"]
+    attempt = signed("write while offline", 300)
+    await communicator.send_to(json.dumps(["EVENT", attempt.to_dict()]))
+    assert await recv(communicator) == ["NOTICE", "Relay is read-only while its workers are offline"]
+    assert await recv(communicator) == ["OK", attempt.id, False, fallback_module.READ_ONLY]
+    await communicator.disconnect()
+
+
+async def test_lapsed_registration_stays_readable_when_mirrored(offline):
+    key = hex_key()
+    event = signed("kept", 100)
+    await database_sync_to_async(register)(key, ["1" * 64])
+    await database_sync_to_async(mirror)(key, [event])
+    await database_sync_to_async(Relay.objects.filter(relay_key=key).update)(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    await database_sync_to_async(services.expire_registrations)()
+    communicator = WebsocketCommunicator(application, f"/{key}")
+    assert (await communicator.connect())[0]
+    await communicator.send_to(json.dumps(["REQ", "s", {}]))
+    assert await recv(communicator) == ["EVENT", "s", event.to_dict()]
+    assert await recv(communicator) == ["EOSE", "s"]
+    await communicator.disconnect()
+
+
+async def test_events_materialized_later_arrive_live(offline):
+    key = hex_key()
+    await database_sync_to_async(register)(key, [])
+    await database_sync_to_async(mirror)(key, [signed("first", 100)])
+    communicator = WebsocketCommunicator(application, f"/{key}")
+    await communicator.connect()
+    await communicator.send_to(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    assert (await recv(communicator))[0] == "EVENT"
+    assert await recv(communicator) == ["EOSE", "s"]
+    later = signed("synced later", 150)
+    await database_sync_to_async(ingest)(key, [later])
+    assert await recv(communicator) == ["EVENT", "s", later.to_dict()]
+    assert await communicator.receive_nothing(timeout=0.3)  # nothing twice
+    await communicator.disconnect()
+
+
+async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch):
+    key = hex_key()
+    await database_sync_to_async(register)(key, [])
+    await database_sync_to_async(mirror)(key, [])
+    appended = []
+
+    async def accept(self, relay_key, event):
+        appended.append((relay_key, event["id"]))
+        return "accepted"
+
+    monkeypatch.setattr(LeaseWriter, "append", accept)
+    reader = WebsocketCommunicator(application, f"/{key}")
+    writer = WebsocketCommunicator(application, f"/{key}")
+    await reader.connect()
+    await writer.connect()
+    await reader.send_to(json.dumps(["REQ", "live", {"authors": [KEY.public_key_xonly.format().hex()]}]))
+    assert await recv(reader) == ["EOSE", "live"]
+    event = signed("written under a lease", 500)
+    await writer.send_to(json.dumps(["EVENT", event.to_dict()]))
+    assert await recv(writer) == ["OK", event.id, True, ""]
+    assert appended == [(key, event.id)]
+    assert await recv(reader) == ["EVENT", "live", event.to_dict()]
+    await reader.disconnect()
+    await writer.disconnect()
+
+
+class FakeVault:
+    def __init__(self):
+        self.secret = bytearray(b"\x07" * 64)
+        self.callbacks = []
+
+    def on_release(self, callback):
+        self.callbacks.append(callback)
+
+    class _Borrow:
+        def __init__(self, vault):
+            self.vault = vault
+
+        def __enter__(self):
+            return memoryview(self.vault.secret).toreadonly()
+
+        def __exit__(self, *exc):
+            return False
+
+    def writer_secret(self, relay_key):
+        return self._Borrow(self)
+
+
+class FakeCoordinator:
+    enabled = True
+
+    def __init__(self):
+        self.vault = FakeVault()
+        self.fence = 3
+
+    async def ensure_write_lease(self, relay_key, healthy_peers=0):
+        from escrow.coordinator import LeaseHandle
+
+        return LeaseHandle(relay_key, "lease-1", self.fence, 1_900_000_000, "ab" * 32)
+
+
+class FakeBridge:
+    def __init__(self, fail_append=None):
+        self.calls = []
+        self.fail_append = fail_append
+
+    async def call(self, method, params=None, *, timeout_s=None):
+        self.calls.append((method, dict(params or {})))
+        if method == "lease.append" and self.fail_append:
+            raise BridgeError(self.fail_append, "refused")
+        return {}
+
+
+async def test_lease_writer_opens_once_appends_with_the_fence_and_closes_on_release(monkeypatch):
+    coordinator = FakeCoordinator()
+    monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
+    bridge = FakeBridge()
+    writer = LeaseWriter(bridge)
+    assert await writer.append("r" * 64, {"id": "e1"}) == "accepted"
+    assert await writer.append("r" * 64, {"id": "e2"}) == "accepted"
+    methods = [m for m, _ in bridge.calls]
+    assert methods == ["lease.open", "lease.append", "lease.append"]
+    opened = bridge.calls[0][1]
+    assert opened["writerSecretKey"] == base64.b64encode(b"\x07" * 64).decode()
+    assert opened["fencing"] == 3 and opened["leaseId"] == "lease-1"
+    assert [p["fencing"] for m, p in bridge.calls if m == "lease.append"] == [3, 3]
+    # A renewed lease with a new fence is opened again.
+    coordinator.fence = 4
+    assert await writer.append("r" * 64, {"id": "e3"}) == "accepted"
+    assert [m for m, _ in bridge.calls][-2:] == ["lease.open", "lease.append"]
+    # The vault releasing the lease makes the bridge drop its copy of the key.
+    coordinator.vault.callbacks[0]("r" * 64, "lease-1", "revoked")
+    await asyncio.sleep(0.05)
+    assert bridge.calls[-1] == ("lease.close", {"leaseId": "lease-1", "reason": "revoked"})
+
+
+async def test_lease_writer_reports_refusals(monkeypatch):
+    coordinator = FakeCoordinator()
+    monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
+    assert await LeaseWriter(FakeBridge(fail_append="stale-fencing")).append("r" * 64, {"id": "x"}) == "error"
+
+    class Refusing(FakeCoordinator):
+        async def ensure_write_lease(self, relay_key, healthy_peers=0):
+            return None
+
+    monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: Refusing())
+    assert await LeaseWriter(FakeBridge()).append("r" * 64, {"id": "x"}) == "readonly"
