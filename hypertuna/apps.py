@@ -12,3 +12,4 @@ class HypertunaConfig(AppConfig):
         # ``task.delay`` uses the configured broker rather than Celery's default AMQP URL.
         from hypertuna import celery as _celery  # noqa: F401
         from hypertuna import checks as _checks  # noqa: F401
+        from hypertuna import schema as _schema  # noqa: F401

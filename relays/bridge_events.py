@@ -2,6 +2,7 @@
 
 - ``peer.connected`` / ``peer.health`` (ok) mark a worker peer reachable; ``peer.disconnected`` (except
   deliberate closes) and failed health checks mark it unreachable, so new sessions stop choosing it.
+- ``mirror.*`` (the blind peer accepted, dropped or advanced a mirrored core) goes to the replicas app.
 - ``peer.register`` is a worker's Hyperswarm ``/gateway/register``, which carries no credential. The
   gateway never lets it add a peer to a relay (that would let anyone on the topic hijack a relay's
   traffic): it only acknowledges peers that a signed HTTP registration already lists, and tells the
@@ -19,10 +20,18 @@ from asgiref.sync import sync_to_async
 from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeEvent, BridgeTimeout
 from hypertuna.compat.relaykeys import HEX64
 from relays import selectors, services
+from replicas import events as replica_events
 
 logger = logging.getLogger(__name__)
 
-TOPICS = ("peer.connected", "peer.disconnected", "peer.health", "peer.register", "bridge.reconnected")
+TOPICS = (
+    "peer.connected",
+    "peer.disconnected",
+    "peer.health",
+    "peer.register",
+    "bridge.reconnected",
+    *replica_events.TOPICS,
+)
 # Closes the gateway asked for, or a newer connection replacing an older one: not a health signal.
 _BENIGN_CLOSES = {"manual-destroy", "duplicate-replacement"}
 
@@ -67,6 +76,8 @@ async def handle(client: BridgeClient, event: BridgeEvent) -> None:
         event.name == "peer.disconnected" and data.get("reason") not in _BENIGN_CLOSES
     ):
         await sync_to_async(services.record_peer_health)(peer_key=peer_key, healthy=False)
+    elif event.name.startswith("mirror."):
+        await sync_to_async(replica_events.handle_bridge_event)(event.name, data)
     elif event.name == "peer.register":
         status, body = await sync_to_async(register_answer)(peer_key, await blind_peer_summary(client))
         await client.register_reply(str(data["registerId"]), status, body=body)

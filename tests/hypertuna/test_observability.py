@@ -112,3 +112,13 @@ def test_deploy_checks_warn_about_unsafe_settings(settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     ids = {w.id for w in check_production_settings()}
     assert {"hypertuna.W002", "hypertuna.W003", "hypertuna.W005", "hypertuna.W006"} <= ids
+
+
+def test_openapi_schema_generates_without_warnings(tmp_path):
+    from django.core.management import call_command
+
+    target = tmp_path / "schema.yml"
+    call_command("spectacular", "--fail-on-warn", "--file", str(target))
+    text = target.read_text()
+    for path in ("/api/blind-peer", "/api/escrow/leases/query", "/api/relays", "signedRequest"):
+        assert path in text

@@ -69,3 +69,25 @@ async def test_disconnect_marks_unreachable_and_connect_restores():
     await bridge_events.handle(client, BridgeEvent("peer.health", {"peerKey": PEER, "ok": True, "latencyMs": 12.5}))
     peer = await sync_to_async(Peer.objects.get)(peer_key=PEER)
     assert peer.unreachable_since is None and peer.latency_ms == 12.5 and peer.last_healthy_at is not None
+
+
+async def test_mirror_events_reach_the_replicas_app():
+    from replicas.models import MirrorCore
+
+    core = "e" * 64
+    key = hex_key()
+    await bridge_events.handle(
+        FakeClient(),
+        BridgeEvent(
+            "mirror.added",
+            {
+                "coreKey": core,
+                "relayKey": key,
+                "type": "autobase-view",
+                "announce": False,
+                "priority": 1,
+            },
+        ),
+    )
+    assert await sync_to_async(MirrorCore.objects.filter(core_key=core).exists)()
+    await bridge_events.handle(FakeClient(), BridgeEvent("mirror.added", {"coreKey": "not-a-key"}))  # no raise
