@@ -184,9 +184,7 @@ def test_drive_files_stream_from_the_worker(stack, tmp_path):
 def test_failover_to_a_second_worker_of_the_same_relay(stack):
     first = stack.start_worker("shared", "--allow-join")
     ready = first.markers["HYPERTUNA_WORKER_READY"]
-    second = stack.start_worker(
-        "shared-b", "--join", ready["relayKey"], "--join-peer", ready["swarmPublicKey"]
-    )
+    second = stack.start_worker("shared-b", "--join", ready["relayKey"], "--join-peer", ready["swarmPublicKey"])
     second.wait_marker("HYPERTUNA_WORKER_JOINED")
     url = f"{stack.ws_url}/{ready['relayKey']}"
     author = PrivateKey()
