@@ -100,7 +100,9 @@ def _database_url(tmp: Path) -> tuple[str, Any]:
 class Stack:
     """One gateway node (bridge + web + event consumer [+ celery]) and any number of workers."""
 
-    def __init__(self, tmp: Path, *, celery: bool = False, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, *, celery: bool = False, escrow: bool = False, env: dict[str, str] | None = None
+    ) -> None:
         self.tmp = tmp
         self.var = tmp / "var"
         self.var.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,9 @@ class Stack:
         self.procs: list[Proc] = []
         self.workers: list[Proc] = []
         self._with_celery = celery
+        self._with_escrow = escrow
+        self.pki = self.var / "escrow" / "pki"
+        self.escrow_env: dict[str, str] = {}
         db_url, self._drop_db = _database_url(tmp)
         prefix = f"e2e{os.getpid()}{secrets.token_hex(2)}"
         self.env = {
@@ -155,7 +160,79 @@ class Stack:
         threading.Thread(target=proc.pump, daemon=True).start()
         return proc
 
+    def _start_escrow(self) -> None:
+        """The escrow role beside the gateway: private CA, own SQLite database, mTLS listener."""
+        subprocess.run(
+            [sys.executable, "manage.py", "escrow_certs", "init", "--dir", str(self.pki)],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+        port = free_port()
+        self.env.update(
+            {
+                "HYPERTUNA_ESCROW_URL": f"https://127.0.0.1:{port}",
+                "HYPERTUNA_ESCROW_CA": str(self.pki / "ca.pem"),
+                "HYPERTUNA_ESCROW_CLIENT_CERT": str(self.pki / "gateway.pem"),
+                "HYPERTUNA_ESCROW_CLIENT_KEY": str(self.pki / "gateway-key.pem"),
+            }
+        )
+        service = self.tmp / "escrow-service"
+        service.mkdir(exist_ok=True)
+        self.escrow_env = {
+            **self.env,
+            "HYPERTUNA_ROLE": "escrow",
+            "HYPERTUNA_VAR_DIR": str(service),
+            "ESCROW_DATABASE_URL": f"sqlite:///{service / 'escrow.sqlite3'}",
+            "HYPERTUNA_ESCROW_PKI_DIR": str(self.pki),
+            "HYPERTUNA_ESCROW_TLS_CA": str(self.pki / "ca.pem"),
+            "HYPERTUNA_ESCROW_TLS_CERT": str(self.pki / "server.pem"),
+            "HYPERTUNA_ESCROW_TLS_KEY": str(self.pki / "server-key.pem"),
+            "HYPERTUNA_ESCROW_LISTEN_PORT": str(port),
+        }
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=self.escrow_env,
+            check=True,
+            timeout=180,
+        )
+        escrow = self._spawn("escrow", [sys.executable, "manage.py", "run_escrow"], env=self.escrow_env)
+        self.procs.append(escrow)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+            if escrow.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"escrow did not start; see {escrow.log_path}")
+            time.sleep(0.2)
+
+    def escrow_cli(self, *args: str) -> str:
+        """``escrow.worker_client`` as a worker would run it, with the development worker certificate."""
+        argv = [
+            sys.executable,
+            "-m",
+            "escrow.worker_client",
+            "--url",
+            self.env["HYPERTUNA_ESCROW_URL"],
+            "--ca",
+            str(self.pki / "ca.pem"),
+            "--cert",
+            str(self.pki / "worker.pem"),
+            "--key",
+            str(self.pki / "worker-key.pem"),
+            *args,
+        ]
+        result = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"escrow client failed: {result.stdout}{result.stderr}")
+        return result.stdout
+
     def start(self) -> Stack:
+        if self._with_escrow:
+            self._start_escrow()
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
             cwd=ROOT,

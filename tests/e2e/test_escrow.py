@@ -1,0 +1,133 @@
+"""Writes while every worker is offline, under an escrow lease, through real processes: the escrow (mTLS,
+own database), the gateway (Daphne + coordinator), the bridge (blind peer + leased Autobase writer) and a
+reference worker that deposited its gateway writer and then went away."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import websockets
+from coincurve import PrivateKey
+
+from hypertuna.nostr import sign_event
+from tests.e2e.harness import ROOT, Stack, node_available
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if not node_available():
+        pytest.fail("end-to-end tests need Node 20 and `npm ci` in bridge/")
+    env = {"HYPERTUNA_ESCROW_HEARTBEAT_SILENCE": "5"}
+    stack = Stack(tmp_path_factory.mktemp("escrow-stack"), escrow=True, env=env).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def _recv(ws, timeout=60.0):
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+def _sync_until_ready(stack, relay_key):
+    deadline = time.monotonic() + 90
+    while True:
+        result = subprocess.run(
+            [sys.executable, "manage.py", "replicas_sync", "--relay", relay_key],
+            cwd=ROOT,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import django,sys;django.setup();from replicas.selectors import replica_status as s;"
+                f"r=s({relay_key!r});sys.exit(0 if r and r['state']=='ready' and r['lagEntries']==0 else 1)",
+            ],
+            cwd=ROOT,
+            env={**stack.env, "DJANGO_SETTINGS_MODULE": "hypertuna.settings"},
+            timeout=60,
+        )
+        if probe.returncode == 0:
+            return
+        assert time.monotonic() < deadline, stack.log_tail()
+        time.sleep(1)
+
+
+def test_gateway_writes_under_a_lease_while_the_worker_is_offline(stack, tmp_path):
+    writer_file = tmp_path / "gateway-writer.json"
+    storage = tmp_path / "worker-storage"
+    worker = stack.start_worker(
+        "escrowed", "--blind-peer", "gateway", "--gateway-writer-out", str(writer_file), storage=storage
+    )
+    ready = worker.markers["HYPERTUNA_WORKER_READY"]
+    relay_key, url = ready["relayKey"], f"{stack.ws_url}/{ready['relayKey']}"
+
+    # The worker deposits its gateway writer's secret with the escrow (sealed to the escrow's key).
+    pair = json.loads(writer_file.read_text())
+    secret_hex = tmp_path / "writer.hex"
+    secret_hex.write_text(base64.b64decode(pair["secretKey"]).hex())
+    os.chmod(secret_hex, 0o600)
+    signing = tmp_path / "worker-signing.hex"
+    signing.write_text(stack.escrow_cli("new-key").strip())
+    os.chmod(signing, 0o600)
+    stack.escrow_cli("--signing-key", str(signing), "deposit", "--relay", relay_key, "--writer-secret", str(secret_hex))
+
+    author = PrivateKey()
+    before = sign_event(author.secret, kind=1, content="written by the worker", tags=[])
+
+    async def publish_online():
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps(["EVENT", before.to_dict()]))
+            assert (await _recv(ws))[:3] == ["OK", before.id, True]
+
+    asyncio.run(publish_online())
+    _sync_until_ready(stack, relay_key)  # mirror evidence for the escrow's policy
+    worker.stop()
+    time.sleep(6)  # longer than the escrow's heartbeat-silence rule
+
+    offline = sign_event(author.secret, kind=1, content="written by the gateway under a lease", tags=[])
+
+    async def publish_offline():
+        async with websockets.connect(url) as ws:
+            await ws.send(json.dumps(["EVENT", offline.to_dict()]))
+            frames = []
+            while not frames or frames[-1][0] != "OK":
+                frames.append(await _recv(ws, 120))
+            assert frames[-1] == ["OK", offline.id, True, ""], (frames, stack.log_tail(60))
+
+    asyncio.run(publish_offline())
+
+    # The worker comes back on the same storage and finds the gateway's write in its own relay.
+    returned = stack.start_worker("escrowed", "--blind-peer", "gateway", storage=storage)
+    assert returned.markers["HYPERTUNA_WORKER_READY"]["relayKey"] == relay_key
+
+    async def read_back():
+        deadline = time.monotonic() + 90
+        while True:
+            async with websockets.connect(url) as ws:
+                await ws.send(json.dumps(["REQ", "s", {"ids": [offline.id, before.id]}]))
+                ids = set()
+                while True:
+                    frame = await _recv(ws)
+                    if frame[0] == "EOSE":
+                        break
+                    if frame[0] == "EVENT":
+                        ids.add(frame[2]["id"])
+            if ids == {offline.id, before.id}:
+                return
+            assert time.monotonic() < deadline, (ids, stack.log_tail(60))
+            await asyncio.sleep(2)
+
+    asyncio.run(read_back())
