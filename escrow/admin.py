@@ -22,6 +22,7 @@ from django.utils import timezone
 from escrow import services
 from escrow.conf import current_policy
 from escrow.models import AuditCheckpoint, AuditEntry, AuditVerification, Deposit, Lease, WorkerBinding
+from hypertuna.admin_confirm import confirm_action
 
 
 def _actor(request: HttpRequest) -> str:
@@ -31,17 +32,15 @@ def _actor(request: HttpRequest) -> str:
 def _confirm(
     model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, *, action: str, title: str, warning: str
 ) -> TemplateResponse:
-    return TemplateResponse(
+    return confirm_action(
+        model_admin,
         request,
-        "admin/escrow/confirm_action.html",
-        {
-            **model_admin.admin_site.each_context(request),
-            "title": title,
-            "objects": list(queryset),
-            "action": action,
-            "warning": warning,
-            "opts": model_admin.model._meta,
-        },
+        queryset,
+        action=action,
+        title=title,
+        warning=warning,
+        confirm_label="Yes, revoke",
+        empty_message="None of the selected items is active; nothing to revoke.",
     )
 
 

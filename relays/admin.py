@@ -11,9 +11,9 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from hypertuna.admin_confirm import confirm_action
 from relays import selectors, services
 from relays.models import HostPolicy, HostRule, Peer, Registration, Relay, RelayToken
 
@@ -101,17 +101,13 @@ class RelayAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke every token of the selected relays (closes their sockets)")
     def revoke_all_tokens(self, request: HttpRequest, queryset: QuerySet[Relay]) -> HttpResponse | None:
         if request.POST.get("confirmed") != "yes":
-            return TemplateResponse(
+            return confirm_action(
+                self,
                 request,
-                "admin/relays/confirm_action.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "title": "Revoke every token of these relays?",
-                    "objects": list(queryset),
-                    "action": "revoke_all_tokens",
-                    "warning": "Every client connected with one of these tokens is disconnected (4403).",
-                    "opts": self.model._meta,
-                },
+                list(queryset),
+                action="revoke_all_tokens",
+                title="Revoke every token of these relays?",
+                warning="Every client connected with one of these tokens is disconnected (4403).",
             )
         total = 0
         for relay in queryset:
@@ -178,17 +174,13 @@ class RelayTokenAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected tokens (closes their sockets)")
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[RelayToken]) -> HttpResponse | None:
         if request.POST.get("confirmed") != "yes":
-            return TemplateResponse(
+            return confirm_action(
+                self,
                 request,
-                "admin/relays/confirm_action.html",
-                {
-                    **self.admin_site.each_context(request),
-                    "title": "Revoke these tokens?",
-                    "objects": list(queryset.select_related("relay")),
-                    "action": "revoke_tokens",
-                    "warning": "Clients using them are disconnected (4403) and cannot reconnect with them.",
-                    "opts": self.model._meta,
-                },
+                list(queryset.select_related("relay")),
+                action="revoke_tokens",
+                title="Revoke these tokens?",
+                warning="Clients using them are disconnected (4403) and cannot reconnect with them.",
             )
         revoked = sum(services.revoke_token_by_id(token_id=t.pk, reason="operator").revoked for t in queryset)
         self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)

@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from hypertuna.admin_confirm import confirm_action
 from replicas import services, tasks
 from replicas.models import MirrorAction, MirrorCore, Replica, ReplicaEvent
 
@@ -34,18 +35,7 @@ class ReadOnlyMixin:
 def _confirm(
     model_admin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet, *, action: str, title: str, warning: str
 ) -> TemplateResponse:
-    return TemplateResponse(
-        request,
-        "admin/replicas/confirm_action.html",
-        {
-            **model_admin.admin_site.each_context(request),
-            "title": title,
-            "objects": list(queryset),
-            "action": action,
-            "warning": warning,
-            "opts": model_admin.model._meta,
-        },
-    )
+    return confirm_action(model_admin, request, queryset, action=action, title=title, warning=warning, ask_reason=True)
 
 
 def _who(request: HttpRequest) -> str:

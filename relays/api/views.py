@@ -10,12 +10,11 @@ from typing import Any
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from hypertuna import ratelimit
+from hypertuna.api import WorkerAPIView
 from hypertuna.compat import verify_hmac
 from hypertuna.exceptions import ApiError
 from relays import services
@@ -29,24 +28,6 @@ ERRORS = {
     429: s.ErrorResponse,
     503: s.ErrorResponse,
 }
-
-
-class WorkerAPIView(APIView):
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)
-        decision = ratelimit.hit(
-            "api-ip", ratelimit.client_ip(request), limit=settings.HYPERTUNA_RATELIMIT_IP_PER_MINUTE
-        )
-        if not decision.allowed:
-            raise ApiError(
-                "rate-limited",
-                f"Too many requests; retry in {decision.retry_after} s.",
-                status=429,
-                retryAfter=decision.retry_after,
-            )
 
 
 class RelayRegistrationView(WorkerAPIView):

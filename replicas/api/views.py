@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from drf_spectacular.utils import extend_schema
-from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from hypertuna import ratelimit
-from hypertuna.exceptions import ApiError
+from hypertuna.api import WorkerAPIView
 from hypertuna.operator_auth import OPERATOR_AUTHENTICATION, IsOperator, OperatorKey
 from replicas import selectors, services
 from replicas.api import serializers as s
@@ -96,24 +93,8 @@ class BlindPeerMirrorView(OperatorAPIView):
         return Response(_action(action), status=202)
 
 
-class MirrorMetadataView(APIView):
+class MirrorMetadataView(WorkerAPIView):
     """Worker → gateway: which cores of which relay the worker asked the blind peer to mirror."""
-
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)
-        decision = ratelimit.hit(
-            "api-ip", ratelimit.client_ip(request), limit=settings.HYPERTUNA_RATELIMIT_IP_PER_MINUTE
-        )
-        if not decision.allowed:
-            raise ApiError(
-                "rate-limited",
-                f"Too many requests; retry in {decision.retry_after} s.",
-                status=429,
-                retryAfter=decision.retry_after,
-            )
 
     @extend_schema(
         request=s.MirrorMetadataRequest,
