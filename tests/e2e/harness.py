@@ -209,27 +209,6 @@ class Stack:
                 raise RuntimeError(f"escrow did not start; see {escrow.log_path}")
             time.sleep(0.2)
 
-    def escrow_cli(self, *args: str) -> str:
-        """``escrow.worker_client`` as a worker would run it, with the development worker certificate."""
-        argv = [
-            sys.executable,
-            "-m",
-            "escrow.worker_client",
-            "--url",
-            self.env["HYPERTUNA_ESCROW_URL"],
-            "--ca",
-            str(self.pki / "ca.pem"),
-            "--cert",
-            str(self.pki / "worker.pem"),
-            "--key",
-            str(self.pki / "worker-key.pem"),
-            *args,
-        ]
-        result = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            raise RuntimeError(f"escrow client failed: {result.stdout}{result.stderr}")
-        return result.stdout
-
     def start(self) -> Stack:
         if self._with_escrow:
             self._start_escrow()

@@ -1,13 +1,14 @@
 """Writes while every worker is offline, under an escrow lease, through real processes: the escrow (mTLS,
 own database), the gateway (Daphne + coordinator), the bridge (blind peer + leased Autobase writer) and a
-reference worker that deposited its gateway writer and then went away."""
+reference worker that deposited its gateway writer by itself (mTLS, signed, sealed), heartbeated, and then
+went away; when it comes back, the escrow makes it rotate to a new gateway writer."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -47,8 +48,9 @@ def _sync_until_ready(stack, relay_key):
             text=True,
             timeout=120,
         )
-        assert result.returncode == 0, result.stderr[-2000:]
-        probe = subprocess.run(
+        # The replica appears once the worker's blind-peer mirror posted its core metadata (asynchronous).
+        assert result.returncode == 0 or "no replica for" in result.stderr, result.stderr[-2000:]
+        probe = result.returncode == 0 and subprocess.run(
             [
                 sys.executable,
                 "-c",
@@ -59,30 +61,54 @@ def _sync_until_ready(stack, relay_key):
             env={**stack.env, "DJANGO_SETTINGS_MODULE": "hypertuna.settings"},
             timeout=60,
         )
-        if probe.returncode == 0:
+        if probe and probe.returncode == 0:
             return
         assert time.monotonic() < deadline, stack.log_tail()
         time.sleep(1)
 
 
+def _escrow_flags(stack, signing):
+    """The worker's own escrow client: the development worker certificate and its signing key file."""
+    return (
+        "--escrow-url",
+        stack.env["HYPERTUNA_ESCROW_URL"],
+        "--escrow-ca",
+        str(stack.pki / "ca.pem"),
+        "--escrow-cert",
+        str(stack.pki / "worker.pem"),
+        "--escrow-key",
+        str(stack.pki / "worker-key.pem"),
+        "--escrow-signing-key",
+        str(signing),
+        "--escrow-heartbeat-ms",
+        "1000",
+    )
+
+
 def test_gateway_writes_under_a_lease_while_the_worker_is_offline(stack, tmp_path):
     writer_file = tmp_path / "gateway-writer.json"
     storage = tmp_path / "worker-storage"
+    signing = tmp_path / "worker-signing.hex"
+    # The worker deposits its gateway writer's secret with the escrow itself (sealed to the escrow's key,
+    # signed with a worker key it generates into `signing`) and then heartbeats every second.
     worker = stack.start_worker(
-        "escrowed", "--blind-peer", "gateway", "--gateway-writer-out", str(writer_file), storage=storage
+        "escrowed",
+        "--blind-peer",
+        "gateway",
+        "--gateway-writer-out",
+        str(writer_file),
+        *_escrow_flags(stack, signing),
+        storage=storage,
     )
     ready = worker.markers["HYPERTUNA_WORKER_READY"]
     relay_key, url = ready["relayKey"], f"{stack.ws_url}/{ready['relayKey']}"
 
-    # The worker deposits its gateway writer's secret with the escrow (sealed to the escrow's key).
+    deposited = worker.wait_marker("HYPERTUNA_WORKER_ESCROW", timeout=60)
     pair = json.loads(writer_file.read_text())
-    secret_hex = tmp_path / "writer.hex"
-    secret_hex.write_text(base64.b64decode(pair["secretKey"]).hex())
-    os.chmod(secret_hex, 0o600)
-    signing = tmp_path / "worker-signing.hex"
-    signing.write_text(stack.escrow_cli("new-key").strip())
-    os.chmod(signing, 0o600)
-    stack.escrow_cli("--signing-key", str(signing), "deposit", "--relay", relay_key, "--writer-secret", str(secret_hex))
+    assert deposited["relayKey"] == relay_key and deposited["writerPublicKey"] == pair["publicKey"]
+    assert deposited["depositId"] and deposited["policyVersion"] >= 1
+    assert "secretKey" not in json.dumps(deposited) and pair["secretKey"] not in worker.log_path.read_text()
+    assert stat.S_IMODE(os.stat(signing).st_mode) == 0o600
 
     author = PrivateKey()
     before = sign_event(author.secret, kind=1, content="written by the worker", tags=[])
@@ -110,7 +136,15 @@ def test_gateway_writes_under_a_lease_while_the_worker_is_offline(stack, tmp_pat
     asyncio.run(publish_offline())
 
     # The worker comes back on the same storage and finds the gateway's write in its own relay.
-    returned = stack.start_worker("escrowed", "--blind-peer", "gateway", storage=storage)
+    returned = stack.start_worker(
+        "escrowed",
+        "--blind-peer",
+        "gateway",
+        "--gateway-writer-out",
+        str(writer_file),
+        *_escrow_flags(stack, signing),
+        storage=storage,
+    )
     assert returned.markers["HYPERTUNA_WORKER_READY"]["relayKey"] == relay_key
 
     async def read_back():
@@ -131,3 +165,11 @@ def test_gateway_writes_under_a_lease_while_the_worker_is_offline(stack, tmp_pat
             await asyncio.sleep(2)
 
     asyncio.run(read_back())
+
+    # Its old gateway writer was released under the lease, so the escrow refuses it: the worker adds a
+    # fresh gateway writer and deposits that one, superseding the first deposit.
+    rotated = returned.wait_marker("HYPERTUNA_WORKER_ESCROW", timeout=60)
+    assert rotated["relayKey"] == relay_key and rotated["workerKey"] == deposited["workerKey"]
+    assert rotated["writerPublicKey"] != deposited["writerPublicKey"]
+    assert rotated["depositId"] != deposited["depositId"]
+    assert rotated["writerPublicKey"] == json.loads(writer_file.read_text())["publicKey"]

@@ -37,6 +37,18 @@ Reference Hypertuna worker: hosts one relay and serves the worker protocol on a 
   --join-peer HEX          swarm key of a worker hosting that relay (started with --allow-join)
   --gateway-writer-out F   create a dedicated gateway writer (non-indexer) and write its key pair
                            to F (0600); it is what a worker would deposit with the escrow
+  --gateway-writer         create a dedicated gateway writer without writing it out (its secret is
+                           kept in memory for the escrow only; a new writer on every start)
+  --escrow-url URL         deposit the gateway writer with this escrow (https) and send heartbeats
+                                                         [HYPERTUNA_WORKER_ESCROW_URL]
+  --escrow-ca FILE         the escrow's private CA (PEM)        [HYPERTUNA_WORKER_ESCROW_CA]
+  --escrow-cert FILE       worker client certificate (PEM)      [HYPERTUNA_WORKER_ESCROW_CERT]
+  --escrow-key FILE        its private key (PEM)                [HYPERTUNA_WORKER_ESCROW_KEY]
+  --escrow-signing-key F   the worker's Ed25519 seed (hex) that signs deposits and heartbeats;
+                           generated once (0600) if absent (default <storage>/escrow-signing-key)
+                                                         [HYPERTUNA_WORKER_ESCROW_SIGNING_KEY]
+  --escrow-verify-key HEX  pin the escrow's policy verify key   [HYPERTUNA_WORKER_ESCROW_VERIFY_KEY]
+  --escrow-heartbeat-ms MS heartbeat interval (default 30000)   [HYPERTUNA_WORKER_ESCROW_HEARTBEAT_MS]
   --wakeup-interval-ms MS  how often to look for other writers' new blocks (default 5000)
   --help
 `
@@ -102,6 +114,14 @@ async function main () {
       join: { type: 'string' },
       'join-peer': { type: 'string' },
       'gateway-writer-out': { type: 'string' },
+      'gateway-writer': { type: 'boolean' },
+      'escrow-url': { type: 'string' },
+      'escrow-ca': { type: 'string' },
+      'escrow-cert': { type: 'string' },
+      'escrow-key': { type: 'string' },
+      'escrow-signing-key': { type: 'string' },
+      'escrow-verify-key': { type: 'string' },
+      'escrow-heartbeat-ms': { type: 'string' },
       'wakeup-interval-ms': { type: 'string' },
       help: { type: 'boolean' }
     }
@@ -145,6 +165,31 @@ async function main () {
   const secret = values.secret || env.HYPERTUNA_WORKER_SECRET || null
   if (values['issue-token'] && !(gatewayUrl && secret)) fail('--issue-token needs --gateway-url and --secret')
 
+  let escrow = null
+  const escrowUrl = values['escrow-url'] || env.HYPERTUNA_WORKER_ESCROW_URL || null
+  if (escrowUrl) {
+    const pick = (flag, name) => values[flag] || env[name] || null
+    escrow = {
+      url: escrowUrl,
+      ca: pick('escrow-ca', 'HYPERTUNA_WORKER_ESCROW_CA'),
+      cert: pick('escrow-cert', 'HYPERTUNA_WORKER_ESCROW_CERT'),
+      key: pick('escrow-key', 'HYPERTUNA_WORKER_ESCROW_KEY'),
+      signingKeyFile: pick('escrow-signing-key', 'HYPERTUNA_WORKER_ESCROW_SIGNING_KEY'),
+      verifyKey: pick('escrow-verify-key', 'HYPERTUNA_WORKER_ESCROW_VERIFY_KEY'),
+      heartbeatMs: num(values['escrow-heartbeat-ms'] ?? env.HYPERTUNA_WORKER_ESCROW_HEARTBEAT_MS, 30_000, '--escrow-heartbeat-ms')
+    }
+    if (!/^https:\/\/[^/]/.test(escrowUrl)) fail('--escrow-url must be https://host[:port]')
+    if (!(escrow.ca && escrow.cert && escrow.key)) fail('--escrow-url needs --escrow-ca, --escrow-cert and --escrow-key')
+    for (const k of ['ca', 'cert', 'key']) {
+      escrow[k] = path.resolve(escrow[k])
+      if (!fs.existsSync(escrow[k])) fail(`--escrow-${k} ${escrow[k]} does not exist`)
+    }
+    if (escrow.signingKeyFile) escrow.signingKeyFile = path.resolve(escrow.signingKeyFile)
+    if (escrow.verifyKey && !/^[0-9a-f]{64}$/.test(escrow.verifyKey)) fail('--escrow-verify-key must be 64 lowercase hex')
+    if (escrow.heartbeatMs < 1) fail('--escrow-heartbeat-ms must be positive')
+    if (!(values['gateway-writer-out'] || values['gateway-writer'])) fail('--escrow-url needs --gateway-writer or --gateway-writer-out')
+  }
+
   let ownerHex = null
   if (values.owner) {
     try {
@@ -175,6 +220,8 @@ async function main () {
     join: values.join || null,
     joinPeer: values['join-peer'] || null,
     gatewayWriterOut: values['gateway-writer-out'] ? path.resolve(values['gateway-writer-out']) : null,
+    gatewayWriter: !!values['gateway-writer'],
+    escrow,
     wakeupIntervalMs: num(values['wakeup-interval-ms'], 5000, '--wakeup-interval-ms'),
     logger: log
   })
@@ -199,6 +246,11 @@ async function main () {
 
   worker.on('joined', (state) => {
     process.stdout.write('HYPERTUNA_WORKER_JOINED ' + JSON.stringify({ relayKey: worker.relayKey, ...state }) + '\n')
+  })
+  // One line per accepted deposit (the first, and again after a rotation): ids and public keys only.
+  worker.on('escrow', (state) => {
+    const { relayKey, depositId, writerPublicKey, writerKey, workerKey, policyVersion, expiresAt } = state
+    process.stdout.write('HYPERTUNA_WORKER_ESCROW ' + JSON.stringify({ relayKey, depositId, writerPublicKey, writerKey, workerKey, policyVersion, expiresAt }) + '\n')
   })
   const status = await worker.start()
   log.info('ready', { relayKey: status.relayKey, swarmPublicKey: status.swarmPublicKey, identifier: status.identifier })
