@@ -44,7 +44,8 @@ from django.utils import timezone
 from hypertuna.compat import normalize_relay_key, verify_hmac
 from hypertuna.exceptions import ApiError
 from hypertuna.nostr import Event, InvalidEvent, is_ephemeral_kind, is_hex64, verify_event
-from hypertuna.nostr.events import is_addressable_kind, is_replaceable_kind, newest_first_key
+from hypertuna.nostr.events import newest_first_key
+from hypertuna.nostr.visibility import parse_address
 from replicas.models import (
     CoreType,
     MirrorAction,
@@ -108,23 +109,6 @@ def tag_key(value: str) -> str:
     if "\x00" in value or value.startswith("\x01") or len(value.encode("utf-8")) > MAX_PLAIN_TAG_BYTES:
         return "\x01" + hashlib.sha256(value.encode("utf-8")).hexdigest()
     return value
-
-
-def _address(value: str) -> tuple[int, str, str] | None:
-    """``"<kind>:<pubkey>:<d>"`` → (kind, pubkey, d) for replaceable/addressable kinds, else None
-    (the same rule as ``hypertuna.nostr.visibility``; the property tests hold the two equal)."""
-    parts = value.split(":", 2)
-    if len(parts) != 3:
-        return None
-    kind_text, pubkey, d = parts
-    if not (kind_text.isascii() and kind_text.isdigit()) or not is_hex64(pubkey):
-        return None
-    kind = int(kind_text)
-    if is_replaceable_kind(kind):
-        return (kind, pubkey, "") if d == "" else None
-    if is_addressable_kind(kind):
-        return (kind, pubkey, d)
-    return None
 
 
 def _ms(moment: datetime) -> int:
@@ -709,7 +693,7 @@ def _apply_deletion(replica: Replica, deletion: Event) -> int:
         )
         removed += _delete_rows(replica, Q(eid__in=targets, pubkey=pubkey) & ~Q(kind=DELETION_KIND))
     for value in deletion.tag_values("a"):
-        address = _address(value)
+        address = parse_address(value)
         if address is None or address[1] != deletion.pubkey:
             continue
         kind, _, d = address

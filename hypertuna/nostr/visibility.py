@@ -37,7 +37,7 @@ from hypertuna.nostr.events import (
 DELETION_KIND = 5
 
 
-def _parse_address(value: str) -> tuple[int, str, str] | None:
+def parse_address(value: str) -> tuple[int, str, str] | None:
     """``"<kind>:<pubkey>:<d>"`` → ``(kind, pubkey, d)``; None unless it names a replaceable or
     addressable kind (the ``d`` part may itself contain colons)."""
     parts = value.split(":", 2)
@@ -86,7 +86,7 @@ def visible_events(events: Iterable[Event]) -> list[Event]:
                 if target is not None and target.pubkey == event.pubkey and target.kind != DELETION_KIND:
                     deleted_ids.add(target.id)
             elif tag[0] == "a":
-                address = _parse_address(tag[1])
+                address = parse_address(tag[1])
                 if address is not None and address[1] == event.pubkey:
                     previous = deleted_addresses.get(address, -1)
                     deleted_addresses[address] = max(previous, event.created_at)
