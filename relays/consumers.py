@@ -11,16 +11,17 @@ import json
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from hypertuna import ratelimit
 from hypertuna.nostr import notice_frame
-from relays import usage
+from relays import selectors, usage
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
 from relays.fallback import ReplicaFallback
 from relays.health import tracker
-from relays.middleware import GatewayAuth
+from relays.middleware import GatewayAuth, Rejection
 from relays.runtime import forwarded_messages, runtime
 from relays.services import relay_group
 from relays.session import CLOSE_GATEWAY_ERROR, CLOSE_NO_PEERS, GatewaySession, SessionConfig
@@ -41,20 +42,36 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         auth: GatewayAuth = self.scope["gateway"]
+        rejection = auth.rejection
+        if rejection is None and auth.relay is not None and not auth.relay.peers and not auth.replica:
+            rejection = Rejection(CLOSE_NO_PEERS, "No peers available", "Error: No peers available")
+        if rejection is None and auth.relay is not None:
+            # Join the revocation group before the token's last check: a revocation committed after
+            # the middleware's check is then either seen here or delivered to this socket, never lost.
+            self.group = relay_group(auth.relay.id)
+            await self.channel_layer.group_add(self.group, self.channel_name)
+            if auth.token and not await database_sync_to_async(selectors.token_active)(auth.token.token_id):
+                rejection = Rejection(
+                    CLOSE_TOKEN_REVOKED, "Token revoked", "restricted: access token rejected (token-revoked)"
+                )
+        if rejection is not None or auth.relay is None:
+            await self.accept()
+            if rejection is not None:
+                await self.send(notice_frame(rejection.notice))
+                await self.close(code=rejection.code)
+            return
+        # Registered (live count, node registry) before the handshake completes, so that anything that
+        # happens once the client sees the socket open also sees this session.
+        self.session = self._open_session(auth)
         await self.accept()
-        if auth.rejection is not None:
-            await self.send(notice_frame(auth.rejection.notice))
-            await self.close(code=auth.rejection.code)
-            return
+        self.session.start()
+
+    def _open_session(self, auth: GatewayAuth) -> GatewaySession:
         assert auth.relay is not None
-        if not auth.relay.peers and not auth.replica:
-            await self.send(notice_frame("Error: No peers available"))
-            await self.close(code=CLOSE_NO_PEERS)
-            return
         rt = runtime()
         rt.ensure_started()
         self.fallback = rt.fallback_for(auth.relay.relay_key) if auth.replica else None
-        self.session = GatewaySession(
+        session = GatewaySession(
             relay_key=auth.relay.relay_key,
             peers=list(auth.relay.peers),
             transport=self.transport_factory(),
@@ -70,12 +87,10 @@ class RelayConsumer(AsyncWebsocketConsumer):
             on_forward=lambda relay: forwarded_messages.labels(relay=relay).inc(),
             fallback=self.fallback,
         )
-        self.group = relay_group(auth.relay.id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
         if auth.token:
             usage.connection_opened(auth.token.token_id)
-        rt.add(self.session)
-        self.session.start()
+        rt.add(session)
+        return session
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is None or self.session.closed:

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from hypertuna.compat import path_to_relay_key
 from hypertuna.compat.relaykeys import HEX64
-from relays.models import HostPolicy, HostRule, Peer, Relay
+from relays.models import HostPolicy, HostRule, Peer, Relay, RelayToken
 
 SNAPSHOT_PREFIX = "relay:snap:"
 
@@ -128,6 +128,14 @@ def resolve_path(path: str) -> str | None:
         resolved = candidate  # a well-formed key of a relay not (yet) known: 4404 "not registered" later
     cache.set(cache_key, resolved or "", timeout=30 if resolved else 5)
     return resolved
+
+
+def token_active(token_id: int) -> bool:
+    """Whether a token verified a moment ago is still neither revoked nor superseded."""
+    row = RelayToken.objects.select_related("relay").filter(pk=token_id).first()
+    return (
+        row is not None and row.state == RelayToken.State.ACTIVE and row.sequence > row.relay.revoked_through_sequence
+    )
 
 
 def live_relay_count() -> int:

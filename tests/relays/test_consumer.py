@@ -200,3 +200,23 @@ async def test_frame_rate_limit_per_token(workers, settings):
     assert notice[0] == "NOTICE" and notice[1].startswith("rate-limited:")
     await first.disconnect()
     await second.disconnect()
+
+
+async def test_token_revoked_between_middleware_and_connect_is_refused(workers, monkeypatch):
+    key = hex_key()
+    workers[P1] = FakeWorker()
+    await database_sync_to_async(register)(key, [P1])
+    issued = await database_sync_to_async(services.issue_token)(relay_key=key, relay_auth_token="a")
+    from relays import middleware
+
+    original = middleware.authenticate
+
+    def authenticate_then_revoke(scope):
+        auth = original(scope)
+        services.revoke_tokens(relay_key=key, token=issued.token, reason="raced")
+        return auth
+
+    monkeypatch.setattr(middleware, "authenticate", authenticate_then_revoke)
+    communicator = await connect(f"/{key}?token={issued.token}")
+    assert "token-revoked" in (await receive_json(communicator))[1]
+    assert (await communicator.receive_output(timeout=2))["code"] == 4403
