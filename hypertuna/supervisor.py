@@ -267,6 +267,17 @@ def main(argv: list[str] | None = None) -> int:
             "--issue-token",
             "--blind-peer",
             "gateway",
+            # The demo worker escrows a dedicated gateway writer, so the relay stays writable under a
+            # lease when the worker is stopped (see the README's escrow section).
+            "--gateway-writer",
+            "--escrow-url",
+            env["HYPERTUNA_ESCROW_URL"],
+            "--escrow-ca",
+            str(var_dir / "escrow" / "pki" / "ca.pem"),
+            "--escrow-cert",
+            str(var_dir / "escrow" / "pki" / "worker.pem"),
+            "--escrow-key",
+            str(var_dir / "escrow" / "pki" / "worker-key.pem"),
         ],
         cwd=BASE_DIR / "bridge",
         watch=True,
