@@ -27,6 +27,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.cache import cache
 from prometheus_client import Counter
 
 from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeError
@@ -53,10 +54,18 @@ READ_ONLY = "blocked: relay is read-only while its workers are offline"
 
 
 def replica_available(relay_key: str) -> bool:
-    """Whether a replica of the relay exists to read from (sync)."""
-    from replicas.selectors import replica_status
+    """Whether a replica of the relay exists to read from (sync). A yes is cached briefly (every
+    connection asks, and a replica is not removed while its relay is in use); a no is not, so a replica
+    created a moment ago is found at once."""
+    from replicas.selectors import has_replica
 
-    return replica_status(relay_key) is not None
+    key = f"relay:replica:{relay_key}"
+    if cache.get(key):
+        return True
+    available = has_replica(relay_key)
+    if available:
+        cache.set(key, True, timeout=30)
+    return available
 
 
 @dataclass

@@ -81,13 +81,13 @@ def authenticate(scope: dict[str, Any]) -> GatewayAuth:
             ip, rejection=Rejection(CLOSE_UNKNOWN_RELAY, "Invalid relay key", "Error: Invalid relay key")
         )
     relay = selectors.live_relay(relay_key)
-    replica = False
-    if relay is None or not relay.peers:
-        replica = fallback.replica_available(relay_key)
-        if relay is None and replica:
-            # Registration lapsed (every worker offline for longer than the TTL) but the relay is mirrored:
-            # it stays readable, and writable under a lease.
-            relay = selectors.offline_snapshot(relay_key)
+    # Asked even when peers are listed: a listed peer may already be gone, and the session then falls
+    # back to the replica instead of closing.
+    replica = fallback.replica_available(relay_key)
+    if relay is None and replica:
+        # Registration lapsed (every worker offline for longer than the TTL) but the relay is mirrored:
+        # it stays readable, and writable under a lease.
+        relay = selectors.offline_snapshot(relay_key)
     if relay is None:
         return GatewayAuth(
             ip,

@@ -186,7 +186,14 @@ class GatewaySession:
 
     async def deliver(self, frames: list[str]) -> None:
         """Frames pushed by a worker (ws-frame message) for this connection."""
+        await self._relay_frames(frames)
+
+    async def _relay_frames(self, frames: list[str]) -> None:
+        """Send worker frames to the client, minus what it already has (after a subscription resumed on
+        another peer), and remember what each subscription delivered."""
         for frame in frames:
+            if self._is_repeat(frame):
+                continue
             self._track_outgoing(frame)
             await self.send(frame)
 
@@ -224,10 +231,7 @@ class GatewaySession:
             self._subscriptions[message.subscription_id] = _Subscription(raw=raw, message=message)
         elif isinstance(message, CloseMessage):
             self._subscriptions.pop(message.subscription_id, None)
-        frames = await self._forward(raw, message)
-        for frame in frames:
-            self._track_outgoing(frame)
-            await self.send(frame)
+        await self._relay_frames(await self._forward(raw, message))
 
     async def _forward(self, raw: str, message: object) -> list[str]:
         tried: set[str] = set()
@@ -346,8 +350,7 @@ class GatewaySession:
             except PeerError as exc:
                 logger.info("subscription replay failed", extra={"relay": self.relay_key, "reason": str(exc)})
                 return
-            for frame in frames:
-                await self.send(frame)
+            await self._relay_frames(frames)
 
     async def _no_peers(self, reason: str) -> None:
         await self.send(notice_frame(f"Error: {reason}"))
@@ -396,11 +399,7 @@ class GatewaySession:
                 await self._failover_for_poll()
             return
         self._poll_failures = 0
-        for frame in frames:
-            if self._is_repeat(frame):
-                continue
-            self._track_outgoing(frame)
-            await self.send(frame)
+        await self._relay_frames(frames)
         if self.fallback is not None:
             for frame in await self.fallback.poll():
                 await self.send(frame)

@@ -281,6 +281,11 @@ def mirror_freshness(relay_key: str) -> datetime | None:
     return best
 
 
+def has_replica(relay_key: str) -> bool:
+    """Whether the relay has a replica to read from (one indexed lookup)."""
+    return Replica.objects.filter(relay_key=relay_key).exists()
+
+
 def replica_status(relay_key: str, *, now: datetime | None = None) -> dict[str, Any] | None:
     """Readiness of one relay's replica, with lag computed for ``now``; None if there is none."""
     replica = Replica.objects.filter(relay_key=relay_key).first()
