@@ -500,7 +500,9 @@ def _latest_deposit(relay_key: str) -> Deposit | None:
     return (
         Deposit.objects.filter(relay_key=relay_key)
         .exclude(state=Deposit.State.SUPERSEDED)
-        .order_by("-created_at")
+        # Two deposits can share the escrow's timestamp (a revoke and a re-deposit in the same instant);
+        # the worker's signed clock, strictly increasing per relay, orders them then.
+        .order_by("-created_at", "-issued_at")
         .first()
     )
 

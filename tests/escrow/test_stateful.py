@@ -381,3 +381,17 @@ def test_linearization_checker_catches_a_double_grant(db):
         audit.append(action="unlock-granted", actor="t", relay_key=relay_key, lease_id="b", details={"fence": 2})
     with pytest.raises(AssertionError, match="granted while"):
         check_audit_linearization(relay_key)
+
+
+@pytest.mark.django_db
+def test_regression_redeposit_in_the_same_instant_as_a_revoke_then_expiry():
+    """Found by the state machine: revoke, re-deposit at the same escrow timestamp, let it expire. The
+    refusal must name the newer package's state (expired), not the revoked one's."""
+    state = LeaseMachine()
+    state.setup()
+    state.deposit_package(new_writer=False, ttl=200)
+    state.worker_revoke()
+    state.deposit_package(new_writer=False, ttl=200)
+    state.advance(seconds=200)
+    state.request_unlock(healthy=0, ttl=None)
+    state.teardown()
