@@ -44,7 +44,8 @@ def operator_get(stack, path: str) -> dict:
 
 
 def sync(stack, relay_key: str) -> bool:
-    """One ``replicas_sync`` run; False while the gateway has not heard of the relay's mirror yet."""
+    """One ``replicas_sync`` run; False while mirroring is still starting (no replica row yet, or the blind
+    peer has not learned the view core), which production retries on the beat."""
     result = subprocess.run(
         [sys.executable, "manage.py", "replicas_sync", "--relay", relay_key],
         cwd=ROOT,
@@ -53,7 +54,8 @@ def sync(stack, relay_key: str) -> bool:
         text=True,
         timeout=120,
     )
-    if result.returncode != 0 and "no replica for" in result.stderr:
+    transient = ("no replica for", "replica-not-found", "core-unavailable")
+    if result.returncode != 0 and any(t in result.stderr for t in transient):
         return False
     assert result.returncode == 0, result.stderr[-2000:]
     return True
