@@ -105,6 +105,7 @@ class EscrowCoordinator:
         clock: Callable[[], float] = time.time,
         pinned_verify_key: bytes | None = None,
         confirm_interval: float = 10.0,
+        refusal_pause: float = 5.0,
     ) -> None:
         self.client = client
         self.vault = vault or LeaseVault(clock=clock)
@@ -114,6 +115,8 @@ class EscrowCoordinator:
         self._verify_key = pinned_verify_key
         self._confirm_interval = confirm_interval
         self._confirmed_at: dict[str, float] = {}
+        self._refusal_pause = refusal_pause
+        self._pause_until: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._locks_guard = threading.Lock()
         metrics.leases_active.set_function(self.vault.count)
@@ -147,7 +150,16 @@ class EscrowCoordinator:
             entry = self.vault.get(relay_key)
             if entry is not None:
                 return _handle(entry)
+            # After a refusal or an unreachable escrow, automatic requests for the relay pause briefly:
+            # a client repeating EVENTs on a read-only relay must not turn into one audited unlock per
+            # frame at the escrow. Operators' manual requests are not held back.
+            if self._clock() < self._pause_until.get(relay_key, 0.0):
+                return None
             result = await self.request_lease(relay_key, healthy_peers=healthy_peers, requested_by="auto")
+            if result.lease is None:
+                self._pause_until[relay_key] = self._clock() + self._refusal_pause
+            else:
+                self._pause_until.pop(relay_key, None)
         return result.lease
 
     async def request_lease(self, relay_key: str, *, healthy_peers: int, requested_by: str) -> LeaseResult:

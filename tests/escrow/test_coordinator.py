@@ -6,6 +6,7 @@ import sys
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 from prometheus_client import REGISTRY
@@ -79,6 +80,28 @@ async def test_refusal_without_mirror_evidence_leaves_the_relay_read_only(certs,
     health = coordinator.vault.health()[0]
     assert health["status"] == "refused" and health["reasons"] == ["mirror-evidence-missing"]
     assert coordinator.vault.count() == 0
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_automatic_requests_pause_after_a_refusal_but_manual_ones_do_not(certs, escrow_url, deposited):
+    from escrow.models import AuditEntry
+
+    _, _, relay_key = deposited
+    now = [1_000.0]
+    coordinator = make_coordinator(
+        certs, escrow_url, mirror_freshness=lambda relay_key: None, clock=lambda: now[0], refusal_pause=5.0
+    )
+    audited = await sync_to_async(AuditEntry.objects.count)()
+    for _ in range(5):  # a client repeating EVENTs on a read-only relay
+        assert await coordinator.ensure_write_lease(relay_key, healthy_peers=0) is None
+    assert await sync_to_async(AuditEntry.objects.count)() == audited + 1  # one refused unlock, not five
+    result = await coordinator.request_lease(relay_key, healthy_peers=0, requested_by="operator:t")
+    assert result.status == "refused"
+    assert await sync_to_async(AuditEntry.objects.count)() == audited + 2
+    now[0] += 6
+    assert await coordinator.ensure_write_lease(relay_key, healthy_peers=0) is None
+    assert await sync_to_async(AuditEntry.objects.count)() == audited + 3
 
 
 @pytest.mark.urls("escrow.service_urls")
