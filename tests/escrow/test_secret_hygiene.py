@@ -104,6 +104,7 @@ async def test_no_key_material_in_logs_errors_database_cache_or_metrics(certs, e
             certs.client(url, certs.gateway),
             mirror_freshness=lambda key: timezone.now() - timedelta(seconds=1),
             confirm_interval=0,
+            refusal_pause=0,
         )
 
         worker.deposit(relay_key, writer.secret, owner_identity="peer")
