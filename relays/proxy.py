@@ -78,14 +78,19 @@ async def _open(
     return _error(502, "peers-unreachable", f"Relay peers did not answer ({last})")
 
 
-def _response(stream: PeerStream) -> StreamingHttpResponse:
+def _response(stream: PeerStream) -> HttpResponseBase:
     async def body() -> AsyncIterator[bytes]:
         async for chunk in stream.chunks:
             yield chunk
 
-    response = StreamingHttpResponse(body(), status=stream.status)
-    for name, value in clean_headers(stream.headers).items():
-        if name not in ("set-cookie",):
+    return _with_worker_headers(StreamingHttpResponse(body(), status=stream.status), stream.headers)
+
+
+def _with_worker_headers(response: HttpResponseBase, headers: dict[str, str]) -> HttpResponseBase:
+    """Copy a worker's response headers, minus hop-by-hop ones and cookies (a worker must not set
+    cookies on the gateway's origin)."""
+    for name, value in clean_headers(headers).items():
+        if name != "set-cookie":
             response[name] = value
     return response
 
@@ -117,7 +122,7 @@ async def pfp_file(request: HttpRequest, file: str, owner: str | None = None) ->
     return result if isinstance(result, HttpResponse) else _response(result)
 
 
-async def _forward_json(request: HttpRequest, identifier: str, kind: str) -> HttpResponse:
+async def _forward_json(request: HttpRequest, identifier: str, kind: str) -> HttpResponseBase:
     relay = await _relay_for(identifier)
     if relay is None:
         return _error(404, "relay-not-registered", "Relay not registered with gateway")
@@ -134,20 +139,16 @@ async def _forward_json(request: HttpRequest, identifier: str, kind: str) -> Htt
     if isinstance(result, HttpResponse):
         return result
     content = b"".join([chunk async for chunk in result.chunks])
-    response = HttpResponse(content, status=result.status)
-    for name, value in clean_headers(result.headers).items():
-        if name != "set-cookie":
-            response[name] = value
-    return response
+    return _with_worker_headers(HttpResponse(content, status=result.status), result.headers)
 
 
 @csrf_exempt
 @require_http_methods(["POST"])
-async def post_join(request: HttpRequest, identifier: str) -> HttpResponse:
+async def post_join(request: HttpRequest, identifier: str) -> HttpResponseBase:
     return await _forward_json(request, identifier, "post/join")
 
 
 @csrf_exempt
 @require_http_methods(["POST"])
-async def finalize_auth(request: HttpRequest, identifier: str) -> HttpResponse:
+async def finalize_auth(request: HttpRequest, identifier: str) -> HttpResponseBase:
     return await _forward_json(request, identifier, "callback/finalize-auth")

@@ -4,17 +4,13 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
-import { TestRpcClient } from './helpers/rpc-client.mjs'
+import { TestRpcClient, ndjson } from './helpers/rpc-client.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 import { signEvent, randomSecretKeyHex } from '../src/worker/nostr.mjs'
 import { loadBlindModules } from '../src/blind/modules.mjs'
 
 const SECRET = 'blind-peer-test-secret'
 
-function ndjson (r) {
-  const text = Buffer.from(r.bodyBase64, 'base64').toString('utf8')
-  return text === '' ? [] : text.split('\n').map((l) => JSON.parse(l))
-}
 
 describe('blind peer in the bridge: a worker mirrors, goes away, and its events stay readable', { timeout: 170_000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-blind-'))

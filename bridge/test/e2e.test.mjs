@@ -6,7 +6,7 @@ import path from 'node:path'
 import http from 'node:http'
 import { createHash } from 'node:crypto'
 import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
-import { TestRpcClient } from './helpers/rpc-client.mjs'
+import { TestRpcClient, ndjson } from './helpers/rpc-client.mjs'
 import { stableStringify, hmacHex, signatureMatches } from '../src/lib/canonical.mjs'
 import { signEvent, randomSecretKeyHex } from '../src/worker/nostr.mjs'
 
@@ -57,10 +57,6 @@ function decodeBody (r) {
   return Buffer.from(r.bodyBase64, 'base64').toString('utf8')
 }
 
-function ndjson (r) {
-  const text = decodeBody(r)
-  return text === '' ? [] : text.split('\n').map((l) => JSON.parse(l))
-}
 
 describe('bridge + reference worker over a loopback testnet', { timeout: 150_000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-e2e-'))

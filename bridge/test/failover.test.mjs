@@ -4,16 +4,12 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
-import { TestRpcClient } from './helpers/rpc-client.mjs'
+import { TestRpcClient, ndjson } from './helpers/rpc-client.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 import { signEvent, randomSecretKeyHex } from '../src/worker/nostr.mjs'
 
 const SECRET = 'failover-test-secret'
 
-function ndjson (r) {
-  const text = Buffer.from(r.bodyBase64, 'base64').toString('utf8')
-  return text === '' ? [] : text.split('\n').map((l) => JSON.parse(l))
-}
 
 describe('two workers host one relay', { timeout: 150_000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-failover-'))

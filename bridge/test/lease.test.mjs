@@ -4,17 +4,13 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
-import { TestRpcClient } from './helpers/rpc-client.mjs'
+import { TestRpcClient, ndjson } from './helpers/rpc-client.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 import crypto from 'hypercore-crypto'
 import { signEvent, randomSecretKeyHex } from '../src/worker/nostr.mjs'
 
 const SECRET = 'lease-test-secret'
 
-function ndjson (r) {
-  const text = Buffer.from(r.bodyBase64, 'base64').toString('utf8')
-  return text === '' ? [] : text.split('\n').map((l) => JSON.parse(l))
-}
 
 describe('leased writes: the bridge appends as the gateway writer while the worker is offline', { timeout: 170_000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-lease-'))

@@ -120,3 +120,9 @@ export class TestRpcClient extends EventEmitter {
     this.sock.end()
   }
 }
+
+/** Client-bound frames of an inline `peer.request` result (NDJSON body; an empty body has none). */
+export function ndjson (result) {
+  const text = Buffer.from(result.bodyBase64, 'base64').toString('utf8')
+  return text === '' ? [] : text.split('\n').map((l) => JSON.parse(l))
+}
