@@ -11,16 +11,16 @@ import logging
 from typing import Any
 
 from hypertuna.exceptions import ApiError
-from replicas import services
+from replicas import mirrors
 
 logger = logging.getLogger(__name__)
 
 TOPICS = ("mirror.*",)
 
 _HANDLERS = {
-    "mirror.added": services.record_mirror_added,
-    "mirror.removed": services.record_mirror_removed,
-    "mirror.progress": services.record_mirror_progress,
+    "mirror.added": mirrors.record_mirror_added,
+    "mirror.removed": mirrors.record_mirror_removed,
+    "mirror.progress": mirrors.record_mirror_progress,
 }
 
 

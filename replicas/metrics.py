@@ -30,7 +30,7 @@ class BlindPeerCollector(Collector):
         from django.utils import timezone
 
         from replicas.models import MirrorCore, Replica
-        from replicas.services import lag_ms
+        from replicas.readiness import lag_ms
 
         state = GaugeMetricFamily(*STATE, labels=["relay", "type"])
         lag = GaugeMetricFamily(*LAG, labels=["relay"])

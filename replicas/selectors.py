@@ -30,8 +30,9 @@ from django.db.models import Count, F, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
 from hypertuna.nostr import Filter
+from replicas.keys import tag_key
 from replicas.models import MirrorCore, Replica, ReplicaEvent, ReplicaTag
-from replicas.services import derive_state, lag_ms, tag_key
+from replicas.readiness import derive_state, lag_ms
 
 #: Above this many (author, kind) pairs a filter is expanded per author only (kind as ``IN``).
 MAX_PAIR_EXPANSION = 256

@@ -2,7 +2,7 @@
 
 Incremental from the replica's checkpoint, in batches of ``HYPERTUNA_REPLICA_BATCH_SIZE`` view blocks;
 each batch is materialized and the checkpoint advanced in **one** transaction
-(``services.ingest_view_batch``), so a crash at any point resumes from the last committed batch with
+(``materialize.ingest_view_batch``), so a crash at any point resumes from the last committed batch with
 nothing lost or doubled. Runs of the same relay may overlap (two Celery workers, a command and a task):
 the replica row lock serializes the batches and a batch read from a stale checkpoint is dropped.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from replicas import services
+from replicas import materialize
 from replicas.sources import BridgeReplicaSource, ReplicaSource, ViewBatch, ViewEntry
 
 __all__ = ["BridgeReplicaSource", "ReplicaSource", "SyncResult", "ViewBatch", "ViewEntry", "sync_relay"]
@@ -55,14 +55,14 @@ async def sync_relay(
     """
     size = batch_size or settings.HYPERTUNA_REPLICA_BATCH_SIZE
     budget = max_batches or settings.HYPERTUNA_REPLICA_MAX_BATCHES
-    plan = await sync_to_async(services.begin_sync)(relay_key=relay_key, full=full)
+    plan = await sync_to_async(materialize.begin_sync)(relay_key=relay_key, full=full)
     result = SyncResult(relay_key=relay_key, start=plan.checkpoint, checkpoint=plan.checkpoint)
     view_core_key = plan.view_core_key
     restarts = 0
     try:
         while result.batches < budget:
             batch = await source.read_view(relay_key, view_core_key, result.checkpoint, size)
-            outcome = await sync_to_async(services.ingest_view_batch)(
+            outcome = await sync_to_async(materialize.ingest_view_batch)(
                 relay_key=relay_key, start_seq=result.checkpoint, batch=batch, view_core_key=view_core_key
             )
             result.batches += 1
@@ -89,6 +89,6 @@ async def sync_relay(
                 result.notes.append("source returned no progress; stopping this run")
                 break
     except Exception as exc:
-        await sync_to_async(services.record_sync_failure)(relay_key=relay_key, error=f"{type(exc).__name__}: {exc}")
+        await sync_to_async(materialize.record_sync_failure)(relay_key=relay_key, error=f"{type(exc).__name__}: {exc}")
         raise
     return result

@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from hypertuna.bridge import BridgeClientError
-from replicas import blindpeer, services
+from replicas import actions, blindpeer, readiness
 from replicas.models import MirrorAction, Replica
 from replicas.sources import BridgeReplicaSource, SourceError
 from replicas.sync import SyncResult, sync_relay
@@ -56,7 +56,7 @@ def sync_all_replicas() -> int:
 
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
 def refresh_replica_states() -> int:
-    return services.refresh_states()
+    return readiness.refresh_states()
 
 
 @shared_task(autoretry_for=(BridgeClientError,), retry_backoff=True, max_retries=5)
@@ -72,8 +72,8 @@ def perform_mirror_action(action_id: int) -> str:
             result = async_to_sync(blindpeer.delete_core)(core_key=action.core_key, reason=action.reason)
     except BridgeClientError as exc:
         if perform_mirror_action.request.retries >= (perform_mirror_action.max_retries or 0):
-            services.complete_mirror_action(action_id=action_id, ok=False, error=str(exc))
+            actions.complete_mirror_action(action_id=action_id, ok=False, error=str(exc))
             return "failed"
         raise
-    services.complete_mirror_action(action_id=action_id, ok=True, result=result)
+    actions.complete_mirror_action(action_id=action_id, ok=True, result=result)
     return "done"

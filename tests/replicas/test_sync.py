@@ -10,7 +10,7 @@ from asgiref.sync import async_to_sync
 from django.utils import timezone
 
 from hypertuna.nostr import Filter
-from replicas import services
+from replicas import materialize, services
 from replicas.models import MirrorCore, Replica, ReplicaEvent, ReplicaTag
 from replicas.selectors import query_events, replica_status
 from replicas.sync import sync_relay
@@ -74,7 +74,7 @@ def test_crash_mid_batch_then_restart_loses_and_duplicates_nothing(monkeypatch):
     committed = Replica.objects.get(relay_key=relay_key).checkpoint_seq
     assert ReplicaEvent.objects.count() == 10
 
-    real_tag_rows = services._tag_rows
+    real_tag_rows = materialize._tag_rows
 
     def crash(event):
         # Called while the batch's tag rows are built: its event rows are already inserted.
@@ -82,7 +82,7 @@ def test_crash_mid_batch_then_restart_loses_and_duplicates_nothing(monkeypatch):
         raise RuntimeError("worker killed mid-batch")
 
     source.reads.clear()
-    monkeypatch.setattr(services, "_tag_rows", crash)
+    monkeypatch.setattr(materialize, "_tag_rows", crash)
     with pytest.raises(RuntimeError):
         run(relay_key, source, batch_size=20)
     replica = Replica.objects.get(relay_key=relay_key)
@@ -90,7 +90,7 @@ def test_crash_mid_batch_then_restart_loses_and_duplicates_nothing(monkeypatch):
     assert ReplicaEvent.objects.count() == 10
     assert replica.consecutive_failures == 1 and "mid-batch" in replica.last_error
 
-    monkeypatch.setattr(services, "_tag_rows", real_tag_rows)
+    monkeypatch.setattr(materialize, "_tag_rows", real_tag_rows)
     result = run(relay_key, source, batch_size=20)
     assert result.complete
     got = query_events(relay_key, [Filter()], max_limit=1000)
