@@ -104,3 +104,100 @@ test('the view has the worker layout: raw id keys, index keys, c.any-tagged valu
   }
   assert.equal(JSON.parse((await relay.view.get(b4a.from(ev.id, 'hex'))).value).content, 'layout')
 })
+
+test('NIP-09: a kind-5 from the author hides the events it names by id; others cannot delete', async (t) => {
+  const relay = await openRelay(t)
+  const alice = randomSecretKeyHex()
+  const mallory = randomSecretKeyHex()
+  const doomed = signEvent({ kind: 1, content: 'doomed', created_at: T0, tags: [['t', 'x']] }, alice)
+  const kept = signEvent({ kind: 1, content: 'kept', created_at: T0 + 1, tags: [['t', 'x']] }, alice)
+  const targeted = signEvent({ kind: 1, content: 'targeted by mallory', created_at: T0 + 2 }, alice)
+  for (const ev of [doomed, kept, targeted]) await relay.putEvent(ev)
+  const deletion = signEvent({ kind: 5, content: '', created_at: T0 + 10, tags: [['e', doomed.id]] }, alice)
+  const forged = signEvent({ kind: 5, content: '', created_at: T0 + 11, tags: [['e', targeted.id], ['e', kept.id]] }, mallory)
+  // A deletion of a deletion has no effect (NIP-09).
+  const undo = signEvent({ kind: 5, content: '', created_at: T0 + 12, tags: [['e', deletion.id]] }, alice)
+  for (const ev of [deletion, forged, undo]) await relay.putEvent(ev)
+  const content = (evs) => evs.map((e) => e.content || `kind${e.kind}:${e.id.slice(0, 4)}`)
+  const ids = (evs) => evs.map((e) => e.id)
+
+  assert.deepEqual(ids(await relay.query({ kinds: [1] })), [targeted.id, kept.id])
+  assert.deepEqual(ids(await relay.query({ ids: [doomed.id, kept.id] })), [kept.id])
+  assert.deepEqual(ids(await relay.query({ authors: [doomed.pubkey], kinds: [1] })), [targeted.id, kept.id])
+  assert.deepEqual(ids(await relay.query({ '#t': ['x'] })), [kept.id])
+  assert.deepEqual(ids(await relay.query({ since: T0, until: T0 })), [])
+  // The deletion requests themselves stay visible, all three of them.
+  assert.deepEqual(ids(await relay.query({ kinds: [5] })), [undo.id, forged.id, deletion.id])
+  assert.deepEqual(ids(await relay.query({ ids: [deletion.id] })), [deletion.id])
+  assert.equal(content(await relay.query({ kinds: [1], limit: 1 }))[0], 'targeted by mallory')
+
+  // Publishing the deleted event again stores nothing new and shows nothing.
+  assert.equal((await relay.putEvent(doomed)).duplicate, true)
+  assert.deepEqual(ids(await relay.query({ ids: [doomed.id] })), [])
+  // A deletion that arrives before its target still hides it.
+  const early = signEvent({ kind: 1, content: 'late', created_at: T0 + 3 }, alice)
+  await relay.putEvent(signEvent({ kind: 5, content: '', created_at: T0 + 13, tags: [['e', early.id]] }, alice))
+  const res = await relay.putEvent(early)
+  assert.equal(res.stored, true)
+  assert.equal(res.visible, false)
+  assert.deepEqual(ids(await relay.query({ ids: [early.id] })), [])
+})
+
+test('NIP-09: an a-tag deletion hides the versions of that address up to its created_at', async (t) => {
+  const relay = await openRelay(t)
+  const alice = randomSecretKeyHex()
+  const mallory = randomSecretKeyHex()
+  const v1 = signEvent({ kind: 30023, content: 'v1', created_at: T0, tags: [['d', 'post']] }, alice)
+  const other = signEvent({ kind: 30023, content: 'other d', created_at: T0, tags: [['d', 'other']] }, alice)
+  const profile = signEvent({ kind: 0, content: 'profile', created_at: T0 }, alice)
+  for (const ev of [v1, other, profile]) await relay.putEvent(ev)
+  const address = `30023:${v1.pubkey}:post`
+  await relay.putEvent(signEvent({ kind: 5, content: '', created_at: T0 + 5, tags: [['a', address]] }, alice))
+  // Mallory cannot delete Alice's address, nor Alice's profile.
+  await relay.putEvent(signEvent({ kind: 5, content: '', created_at: T0 + 6, tags: [['a', `30023:${v1.pubkey}:other`], ['a', `0:${v1.pubkey}:`]] }, mallory))
+  const ids = (evs) => evs.map((e) => e.id)
+  assert.deepEqual(ids(await relay.query({ kinds: [30023] })), [other.id])
+  assert.deepEqual(ids(await relay.query({ ids: [v1.id] })), [])
+  assert.deepEqual(ids(await relay.query({ kinds: [0] })), [profile.id])
+
+  // A version newer than the deletion is shown again; one at the deletion's second is not.
+  const same = signEvent({ kind: 30023, content: 'same second', created_at: T0 + 5, tags: [['d', 'post']] }, alice)
+  assert.equal((await relay.putEvent(same)).visible, false)
+  const v3 = signEvent({ kind: 30023, content: 'v3', created_at: T0 + 7, tags: [['d', 'post']] }, alice)
+  assert.equal((await relay.putEvent(v3)).visible, true)
+  assert.deepEqual(ids(await relay.query({ kinds: [30023], '#d': ['post'] })), [v3.id])
+
+  // A replaceable kind's address has an empty d part.
+  await relay.putEvent(signEvent({ kind: 5, content: '', created_at: T0 + 8, tags: [['a', `0:${v1.pubkey}:`]] }, alice))
+  assert.deepEqual(ids(await relay.query({ kinds: [0] })), [])
+})
+
+test('a superseded replaceable or addressable version is not returned, by id or by any filter', async (t) => {
+  const relay = await openRelay(t)
+  const sk = randomSecretKeyHex()
+  const old = signEvent({ kind: 0, content: 'old', created_at: T0, tags: [['t', 'old-only']] }, sk)
+  const cur = signEvent({ kind: 0, content: 'new', created_at: T0 + 5 }, sk)
+  await relay.putEvent(old)
+  assert.equal((await relay.putEvent(cur)).visible, true)
+  const ids = (evs) => evs.map((e) => e.id)
+  assert.deepEqual(ids(await relay.query({ ids: [old.id] })), [])
+  assert.deepEqual(ids(await relay.query({ ids: [old.id, cur.id] })), [cur.id])
+  // The old version matches this tag filter and the current one does not: still nothing.
+  assert.deepEqual(ids(await relay.query({ '#t': ['old-only'] })), [])
+  assert.deepEqual(ids(await relay.queryFilters([{ ids: [old.id] }, { authors: [old.pubkey] }])), [cur.id])
+
+  // An older version arriving later is stored but hidden at once.
+  const older = signEvent({ kind: 0, content: 'older', created_at: T0 - 5 }, sk)
+  const res = await relay.putEvent(older)
+  assert.equal(res.stored, true)
+  assert.equal(res.visible, false)
+  assert.deepEqual(ids(await relay.query({ kinds: [0] })), [cur.id])
+
+  // Same second: the lowest id wins (NIP-01), by id as well.
+  const [a, b] = [0, 1].map((i) => signEvent({ kind: 30000, content: `tie${i}`, created_at: T0, tags: [['d', 'tie']] }, sk))
+  const [low, high] = a.id < b.id ? [a, b] : [b, a]
+  await relay.putEvent(low)
+  assert.equal((await relay.putEvent(high)).visible, false)
+  assert.deepEqual(ids(await relay.query({ ids: [high.id, low.id] })), [low.id])
+  assert.deepEqual(ids(await relay.query({ kinds: [30000] })), [low.id])
+})

@@ -183,3 +183,27 @@ test('restarting on the same storage keeps the relay key, the swarm key and the 
   assert.equal((await second.relay.getEvent(ev.id)).content, 'kept')
   assert.equal(second.relay.base.writable, true)
 })
+
+test('live subscribers never see a superseded version or a deleted event', async (t) => {
+  const { worker } = await startWorker(t, { wsPush: false })
+  const sk = randomSecretKeyHex()
+  const ck = '56'.repeat(16)
+  const post = (message) => call(worker, {
+    method: 'POST',
+    path: `/post/relay/${worker.relayKey}`,
+    body: { message: JSON.stringify(message), connectionKey: ck }
+  })
+  await post(['REQ', 'live', { kinds: [0, 1, 5] }])
+  await new Promise((resolve) => setImmediate(resolve))
+  const now = Math.floor(Date.now() / 1000)
+  const profile = signEvent({ kind: 0, content: 'current', created_at: now }, sk)
+  const stale = signEvent({ kind: 0, content: 'stale', created_at: now - 60 }, sk)
+  const note = signEvent({ kind: 1, content: 'note', created_at: now }, sk)
+  const deletion = signEvent({ kind: 5, content: '', created_at: now, tags: [['e', note.id]] }, sk)
+  for (const ev of [profile, stale, deletion, note]) {
+    assert.equal(lines(await post(['EVENT', ev]))[0][2], true)
+  }
+  const poll = await call(worker, { path: `/get/relay/${worker.relayKey}/${ck}` })
+  const live = poll.body.filter((f) => f[0] === 'EVENT' && f[1] === 'live').map((f) => f[2].id)
+  assert.deepEqual(live, [profile.id, deletion.id])
+})

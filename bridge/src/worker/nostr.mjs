@@ -90,6 +90,27 @@ export function replaceKey (ev) {
   return null
 }
 
+export const DELETION_KIND = 5
+
+/** NIP-01: `a` replaces `b` (same replaceKey) when it is newer, or as new with the lower id. */
+export function supersedes (a, b) {
+  if (a.created_at !== b.created_at) return a.created_at > b.created_at
+  return a.id < b.id
+}
+
+/**
+ * The NIP-09 `a`-tag address of a replaceable (`<kind>:<pubkey>:`) or addressable
+ * (`<kind>:<pubkey>:<d>`) event, or null for other kinds.
+ */
+export function addressOf (ev) {
+  if (isReplaceable(ev.kind)) return `${ev.kind}:${ev.pubkey}:`
+  if (isAddressable(ev.kind)) {
+    const d = ev.tags.find((t) => t[0] === 'd')
+    return `${ev.kind}:${ev.pubkey}:${d && d.length > 1 ? d[1] : ''}`
+  }
+  return null
+}
+
 /** Validate one REQ filter; returns a reason string or null. */
 export function filterProblem (f) {
   if (!f || typeof f !== 'object' || Array.isArray(f)) return 'filter must be an object'

@@ -3,7 +3,7 @@ import Autobase from 'autobase'
 import Hyperbee from 'hyperbee'
 import c from 'compact-encoding'
 import b4a from 'b4a'
-import { compareNewestFirst, isEphemeral, matchFilter, replaceKey } from './nostr.mjs'
+import { DELETION_KIND, addressOf, compareNewestFirst, isEphemeral, matchFilter, replaceKey, supersedes } from './nostr.mjs'
 
 const MAX_CREATED_AT = 9999999999
 
@@ -180,30 +180,85 @@ export class RelayStore extends EventEmitter {
     await this.base.append({ type: 'event', event: JSON.stringify(ev) })
     await this.base.update()
     this.stats.stored++
-    this.emit('event', ev)
-    return { stored: true, duplicate: false }
+    // A version older than the one held, or an event its author already deleted, is stored (it is
+    // on the log) but never shown, live or later.
+    const visible = !(await this.hidden(ev))
+    this.emit('event', ev, { visible })
+    return { stored: true, duplicate: false, visible }
   }
 
-  /** Index ranges (newest-first iteration) that cover a filter. */
-  _ranges (f) {
-    const since = f.since ?? 0
-    const until = Math.min(f.until ?? MAX_CREATED_AT, MAX_CREATED_AT)
-    const span = (prefix) => ({
+  /** Ids of the events under one index prefix, newest first, created_at within [since, until]. */
+  async * _scan (prefix, since = 0, until = MAX_CREATED_AT) {
+    const range = {
       gte: b4a.from(`${prefix}created_at:${padTs(since)}:`, 'utf8'),
       // '~' sorts after every hex digit, so the range includes created_at == until.
-      lte: b4a.from(`${prefix}created_at:${padTs(until)}:id:~`, 'utf8')
-    })
-    if (f.authors) return f.authors.map((a) => span(`pubkey:${a}:`))
-    const tagKey = Object.keys(f).find((k) => /^#[a-zA-Z]$/.test(k))
-    if (tagKey) return f[tagKey].map((v) => span(`tagKey:${tagKey[1]}:tagValue:${v}:`))
-    return [span('')]
+      lte: b4a.from(`${prefix}created_at:${padTs(until)}:id:~`, 'utf8'),
+      reverse: true
+    }
+    for await (const { value } of this.view.createReadStream(range)) yield value
   }
 
   /**
-   * Answer one NIP-01 filter: newest first, `since`/`until` inclusive, at most `limit`
-   * (capped at maxLimit), and only the newest version of replaceable/addressable events.
+   * The current version of a replaceable/addressable event (NIP-01: newest created_at, then the
+   * lowest id), found through the author's index; `cache` (replaceKey → event) spans one query.
    */
-  async query (f) {
+  async _latestVersion (ev, cache) {
+    const rk = replaceKey(ev)
+    if (cache && cache.has(rk)) return cache.get(rk)
+    let best = null
+    for await (const id of this._scan(`pubkey:${ev.pubkey}:`)) {
+      const other = id === ev.id ? ev : await this.getEvent(id)
+      if (!other || replaceKey(other) !== rk) continue
+      if (best && other.created_at < best.created_at) break
+      if (!best || supersedes(other, best)) best = other
+    }
+    if (cache) cache.set(rk, best)
+    return best
+  }
+
+  /**
+   * Whether a relay shows this stored event no more (the rules of hypertuna/nostr/visibility.py):
+   * a replaceable/addressable version superseded by a newer one, or an event deleted by its own
+   * author with a kind-5 request naming it in an `e` tag, or naming its address in an `a` tag with
+   * a created_at at or after its own. A deletion by anyone else does nothing, and deletion
+   * requests themselves are never hidden.
+   */
+  async hidden (ev, cache = null) {
+    if (ev.kind === DELETION_KIND) return false
+    if (replaceKey(ev)) {
+      const latest = await this._latestVersion(ev, cache)
+      if (latest && latest.id !== ev.id) return true
+    }
+    for await (const id of this._scan(`tagKey:e:tagValue:${ev.id}:`)) {
+      const del = await this.getEvent(id)
+      if (del && del.kind === DELETION_KIND && del.pubkey === ev.pubkey &&
+          del.tags.some((t) => t[0] === 'e' && t[1] === ev.id)) return true
+    }
+    const address = addressOf(ev)
+    if (address) {
+      for await (const id of this._scan(`tagKey:a:tagValue:${address}:`, ev.created_at)) {
+        const del = await this.getEvent(id)
+        if (del && del.kind === DELETION_KIND && del.pubkey === ev.pubkey &&
+            del.tags.some((t) => t[0] === 'a' && t[1] === address)) return true
+      }
+    }
+    return false
+  }
+
+  /** Index prefixes (newest-first iteration) that cover a filter. */
+  _prefixes (f) {
+    if (f.authors) return f.authors.map((a) => `pubkey:${a}:`)
+    const tagKey = Object.keys(f).find((k) => /^#[a-zA-Z]$/.test(k))
+    if (tagKey) return f[tagKey].map((v) => `tagKey:${tagKey[1]}:tagValue:${v}:`)
+    return ['']
+  }
+
+  /**
+   * Answer one NIP-01 filter: newest first, `since`/`until` inclusive, at most `limit` (capped at
+   * maxLimit), and only what a relay still shows: no superseded replaceable/addressable version
+   * (by id either) and nothing its author deleted (see hidden()).
+   */
+  async query (f, cache = new Map()) {
     const limit = Math.min(f.limit ?? this.maxLimit, this.maxLimit)
     if (limit === 0) return []
     const found = new Map()
@@ -211,57 +266,31 @@ export class RelayStore extends EventEmitter {
       for (const id of f.ids) {
         if (!/^[0-9a-f]{64}$/.test(id)) continue
         const ev = await this.getEvent(id)
-        if (ev && matchFilter(f, ev)) found.set(ev.id, ev)
+        if (ev && matchFilter(f, ev) && !(await this.hidden(ev, cache))) found.set(ev.id, ev)
       }
     } else {
-      for (const range of this._ranges(f)) {
-        const kept = new Map()
+      const until = Math.min(f.until ?? MAX_CREATED_AT, MAX_CREATED_AT)
+      for (const prefix of this._prefixes(f)) {
         let taken = 0
-        for await (const { value } of this.view.createReadStream({ ...range, reverse: true })) {
-          if (found.has(value)) continue
-          const ev = await this.getEvent(value)
-          if (!ev || !matchFilter(f, ev)) continue
-          const rk = replaceKey(ev)
-          if (rk) {
-            const prev = kept.get(rk)
-            if (prev) {
-              // Reverse key order visits equal timestamps highest id first; NIP-01 keeps the
-              // lowest id, so a same-second sibling replaces the one already taken.
-              if (prev.created_at === ev.created_at && ev.id < prev.id) {
-                found.delete(prev.id)
-                found.set(ev.id, ev)
-                kept.set(rk, ev)
-              }
-              continue
-            }
-            kept.set(rk, ev)
-          }
+        for await (const id of this._scan(prefix, f.since ?? 0, until)) {
+          if (found.has(id)) continue
+          const ev = await this.getEvent(id)
+          if (!ev || !matchFilter(f, ev) || await this.hidden(ev, cache)) continue
           found.set(ev.id, ev)
           if (++taken >= limit) break
         }
       }
     }
-    const sorted = [...found.values()].sort(compareNewestFirst)
-    const out = []
-    const seen = new Set()
-    for (const ev of sorted) {
-      const rk = replaceKey(ev)
-      if (rk) {
-        if (seen.has(rk)) continue
-        seen.add(rk)
-      }
-      out.push(ev)
-      if (out.length >= limit) break
-    }
-    return out
+    return [...found.values()].sort(compareNewestFirst).slice(0, limit)
   }
 
   /** Answer a REQ's filters; events matching several filters are sent once. */
   async queryFilters (filters) {
     const out = []
     const ids = new Set()
+    const cache = new Map()
     for (const f of filters) {
-      for (const ev of await this.query(f)) {
+      for (const ev of await this.query(f, cache)) {
         if (ids.has(ev.id)) continue
         ids.add(ev.id)
         out.push(ev)

@@ -142,8 +142,9 @@ export class ReferenceWorker extends EventEmitter {
       if (this.opts.join) meta.joinedFrom = this.opts.joinPeer
       writeFileAtomic(path.join(this.storageDir, 'relay.json'), JSON.stringify(meta) + '\n')
     }
-    this.relay.on('event', (ev) => {
-      this._onLiveEvent(ev)
+    this.relay.on('event', (ev, info) => {
+      // A superseded version or a deleted event is stored but shown to nobody, live included.
+      if (!info || info.visible !== false) this._onLiveEvent(ev)
       if (this.mirror) this.mirror.onRelayChanged()
     })
     // A restarted host first looks for what other writers (a leased gateway writer, a failover
