@@ -16,8 +16,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from hypertuna import ratelimit
-from hypertuna.nostr import notice_frame
-from relays import selectors, usage
+from hypertuna.nostr import Event, notice_frame
+from relays import fanout, selectors, usage
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
 from relays.fallback import ReplicaFallback
 from relays.health import tracker
@@ -85,6 +85,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
                 max_queued_frames=settings.HYPERTUNA_MAX_QUEUED_FRAMES,
             ),
             on_forward=lambda relay: forwarded_messages.labels(relay=relay).inc(),
+            on_accepted=self._publish_accepted,
             fallback=self.fallback,
         )
         if auth.token:
@@ -142,6 +143,16 @@ class RelayConsumer(AsyncWebsocketConsumer):
         if self.session is not None:
             await self.session.stop()
         await self.close(code=CLOSE_TOKEN_REVOKED)
+
+    async def _publish_accepted(self, event: Event) -> None:
+        if self.group:
+            await fanout.publish(self.channel_layer, self.group, event)
+
+    async def relay_event(self, message: dict[str, Any]) -> None:
+        """Channel-layer message from ``fanout.publish`` (any gateway node): a live event of this relay."""
+        event = fanout.event_of(message)
+        if event is not None and self.session is not None and not self.session.closed:
+            await self.session.offer_live(event)
 
     async def _send_frame(self, frame: str) -> None:
         token = self.scope["gateway"].token

@@ -31,17 +31,24 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Workers answer a REQ/CLOSE with informational NOTICEs meant for the gateway, not the user.
-_WORKER_CHATTER = re.compile(r"^Subscription .{0,80} (created|updated) successfully$|^Subscription closed$")
+# Workers answer a REQ/CLOSE with informational NOTICEs meant for the gateway, not the user. The published
+# worker runtime writes the literal "created/updated" (hyperpipe-relay-event-processor.mjs).
+_WORKER_CHATTER = re.compile(
+    r"^Subscription .{1,80} (created|updated|created/updated) successfully$|^Subscription closed$", re.DOTALL
+)
 
 
 class PeerError(Exception):
     """A peer could not serve a request (unreachable, timed out, or answered with an error status)."""
 
-    def __init__(self, message: str, *, status: int | None = None, unreachable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, unreachable: bool = False, frames: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.unreachable = unreachable
+        # Client-bound frames of an error reply (e.g. the worker's NOTICE explaining a 403).
+        self.frames = frames or []
 
 
 @dataclass
@@ -149,7 +156,8 @@ async def post_relay(
         peer_key, "POST", f"/post/relay/{relay_path(relay_key)}", headers=headers, body=body, timeout=timeout
     )
     if response.status != 200:
-        raise PeerError(f"Peer returned status {response.status}", status=response.status)
+        frames = parse_ndjson(response.body) if response.status < 500 else []
+        raise PeerError(f"Peer returned status {response.status}", status=response.status, frames=frames)
     return parse_ndjson(response.body)
 
 

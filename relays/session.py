@@ -13,7 +13,13 @@ Guarantees:
   same relay takes over without the client reconnecting;
 - with no usable peer left the client is told why (``NOTICE``) and the socket is closed with 1013, unless a
   fallback (read-only replica, leased writes) can serve it;
-- every error the client sees is a ``NOTICE`` (or an ``OK false`` / ``CLOSED`` for the frame at fault).
+- every error the client sees is a ``NOTICE`` (or an ``OK false`` / ``CLOSED`` for the frame at fault);
+- polling follows :class:`~relays.poll_schedule.PollSchedule`: once per idle interval, and fast right after
+  a forwarded REQ until its EOSE arrives (workers that never push answer REQs only through polls);
+- the client sees only frames of subscriptions it has open, each live event once per subscription (the
+  gateway's fan-out of an accepted EVENT and the worker's later copy are one delivery), and never the
+  worker's subscription chatter; a worker that refuses the client's credentials ends the socket once,
+  with a NOTICE and 4403.
 """
 
 from __future__ import annotations
@@ -30,22 +36,28 @@ from typing import Protocol
 
 from hypertuna.nostr import (
     CloseMessage,
+    Event,
     EventMessage,
     FrameError,
     InvalidEvent,
     ReqMessage,
     UnknownMessageType,
+    event_frame,
+    matches_any,
     notice_frame,
     ok_frame,
     parse_client_message,
     verify_event,
 )
 from relays.forwarding import PeerError, PeerTransport, poll_relay, post_relay
+from relays.frames_filter import DeliveredIds, WorkerFrame, accepted_event, read_frame, worker_frames_dropped
+from relays.poll_schedule import PollSchedule
 
 logger = logging.getLogger(__name__)
 
 CLOSE_NO_PEERS = 1013
 CLOSE_GATEWAY_ERROR = 1011
+CLOSE_AUTH_REJECTED = 4403
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,10 @@ class SessionConfig:
     max_queued_frames: int = 64
     # Consecutive poll failures on one peer before the session moves on to the next.
     poll_failures_before_failover: int = 2
+    # Fast polling while a REQ's EOSE is awaited (see PollSchedule).
+    fast_poll_min_gap: float = 0.002
+    fast_poll_growth: float = 0.25
+    fast_poll_bound: float = 5.0
 
 
 class HealthReporter(Protocol):
@@ -95,6 +111,7 @@ class SessionStats:
     bytes_out: int = 0
     forwarded: int = 0
     failovers: int = 0
+    polls: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -113,6 +130,7 @@ class GatewaySession:
         fallback: Fallback | None = None,
         config: SessionConfig | None = None,
         on_forward: Callable[[str], None] | None = None,
+        on_accepted: Callable[[Event], Awaitable[None]] | None = None,
     ) -> None:
         self.relay_key = relay_key
         self.connection_key = secrets.token_hex(16)
@@ -126,6 +144,8 @@ class GatewaySession:
         self._close = close
         self._refresh_peers = refresh_peers
         self._on_forward = on_forward
+        # Called once per EVENT a worker accepted through this socket: the gateway-side live fan-out.
+        self._on_accepted = on_accepted
         self._peers = list(peers)
         self._failed: set[str] = set()
         self._current: str | None = self._peers[0] if self._peers else None
@@ -134,6 +154,15 @@ class GatewaySession:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._poll_failures = 0
+        self._schedule = PollSchedule(
+            idle=self.config.poll_interval,
+            min_gap=self.config.fast_poll_min_gap,
+            growth=self.config.fast_poll_growth,
+            bound=self.config.fast_poll_bound,
+        )
+        self._wake = asyncio.Event()
+        self._delivered = DeliveredIds()
+        self._fallback_polled = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -188,14 +217,36 @@ class GatewaySession:
         """Frames pushed by a worker (ws-frame message) for this connection."""
         await self._relay_frames(frames)
 
+    async def offer_live(self, event: Event) -> None:
+        """An EVENT a worker accepted through the gateway (this node or another): deliver it now to this
+        socket's subscriptions that match it and have had their EOSE (before EOSE it belongs to the stored
+        answer the worker is producing). The worker's own copy, arriving later, is then dropped by id."""
+        frames = [
+            event_frame(sub_id, event)
+            for sub_id, sub in list(self._subscriptions.items())
+            if sub.eose_sent and matches_any(sub.message.filters, event)
+        ]
+        await self._relay_frames(frames)
+
     async def _relay_frames(self, frames: list[str]) -> None:
-        """Send worker frames to the client, minus what it already has (after a subscription resumed on
-        another peer), and remember what each subscription delivered."""
-        for frame in frames:
-            if self._is_repeat(frame):
-                continue
-            self._track_outgoing(frame)
-            await self.send(frame)
+        """Send worker frames to the client, minus frames of subscriptions it has not opened and what it
+        already has, and remember what each subscription delivered."""
+        for text in frames:
+            frame = read_frame(text)
+            if frame.is_auth_rejection:
+                await self._auth_rejected(frame.notice or "")
+                return
+            if frame.kind in ("EVENT", "EOSE", "CLOSED"):
+                sub = self._subscriptions.get(frame.subscription_id or "")
+                if sub is None:
+                    # e.g. a subscription the worker re-attached from this client's previous socket
+                    worker_frames_dropped.labels(reason="unknown-subscription").inc()
+                    continue
+                if self._is_repeat(sub, frame):
+                    worker_frames_dropped.labels(reason="duplicate").inc()
+                    continue
+                self._track_outgoing(sub, frame)
+            await self.send(text)
 
     # --- frames -----------------------------------------------------------------------------------
 
@@ -227,13 +278,35 @@ class GatewaySession:
             except InvalidEvent as exc:
                 await self.send(ok_frame(message.event.id, False, exc.message))
                 return
+        if isinstance(message, (ReqMessage, CloseMessage)):
+            # A REQ with an open id replaces that subscription: it starts afresh.
+            self._subscriptions.pop(message.subscription_id, None)
+            self._delivered.forget(message.subscription_id)
+            self._schedule.settled(message.subscription_id)
         if isinstance(message, ReqMessage):
             self._subscriptions[message.subscription_id] = _Subscription(raw=raw, message=message)
-        elif isinstance(message, CloseMessage):
-            self._subscriptions.pop(message.subscription_id, None)
-        await self._relay_frames(await self._forward(raw, message))
+        frames, from_worker = await self._forward(raw, message)
+        await self._relay_frames(frames)
+        if not from_worker or self._closed:
+            return
+        if isinstance(message, ReqMessage):
+            self._await_eose(message.subscription_id)
+        elif isinstance(message, EventMessage):
+            if self._subscriptions:
+                self._schedule.poll_now()
+                self._wake.set()
+            if self._on_accepted is not None and accepted_event(frames, message.event.id):
+                await self._on_accepted(message.event)
 
-    async def _forward(self, raw: str, message: object) -> list[str]:
+    def _await_eose(self, subscription_id: str) -> None:
+        """A worker has the REQ: poll fast until its EOSE arrives (it comes only by poll from real workers)."""
+        sub = self._subscriptions.get(subscription_id)
+        if sub is not None and not sub.eose_sent:
+            self._schedule.await_eose(subscription_id, asyncio.get_running_loop().time())
+            self._wake.set()
+
+    async def _forward(self, raw: str, message: object) -> tuple[list[str], bool]:
+        """The frames answering ``raw``, and whether a worker gave them (not the fallback, not an error)."""
         tried: set[str] = set()
         last_error = "No peers available"
         while True:
@@ -247,8 +320,11 @@ class GatewaySession:
             except PeerError as exc:
                 last_error = str(exc)
                 if exc.status is not None and exc.status < 500 and exc.status != 404:
-                    # The worker answered: its refusal (e.g. 403 for a protected read) is the answer.
-                    return [notice_frame(f"Error: {exc}")]
+                    # The worker answered: its refusal (e.g. 403 for a protected read) is the answer; a
+                    # refusal of the client's credentials is passed on so that the socket ends.
+                    if any(read_frame(f).is_auth_rejection for f in exc.frames):
+                        return exc.frames, False
+                    return [notice_frame(f"Error: {exc}")], False
                 await self._peer_failed(peer, str(exc))
                 continue
             self.stats.forwarded += 1
@@ -258,36 +334,34 @@ class GatewaySession:
             if peer != self._current:
                 just_sent = message.subscription_id if isinstance(message, ReqMessage) else None
                 await self._switch_to(peer, replay=True, skip=just_sent)
-            return frames
+            return frames, True
         if self.fallback is not None and isinstance(message, (EventMessage, ReqMessage, CloseMessage)):
             served = await self.fallback.handle(message, raw)
             if served is not None:
-                return served
+                return served, False
         await self._no_peers(last_error)
-        return []
+        return [], False
 
-    def _track_outgoing(self, frame: str) -> None:
-        """Remember what each subscription has delivered, to resume it on another peer."""
-        try:
-            data = json.loads(frame)
-        except ValueError:
-            return
-        if not isinstance(data, list) or len(data) < 2 or not isinstance(data[1], str):
-            return
-        sub = self._subscriptions.get(data[1])
-        if sub is None:
-            return
-        if data[0] == "EVENT" and len(data) > 2 and isinstance(data[2], dict):
-            created, event_id = data[2].get("created_at"), data[2].get("id")
-            if isinstance(created, int) and (sub.newest_seen is None or created > sub.newest_seen):
+    def _track_outgoing(self, sub: _Subscription, frame: WorkerFrame) -> None:
+        """Remember what each subscription has delivered, to resume it on another peer and to send each
+        live event once."""
+        sub_id = frame.subscription_id or ""
+        if frame.kind == "EVENT":
+            created, event_id = frame.created_at, frame.event_id
+            if created is not None and (sub.newest_seen is None or created > sub.newest_seen):
                 sub.newest_seen = created
-                sub.newest_ids = {event_id} if isinstance(event_id, str) else set()
-            elif created == sub.newest_seen and isinstance(event_id, str):
+                sub.newest_ids = {event_id} if event_id is not None else set()
+            elif created is not None and created == sub.newest_seen and event_id is not None:
                 sub.newest_ids.add(event_id)
-        elif data[0] == "EOSE":
+            if event_id is not None:
+                self._delivered.add(sub_id, event_id)
+        elif frame.kind == "EOSE":
             sub.eose_sent = True
-        elif data[0] == "CLOSED":
-            self._subscriptions.pop(data[1], None)
+            self._schedule.settled(sub_id)
+        elif frame.kind == "CLOSED":
+            self._subscriptions.pop(sub_id, None)
+            self._delivered.forget(sub_id)
+            self._schedule.settled(sub_id)
 
     async def _post(self, peer: str, raw: str) -> list[str]:
         return await post_relay(
@@ -351,6 +425,7 @@ class GatewaySession:
                 logger.info("subscription replay failed", extra={"relay": self.relay_key, "reason": str(exc)})
                 return
             await self._relay_frames(frames)
+            self._await_eose(sub_id)
 
     async def _no_peers(self, reason: str) -> None:
         await self.send(notice_frame(f"Error: {reason}"))
@@ -361,16 +436,22 @@ class GatewaySession:
     # --- polling ----------------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._closed:
-            await asyncio.sleep(self.config.poll_interval)
+            delay = self._schedule.next_delay(loop.time())
+            if delay > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                    continue  # woken early (a REQ or EVENT was forwarded): the schedule changed
+                except TimeoutError:
+                    pass
             if self._closed:
                 return
             try:
                 needs_failover = self._current is None or self._current in self._failed
                 if needs_failover and not await self._failover_for_poll():
-                    if self.fallback is not None:
-                        for frame in await self.fallback.poll():
-                            await self.send(frame)
+                    await self._poll_fallback(loop.time())
                     continue
                 await self._poll_once()
             except asyncio.CancelledError:
@@ -378,11 +459,14 @@ class GatewaySession:
             except Exception:
                 # Polling must outlive any single failure, or the client silently stops getting events.
                 logger.exception("session poll failed", extra={"relay": self.relay_key})
+            finally:
+                self._schedule.polled(loop.time())
 
     async def _poll_once(self) -> None:
         peer = self._current
         if peer is None:
             return
+        self.stats.polls += 1
         try:
             frames = await poll_relay(
                 self.transport,
@@ -400,23 +484,42 @@ class GatewaySession:
             return
         self._poll_failures = 0
         await self._relay_frames(frames)
-        if self.fallback is not None:
-            for frame in await self.fallback.poll():
-                await self.send(frame)
+        await self._poll_fallback(asyncio.get_running_loop().time())
 
-    def _is_repeat(self, frame: str) -> bool:
-        """An EOSE or EVENT the client already has (possible right after a subscription resumed)."""
-        if not (frame.startswith('["EOSE"') or frame.startswith('["EVENT"')):
+    async def _poll_fallback(self, now: float) -> None:
+        """Live events from the fallback (a database query per subscription): at the idle rhythm only,
+        never at the fast rhythm of a REQ awaiting its EOSE from a worker."""
+        if self.fallback is None or now - self._fallback_polled < self.config.poll_interval * 0.9:
+            return
+        self._fallback_polled = now
+        for frame in await self.fallback.poll():
+            await self.send(frame)
+
+    def _is_repeat(self, sub: _Subscription, frame: WorkerFrame) -> bool:
+        """An EOSE or EVENT the client already has: after a subscription resumed on another peer, or a
+        live event the gateway's fan-out delivered before the worker's copy."""
+        if frame.kind == "EOSE":
+            return sub.eose_sent
+        if frame.kind != "EVENT":
             return False
-        with contextlib.suppress(ValueError, IndexError, TypeError, AttributeError):
-            data = json.loads(frame)
-            sub = self._subscriptions.get(data[1])
-            if sub is None:
-                return False
-            if data[0] == "EOSE":
-                return sub.eose_sent
-            return data[2].get("created_at") == sub.resumed_at and data[2].get("id") in sub.resumed_ids
-        return False
+        event_id = frame.event_id
+        if event_id is None:
+            return False
+        if frame.created_at == sub.resumed_at and event_id in sub.resumed_ids:
+            return True
+        return self._delivered.seen(frame.subscription_id or "", event_id)
+
+    async def _auth_rejected(self, reason: str) -> None:
+        """The worker refuses this client's credentials (and would say so on every poll): tell the client
+        once and close with 4403, like a revoked token."""
+        if self._closed:
+            return
+        logger.info("worker rejected the client's authentication", extra={"relay": self.relay_key})
+        await self.send(
+            notice_frame(f"restricted: the relay host rejected this connection's authentication ({reason})")
+        )
+        self._closed = True
+        await self._close(CLOSE_AUTH_REJECTED, "Authentication rejected by the relay host")
 
     async def _failover_for_poll(self) -> bool:
         peer = self._pick_peer(exclude=set())

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from coincurve import PrivateKey
 
 from hypertuna.nostr import sign_event
@@ -35,6 +36,15 @@ class Client:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError(f"timed out; frames so far: {self.frames}")
+
+
+async def until(predicate, timeout=5.0):
+    """Wait for a condition of the session's state (not of the wall clock)."""
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
 
 
 def make_session(workers, client, peers=None, **kwargs):
@@ -222,3 +232,111 @@ async def test_stop_cancels_background_work():
     sent = len(client.frames)
     await asyncio.sleep(0.05)
     assert len(client.frames) == sent
+
+
+# --- poll schedule ---------------------------------------------------------------------------------
+
+
+def test_idle_schedule_polls_once_per_interval():
+    from relays.poll_schedule import PollSchedule
+
+    schedule = PollSchedule(idle=1.0)
+    schedule.polled(10.0)
+    assert schedule.next_delay(10.0) == 1.0
+    assert schedule.next_delay(10.4) == pytest.approx(0.6)
+    schedule.polled(11.0)
+    assert schedule.next_delay(11.0) == 1.0
+
+
+def test_awaited_eose_polls_at_once_then_at_growing_gaps_until_it_arrives():
+    from relays.poll_schedule import PollSchedule
+
+    schedule = PollSchedule(idle=1.0, min_gap=0.002, growth=0.25, bound=5.0)
+    schedule.polled(0.0)
+    schedule.await_eose("s", 100.0)
+    assert schedule.next_delay(100.0) == 0.0
+    now, gaps = 100.0, []
+    for _ in range(40):
+        schedule.polled(now)
+        delay = schedule.next_delay(now)
+        if delay >= 0.99:  # back at the idle rhythm
+            break
+        gaps.append(delay)
+        now += delay
+    assert gaps[0] == pytest.approx(0.002)
+    assert gaps == sorted(gaps) and gaps[-1] < 1.0
+    assert len(gaps) < 40  # bounded: a worker that never answers costs a few dozen polls, then idle
+    assert schedule.awaiting == frozenset()
+
+
+def test_eose_ends_fast_polling():
+    from relays.poll_schedule import PollSchedule
+
+    schedule = PollSchedule(idle=1.0)
+    schedule.await_eose("a", 0.0)
+    schedule.await_eose("b", 0.0)
+    schedule.polled(0.01)
+    schedule.settled("a")
+    assert schedule.next_delay(0.01) < 0.01  # still waiting for b
+    schedule.settled("b")
+    assert schedule.next_delay(0.01) == pytest.approx(1.0)
+
+
+def test_poll_now_is_one_poll():
+    from relays.poll_schedule import PollSchedule
+
+    schedule = PollSchedule(idle=1.0)
+    schedule.polled(5.0)
+    schedule.poll_now()
+    assert schedule.next_delay(5.1) == 0.0
+    schedule.polled(5.1)
+    assert schedule.next_delay(5.1) == pytest.approx(1.0)
+
+
+async def test_req_on_a_poll_only_worker_gets_its_eose_without_waiting_for_the_idle_poll():
+    worker = FakeWorker(events=[event("stored", 100)])  # answers REQ with a notice only, like real workers
+    client = Client()
+    config = SessionConfig(poll_interval=60, request_timeout=1, poll_timeout=1)
+    session = make_session({"p1": worker}, client, config=config)
+    session.start()
+    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    await client.wait_for(lambda f: ["EOSE", "s"] in f, timeout=10)
+    assert [f[0] for f in client.frames] == ["EVENT", "EOSE"]
+    # The EOSE was available on the first poll after the REQ: that poll is the only one.
+    assert session.stats.polls == 1
+    await session.stop()
+
+
+async def test_idle_socket_does_not_poll_more_than_before():
+    worker = FakeWorker()
+    client = Client()
+    config = SessionConfig(poll_interval=60, request_timeout=1, poll_timeout=1)
+    session = make_session({"p1": worker}, client, config=config)
+    session.start()
+    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    await client.wait_for(lambda f: ["EOSE", "s"] in f)
+    polls = session.stats.polls
+    await asyncio.sleep(0.3)
+    assert session.stats.polls == polls  # nothing pending: no poll before the idle interval
+    await session.stop()
+
+
+async def test_fast_polling_stops_at_its_bound_for_a_worker_that_never_answers():
+    class Silent(FakeWorker):
+        def handle(self, method, path, body):
+            self.requests.append((method, path))
+            from relays.forwarding import PeerResponse
+
+            return PeerResponse(200, {}, b"[]")
+
+    worker = Silent()
+    client = Client()
+    config = SessionConfig(poll_interval=60, request_timeout=1, poll_timeout=1, fast_poll_bound=0.2)
+    session = make_session({"p1": worker}, client, config=config)
+    session.start()
+    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    await until(lambda: worker.requests and not session._schedule.awaiting)
+    polls = session.stats.polls
+    await asyncio.sleep(0.3)
+    assert session.stats.polls == polls and 1 <= polls < 40
+    await session.stop()

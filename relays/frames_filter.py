@@ -1,0 +1,123 @@
+"""What of a worker's frames a NIP-01 client may see.
+
+Workers answer for more than the socket in front of them: a real worker re-attaches a returning client's
+earlier subscriptions to a new connection key (so a fresh socket may get EVENT / EOSE for ids it never
+opened), repeats ``["NOTICE","Invalid authentication"]`` on every poll of a connection it rejects, and a
+live event can reach a socket twice (the gateway's fan-out, then the worker's own copy). This module reads
+a frame once into :class:`WorkerFrame` and keeps the small state the session needs to decide:
+
+- frames for subscriptions this socket has not opened (or has closed) are dropped;
+- an authentication refusal is recognised (the session then closes the socket once, with 4403);
+- an event already delivered live to a subscription is not delivered to it again (bounded memory).
+
+Worker chatter that no client should see (``Subscription <id> created/updated successfully``) is removed
+earlier, where worker replies are parsed (:mod:`relays.forwarding`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+
+# The texts workers send when they refuse the credentials the gateway forwarded for this client (the
+# published worker runtime and the reference worker use the same ones).
+AUTH_REJECTIONS = frozenset({"Invalid authentication", "Authentication required for read access"})
+
+SUBSCRIPTION_FRAMES = frozenset({"EVENT", "EOSE", "CLOSED"})
+
+worker_frames_dropped = Counter(
+    "gateway_worker_frames_dropped_total",
+    "Worker frames not sent to the client (unknown-subscription, duplicate)",
+    ["reason"],
+)
+
+
+@dataclass(frozen=True)
+class WorkerFrame:
+    """One client-bound frame, read once: its type and, where it has them, subscription id and event."""
+
+    text: str
+    kind: str
+    subscription_id: str | None = None
+    event: dict[str, Any] | None = None
+    notice: str | None = None
+
+    @property
+    def event_id(self) -> str | None:
+        value = self.event.get("id") if self.event is not None else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def created_at(self) -> int | None:
+        value = self.event.get("created_at") if self.event is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def is_auth_rejection(self) -> bool:
+        return self.notice in AUTH_REJECTIONS
+
+
+def read_frame(text: str) -> WorkerFrame:
+    """Classify one frame; anything that is not a JSON array with a string type is kind ``""``."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return WorkerFrame(text, "")
+    if not isinstance(data, list) or not data or not isinstance(data[0], str):
+        return WorkerFrame(text, "")
+    kind = data[0]
+    if kind == "NOTICE":
+        return WorkerFrame(text, kind, notice=data[1] if len(data) > 1 and isinstance(data[1], str) else None)
+    if kind in SUBSCRIPTION_FRAMES:
+        sub_id = data[1] if len(data) > 1 and isinstance(data[1], str) else None
+        event = data[2] if kind == "EVENT" and len(data) > 2 and isinstance(data[2], dict) else None
+        return WorkerFrame(text, kind, subscription_id=sub_id, event=event)
+    return WorkerFrame(text, kind)
+
+
+def accepted_event(frames: list[str], event_id: str) -> bool:
+    """Whether a worker's reply stored ``event_id`` now: ``OK true``, not a ``duplicate:`` of one it had."""
+    for text in frames:
+        if not text.startswith('["OK"'):
+            continue
+        try:
+            data = json.loads(text)
+        except ValueError:
+            continue
+        if len(data) >= 3 and data[1] == event_id and data[2] is True:
+            message = data[3] if len(data) > 3 and isinstance(data[3], str) else ""
+            return not message.startswith("duplicate:")
+    return False
+
+
+class DeliveredIds:
+    """Which events each subscription of one socket got live, to drop a second copy.
+
+    Bounded: the oldest entries go first. A copy arriving after its entry was evicted is sent again, which
+    only happens when a socket received more than ``size`` live events in the meantime.
+    """
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self._ids: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def seen(self, subscription_id: str, event_id: str) -> bool:
+        return (subscription_id, event_id) in self._ids
+
+    def add(self, subscription_id: str, event_id: str) -> None:
+        self._ids[(subscription_id, event_id)] = None
+        self._ids.move_to_end((subscription_id, event_id))
+        while len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+    def forget(self, subscription_id: str) -> None:
+        """The subscription was replaced or closed: a new REQ with the same id starts afresh."""
+        for key in [k for k in self._ids if k[0] == subscription_id]:
+            del self._ids[key]
