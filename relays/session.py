@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -43,15 +42,15 @@ from hypertuna.nostr import (
     ReqMessage,
     UnknownMessageType,
     event_frame,
-    matches_any,
     notice_frame,
     ok_frame,
     parse_client_message,
     verify_event,
 )
 from relays.forwarding import PeerError, PeerTransport, poll_relay, post_relay
-from relays.frames_filter import DeliveredIds, WorkerFrame, accepted_event, read_frame, worker_frames_dropped
+from relays.frames_filter import accepted_event, read_frame, worker_frames_dropped
 from relays.poll_schedule import PollSchedule
+from relays.subscriptions import Subscriptions
 
 logger = logging.getLogger(__name__)
 
@@ -87,20 +86,6 @@ class Fallback(Protocol):
     async def handle(self, message: EventMessage | ReqMessage | CloseMessage, raw: str) -> list[str] | None: ...
 
     async def poll(self) -> list[str]: ...
-
-
-@dataclass
-class _Subscription:
-    raw: str
-    message: ReqMessage
-    newest_seen: int | None = None
-    # Ids delivered at exactly ``newest_seen``: a resumed subscription asks for ``since=newest_seen``
-    # (inclusive, so nothing at that second is lost) and these are the ones not to send twice.
-    newest_ids: set[str] = field(default_factory=set)
-    # Set when the subscription resumes on another peer: (second, ids) the client already has.
-    resumed_at: int | None = None
-    resumed_ids: frozenset[str] = frozenset()
-    eose_sent: bool = False
 
 
 @dataclass
@@ -149,7 +134,7 @@ class GatewaySession:
         self._peers = list(peers)
         self._failed: set[str] = set()
         self._current: str | None = self._peers[0] if self._peers else None
-        self._subscriptions: dict[str, _Subscription] = {}
+        self._subscriptions = Subscriptions()
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self.config.max_queued_frames)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -161,7 +146,6 @@ class GatewaySession:
             bound=self.config.fast_poll_bound,
         )
         self._wake = asyncio.Event()
-        self._delivered = DeliveredIds()
         self._fallback_polled = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -221,12 +205,7 @@ class GatewaySession:
         """An EVENT a worker accepted through the gateway (this node or another): deliver it now to this
         socket's subscriptions that match it and have had their EOSE (before EOSE it belongs to the stored
         answer the worker is producing). The worker's own copy, arriving later, is then dropped by id."""
-        frames = [
-            event_frame(sub_id, event)
-            for sub_id, sub in list(self._subscriptions.items())
-            if sub.eose_sent and matches_any(sub.message.filters, event)
-        ]
-        await self._relay_frames(frames)
+        await self._relay_frames([event_frame(sub_id, event) for sub_id in self._subscriptions.matching(event)])
 
     async def _relay_frames(self, frames: list[str]) -> None:
         """Send worker frames to the client, minus frames of subscriptions it has not opened and what it
@@ -236,16 +215,12 @@ class GatewaySession:
             if frame.is_auth_rejection:
                 await self._auth_rejected(frame.notice or "")
                 return
-            if frame.kind in ("EVENT", "EOSE", "CLOSED"):
-                sub = self._subscriptions.get(frame.subscription_id or "")
-                if sub is None:
-                    # e.g. a subscription the worker re-attached from this client's previous socket
-                    worker_frames_dropped.labels(reason="unknown-subscription").inc()
-                    continue
-                if self._is_repeat(sub, frame):
-                    worker_frames_dropped.labels(reason="duplicate").inc()
-                    continue
-                self._track_outgoing(sub, frame)
+            dropped = self._subscriptions.admit(frame)
+            if dropped is not None:
+                worker_frames_dropped.labels(reason=dropped).inc()
+                continue
+            if frame.kind in ("EOSE", "CLOSED"):
+                self._schedule.settled(frame.subscription_id or "")
             await self.send(text)
 
     # --- frames -----------------------------------------------------------------------------------
@@ -278,13 +253,12 @@ class GatewaySession:
             except InvalidEvent as exc:
                 await self.send(ok_frame(message.event.id, False, exc.message))
                 return
-        if isinstance(message, (ReqMessage, CloseMessage)):
-            # A REQ with an open id replaces that subscription: it starts afresh.
-            self._subscriptions.pop(message.subscription_id, None)
-            self._delivered.forget(message.subscription_id)
-            self._schedule.settled(message.subscription_id)
         if isinstance(message, ReqMessage):
-            self._subscriptions[message.subscription_id] = _Subscription(raw=raw, message=message)
+            self._subscriptions.open(message, raw)
+        elif isinstance(message, CloseMessage):
+            self._subscriptions.close(message.subscription_id)
+        if isinstance(message, (ReqMessage, CloseMessage)):
+            self._schedule.settled(message.subscription_id)
         frames, from_worker = await self._forward(raw, message)
         await self._relay_frames(frames)
         if not from_worker or self._closed:
@@ -342,27 +316,6 @@ class GatewaySession:
         await self._no_peers(last_error)
         return [], False
 
-    def _track_outgoing(self, sub: _Subscription, frame: WorkerFrame) -> None:
-        """Remember what each subscription has delivered, to resume it on another peer and to send each
-        live event once."""
-        sub_id = frame.subscription_id or ""
-        if frame.kind == "EVENT":
-            created, event_id = frame.created_at, frame.event_id
-            if created is not None and (sub.newest_seen is None or created > sub.newest_seen):
-                sub.newest_seen = created
-                sub.newest_ids = {event_id} if event_id is not None else set()
-            elif created is not None and created == sub.newest_seen and event_id is not None:
-                sub.newest_ids.add(event_id)
-            if event_id is not None:
-                self._delivered.add(sub_id, event_id)
-        elif frame.kind == "EOSE":
-            sub.eose_sent = True
-            self._schedule.settled(sub_id)
-        elif frame.kind == "CLOSED":
-            self._subscriptions.pop(sub_id, None)
-            self._delivered.forget(sub_id)
-            self._schedule.settled(sub_id)
-
     async def _post(self, peer: str, raw: str) -> list[str]:
         return await post_relay(
             self.transport,
@@ -411,16 +364,11 @@ class GatewaySession:
 
     async def _replay_subscriptions(self, peer: str, *, skip: str | None = None) -> None:
         """Open this connection's subscriptions on ``peer``, resuming after what was delivered."""
-        for sub_id, sub in list(self._subscriptions.items()):
+        for sub_id, sub in self._subscriptions.items():
             if sub_id == skip:
                 continue
-            raw = sub.raw
-            if sub.newest_seen is not None:
-                sub.resumed_at, sub.resumed_ids = sub.newest_seen, frozenset(sub.newest_ids)
-                filters = [{**f.to_dict(), "since": max(f.since or 0, sub.newest_seen)} for f in sub.message.filters]
-                raw = json.dumps(["REQ", sub_id, *filters], ensure_ascii=False, separators=(",", ":"))
             try:
-                frames = await self._post(peer, raw)
+                frames = await self._post(peer, sub.resume_request())
             except PeerError as exc:
                 logger.info("subscription replay failed", extra={"relay": self.relay_key, "reason": str(exc)})
                 return
@@ -494,20 +442,6 @@ class GatewaySession:
         self._fallback_polled = now
         for frame in await self.fallback.poll():
             await self.send(frame)
-
-    def _is_repeat(self, sub: _Subscription, frame: WorkerFrame) -> bool:
-        """An EOSE or EVENT the client already has: after a subscription resumed on another peer, or a
-        live event the gateway's fan-out delivered before the worker's copy."""
-        if frame.kind == "EOSE":
-            return sub.eose_sent
-        if frame.kind != "EVENT":
-            return False
-        event_id = frame.event_id
-        if event_id is None:
-            return False
-        if frame.created_at == sub.resumed_at and event_id in sub.resumed_ids:
-            return True
-        return self._delivered.seen(frame.subscription_id or "", event_id)
 
     async def _auth_rejected(self, reason: str) -> None:
         """The worker refuses this client's credentials (and would say so on every poll): tell the client

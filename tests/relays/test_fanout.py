@@ -99,7 +99,7 @@ async def test_fanout_waits_for_eose_and_respects_filters():
     await session.offer_live(old)
     assert events_of(client) == []
     # A subscription still waiting for its stored events is left to the worker.
-    session._subscriptions["since"].eose_sent = False
+    session._subscriptions.get("since").eose_sent = False
     await session.offer_live(Event.from_json(event("new", 2000)))
     assert events_of(client) == []
     await session.stop()
