@@ -4,11 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BRIDGE_STAMP := bridge/node_modules/.installed
+INTEROP_STAMP := interop/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-python test-bridge lint format bench clean
+.PHONY: install install-interop run test test-python test-bridge lint format bench clean
 
 install: $(STAMP) $(if $(wildcard bridge/package.json),$(BRIDGE_STAMP))
+
+# The interop suite's worker runtime (test-only; ~400 MB): installed by `make test`, not by `make run`.
+install-interop: $(INTEROP_STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +24,14 @@ $(BRIDGE_STAMP): bridge/package.json bridge/package-lock.json $(wildcard bridge/
 	cd bridge && npm ci --no-audit --no-fund
 	@touch $@
 
+$(INTEROP_STAMP): interop/package.json interop/package-lock.json
+	cd interop && npm ci --no-audit --no-fund
+	@touch $@
+
 run: install
 	$(PY) -m hypertuna.supervisor
 
-test: install
+test: install install-interop
 	$(PY) manage.py check --fail-level ERROR
 	$(PY) manage.py makemigrations --check --dry-run
 	$(MAKE) --no-print-directory test-python
@@ -54,4 +62,4 @@ bench: install $(BENCH_STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) var bridge/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var bridge/node_modules interop/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -41,6 +41,8 @@ class Proc:
     process: subprocess.Popen[bytes]
     log_path: Path
     markers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Every marker in arrival order (``markers`` keeps only the latest of each name).
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def pump(self) -> None:
@@ -52,7 +54,9 @@ class Proc:
                 marker, _, payload = raw.decode("utf-8", "replace").strip().partition(" ")
                 if marker.startswith("HYPERTUNA_") and payload.startswith("{"):
                     with contextlib.suppress(ValueError), self._lock:
-                        self.markers[marker] = json.loads(payload)
+                        data = json.loads(payload)
+                        self.markers[marker] = data
+                        self.events.append((marker, data))
 
     def wait_marker(self, marker: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -64,6 +68,19 @@ class Proc:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} printed no {marker} within {timeout} s; see {self.log_path}")
+
+    def wait_event(self, marker: str, predicate: Any = None, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """The first ``marker`` whose payload satisfies ``predicate``, waiting for it if needed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for name, data in self.events:
+                    if name == marker and (predicate is None or predicate(data)):
+                        return data
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} printed no matching {marker} within {timeout} s; see {self.log_path}")
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
