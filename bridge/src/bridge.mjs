@@ -362,11 +362,20 @@ export class Bridge {
       const headers = params.headers && typeof params.headers === 'object' ? params.headers : undefined
       p.resolve({ statusCode, headers, body })
       // Python answers 2xx only for a peer that a signed HTTP registration lists: that approval
-      // is what lets a worker store cores on the gateway's blind peer.
+      // is what lets a worker store cores on the gateway's blind peer. Python names the relays
+      // (`blindPeerTrust: [{relayKey, keys?}]`) and the peer is trusted for those only; a caller
+      // that names none gets the older unscoped trust.
       let trusted = false
       if (statusCode >= 200 && statusCode < 300 && this.blind && this.config.blindPeer.trustRegistered) {
-        this.blind.trust(p.peerKey)
-        trusted = true
+        if (Array.isArray(params.blindPeerTrust)) {
+          for (const scope of params.blindPeerTrust.slice(0, 1000)) {
+            this.blind.trust.trustForRelay(p.peerKey, scope && scope.relayKey, scope ? scope.keys : undefined)
+          }
+          trusted = params.blindPeerTrust.length > 0
+        } else {
+          this.blind.trust.trustPeer(p.peerKey)
+          trusted = true
+        }
       }
       return { registerId: params.registerId, delivered: true, blindPeerTrusted: trusted }
     })
@@ -381,8 +390,11 @@ export class Bridge {
       return this.blind
     }
     rpc.register('blindPeer.status', wrap(async () => this.blind ? this.blind.status() : { enabled: false }))
-    rpc.register('blindPeer.trust', wrap(async (params) => blind().trust(params.peerKey)))
-    rpc.register('blindPeer.untrust', wrap(async (params) => blind().untrust(params.peerKey)))
+    rpc.register('blindPeer.trust', wrap(async (params) => params.relayKey === undefined || params.relayKey === null
+      ? blind().trust.trustPeer(params.peerKey)
+      : blind().trust.trustForRelay(params.peerKey, params.relayKey, params.keys)))
+    rpc.register('blindPeer.untrust', wrap(async (params) => blind().trust.untrust({ peerKey: params.peerKey, relayKey: params.relayKey })))
+    rpc.register('blindPeer.trustRelays', wrap(async (params) => blind().trust.setRelays(params.relays, { replaceAll: params.replaceAll === true })))
     rpc.register('blindPeer.gc', wrap(async (params) => blind().gc(typeof params.reason === 'string' ? params.reason.slice(0, 200) : 'manual')))
     rpc.register('blindPeer.deleteCore', wrap(async (params) => blind().deleteCore(params.coreKey, typeof params.reason === 'string' ? params.reason.slice(0, 200) : 'deleted')))
     rpc.register('mirror.list', wrap(async () => ({ cores: await blind().mirrorList() })))

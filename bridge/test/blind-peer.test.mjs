@@ -85,8 +85,16 @@ describe('blind peer in the bridge: a worker mirrors, goes away, and its events 
     // The worker learnt the blind-peer key from the gateway handshake and is already trying.
     await waitFor(async () => (await rpc.call('blindPeer.status')).refusedAddRequests > 0, { timeoutMs: 30_000, what: 'a refused add-core' })
     assert.equal((await rpc.call('blindPeer.status')).cores, 0, 'nothing is stored for an untrusted peer')
-    const t = await rpc.call('blindPeer.trust', { peerKey: ready.swarmPublicKey })
+    // Trusted for another relay only: the worker's cores (referrer = its relay key) stay refused.
+    const other = 'ab'.repeat(32)
+    await rpc.call('blindPeer.trust', { peerKey: ready.swarmPublicKey, relayKey: other, keys: [other] })
+    const before = (await rpc.call('blindPeer.status')).refusedAddRequests
+    await waitFor(async () => (await rpc.call('blindPeer.status')).refusedAddRequests > before, { timeoutMs: 30_000, what: 'a refusal out of scope' })
+    assert.equal((await rpc.call('blindPeer.status')).cores, 0, 'a key trusted for relay B adds nothing for relay A')
+    await rpc.call('blindPeer.untrust', { peerKey: ready.swarmPublicKey, relayKey: other })
+    const t = await rpc.call('blindPeer.trust', { peerKey: ready.swarmPublicKey, relayKey: ready.relayKey, keys: [ready.relayKey] })
     assert.equal(t.trusted, true)
+    assert.equal(t.relayKey, ready.relayKey)
     const added = await rpc.waitEvent((f) => f.event === 'mirror.added' && f.data.ownerPeerKey === ready.swarmPublicKey, 40_000)
     assert.equal(added.data.relayKey, ready.relayKey)
     assert.equal(added.data.referrer, ready.relayKey)
@@ -205,7 +213,7 @@ describe('blind peer in the bridge: a worker mirrors, goes away, and its events 
     assert.equal(t.peerKey, key)
     assert.ok((await rpc.call('blindPeer.status')).trustedPeers.some((p) => p.key === key))
     const u = await rpc.call('blindPeer.untrust', { peerKey: key })
-    assert.deepEqual(u, { peerKey: key, trusted: false, removed: true })
+    assert.deepEqual(u, { peerKey: key, relayKey: null, trusted: false, removed: true })
     assert.ok(!(await rpc.call('blindPeer.status')).trustedPeers.some((p) => p.key === key))
     await assert.rejects(rpc.call('blindPeer.trust', { peerKey: 'not-a-key' }), (e) => e.code === 'invalid-params')
   })

@@ -64,3 +64,106 @@ test('the blind-peer tree is pinned by its own lockfile and installed by the pos
   assert.equal(lock.packages['node_modules/blind-peer'].version, '3.8.1')
   assert.equal(lock.packages['node_modules/corestore'].version, '7.12.5')
 })
+
+// ---- scoped blind-peer trust (trust.mjs) ----
+
+const { TrustTable } = await import('../src/blind/trust.mjs')
+const { BlindPeerError } = await import('../src/blind/errors.mjs')
+const { loadBlindModules } = await import('../src/blind/modules.mjs')
+
+function trustTable (dir) {
+  const { IdEnc } = loadBlindModules()
+  const decodeKey = (value, name) => {
+    try {
+      const buf = IdEnc.decode(/^[0-9a-fA-F]{64}$/.test(value) ? value.toLowerCase() : value)
+      if (buf.length === 32) return buf
+    } catch {}
+    throw new BlindPeerError('invalid-params', `${name} must be 64-hex or a z-base-32 id`)
+  }
+  return new TrustTable({ dir, decodeKey })
+}
+
+const k = (byte) => Buffer.alloc(32, byte)
+const h = (byte) => k(byte).toString('hex')
+
+test('a key trusted for relay A adds A\'s cores and nothing of relay B', () => {
+  const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'ht-trust-'))
+  const t = trustTable(dir)
+  const worker = 0x11
+  const relayA = h(0xa1)
+  const relayB = h(0xb1)
+  t.setRelays([
+    { relayKey: relayA, peerKeys: [h(worker)], keys: [relayA, h(0xa2), h(0xa3)] },
+    { relayKey: relayB, peerKeys: [h(0x22)], keys: [relayB, h(0xb2)] }
+  ])
+  assert.equal(t.check(k(worker), k(0x99), k(0xa1)), null, 'referrer = relay A: any core')
+  assert.equal(t.check(k(worker), k(0x99), k(0xa2)), null, 'referrer = a declared core of A (a joiner\'s writer)')
+  assert.equal(t.check(k(worker), k(0xa3), null), null, 'no referrer, a core A declared')
+  assert.equal(t.check(k(worker), k(0x77), null), null, 'no referrer, a core no relay declared (a drive)')
+  assert.equal(t.check(k(worker), k(0x99), k(0xb1)), 'referrer-out-of-scope', 'referrer = relay B')
+  assert.equal(t.check(k(worker), k(0x99), k(0xb2)), 'referrer-out-of-scope')
+  assert.equal(t.check(k(worker), k(0xb2), null), 'core-out-of-scope', 'a core relay B declared')
+  assert.equal(t.check(k(0x33), k(0xa3), k(0xa1)), 'untrusted', 'a key no relay trusts')
+  assert.equal(t.check(k(0x22), k(0x99), k(0xa1)), 'referrer-out-of-scope', 'B\'s key cannot use A\'s referrer')
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
+test('trust is withdrawn per relay, per key, and by a reconcile that replaces everything', () => {
+  const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'ht-trust-'))
+  const t = trustTable(dir)
+  const relayA = h(0xa1)
+  const relayB = h(0xb1)
+  t.trustForRelay(h(0x11), relayA, [relayA])
+  t.trustForRelay(h(0x11), relayB, [relayB])
+  assert.equal(t.check(k(0x11), k(0x99), k(0xb1)), null)
+  t.untrust({ peerKey: h(0x11), relayKey: relayB })
+  assert.equal(t.check(k(0x11), k(0x99), k(0xb1)), 'referrer-out-of-scope')
+  assert.equal(t.check(k(0x11), k(0x99), k(0xa1)), null, 'A is untouched')
+  t.untrust({ relayKey: relayA })
+  assert.equal(t.check(k(0x11), k(0x99), k(0xa1)), 'untrusted')
+  t.trustForRelay(h(0x11), relayA, [relayA])
+  t.trustPeer(h(0x44))
+  t.setRelays([{ relayKey: relayB, peerKeys: [h(0x22)], keys: [relayB] }], { replaceAll: true })
+  assert.equal(t.check(k(0x11), k(0x99), k(0xa1)), 'untrusted', 'the reconcile dropped A')
+  assert.equal(t.check(k(0x22), k(0x99), k(0xb1)), null)
+  assert.equal(t.check(k(0x44), k(0x99), k(0xb1)), null, 'operator (unscoped) trust is not Python\'s to reconcile')
+  t.setRelays([{ relayKey: relayB, peerKeys: [], keys: [relayB] }])
+  assert.equal(t.check(k(0x22), k(0x99), k(0xb1)), 'untrusted', 'a relay with no trusted key is dropped')
+  t.untrust({ peerKey: h(0x44) })
+  assert.equal(t.check(k(0x44), k(0x99), k(0xb1)), 'untrusted')
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
+test('trust survives a restart (0600 file) and takes z-base-32 or hex keys', () => {
+  const { IdEnc } = loadBlindModules()
+  const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'ht-trust-'))
+  const t = trustTable(dir)
+  const relayA = h(0xa1)
+  const z = (byte) => IdEnc.encode(k(byte))
+  const r = t.trustForRelay(z(0x11), relayA, [z(0xa1), h(0xa2).toUpperCase()])
+  assert.equal(r.peerKey, h(0x11))
+  assert.equal(r.keys, 2)
+  t.trustPeer(z(0x44))
+  assert.equal(fs.statSync(path.join(dir, 'trusted-relays.json')).mode & 0o777, 0o600)
+  const again = trustTable(dir)
+  again.load()
+  assert.equal(again.check(k(0x11), k(0x99), k(0xa2)), null)
+  assert.equal(again.check(k(0x11), k(0x99), k(0xb1)), 'referrer-out-of-scope')
+  assert.equal(again.check(k(0x44), k(0x99), null), null)
+  const summary = again.summary()
+  assert.deepEqual(summary.trustedPeers.map((p) => [p.key, p.unscoped, p.relays]).sort(), [[h(0x11), false, [relayA]], [h(0x44), true, []]])
+  assert.throws(() => again.trustForRelay('not-a-key', relayA), (e) => e.code === 'invalid-params')
+  assert.throws(() => again.trustForRelay(h(0x11), ''), (e) => e.code === 'invalid-params')
+  assert.throws(() => again.setRelays([{ relayKey: relayA, peerKeys: ['zz'] }]), (e) => e.code === 'invalid-params')
+  assert.throws(() => again.untrust({}), (e) => e.code === 'invalid-params')
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
+test('an older unscoped trust file is not carried over (Python re-sends scoped trust)', () => {
+  const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'ht-trust-'))
+  fs.writeFileSync(path.join(dir, 'trusted-peers.json'), JSON.stringify({ peers: [{ key: h(0x11), trustedSince: 1 }] }))
+  const t = trustTable(dir)
+  t.load()
+  assert.equal(t.check(k(0x11), k(0x99), null), 'untrusted')
+  fs.rmSync(dir, { recursive: true, force: true })
+})

@@ -5,47 +5,45 @@ import { createHash } from 'node:crypto'
 import { loadBlindModules } from './modules.mjs'
 import { BlindPeerError } from './errors.mjs'
 import { ReplicaReader, decodeViewValue } from './replica-reader.mjs'
+import { TrustTable } from './trust.mjs'
 import { createSwarm } from '../swarm/bootstrap.mjs'
-import { writeFileAtomic, readJsonIfExists } from '../lib/files.mjs'
 import { createLogger, errorMessage } from '../lib/log.mjs'
 
 
 const hex = (buf) => Buffer.from(buf).toString('hex')
 
 /**
- * The blind-peer server subclass that refuses `add-core` from peers Python has not approved.
- * blind-peer 3.8.1 itself accepts cores from anyone and uses `trustedPubKeys` only for announce
- * and delete rights; the gateway must not store cores for strangers, so both request paths (the
- * legacy protomux-rpc `add-core` of blind-peering 1.x and the muxer `cores` of 2.x) are gated
- * here, before any record is written.
+ * The blind-peer server subclass that refuses `add-core` unless Python's trust decisions allow it
+ * (see trust.mjs: which key may add which relay's cores). blind-peer 3.8.1 itself accepts cores from
+ * anyone and uses `trustedPubKeys` only for announce and delete rights; the gateway must not store
+ * cores for strangers, so both request paths (the legacy protomux-rpc `add-core` of blind-peering
+ * 1.x and the muxer `cores` of 2.x) are gated here, before any record is written.
  */
 function gatedBlindPeerClass (BlindPeer, service) {
   return class GatedBlindPeer extends BlindPeer {
     async _onaddcore (stream, record) {
-      if (!service.isTrusted(stream.remotePublicKey)) {
-        service._refused(stream.remotePublicKey, [record.key])
-        throw new Error('peer is not trusted to add cores')
+      const reason = service.trust.check(stream.remotePublicKey, record.key, record.referrer || null)
+      if (reason) {
+        service._refused(stream.remotePublicKey, 1, reason)
+        throw new Error(reason === 'untrusted' ? 'peer is not trusted to add cores' : `core refused: ${reason}`)
       }
       return super._onaddcore(stream, record)
     }
 
     async _onaddcores (stream, request) {
-      if (!service.isTrusted(stream.remotePublicKey)) {
-        service._refused(stream.remotePublicKey, (request.cores || []).map((c) => c.key))
-        throw new Error('peer is not trusted to add cores')
+      const cores = request.cores || []
+      const reason = cores.length
+        ? cores.map((c) => service.trust.check(stream.remotePublicKey, c.key, request.referrer || null)).find(Boolean) || null
+        : (service.trust.isTrustedAtAll(stream.remotePublicKey) ? null : 'untrusted')
+      if (reason) {
+        service._refused(stream.remotePublicKey, cores.length, reason)
+        throw new Error(reason === 'untrusted' ? 'peer is not trusted to add cores' : `cores refused: ${reason}`)
       }
       return super._onaddcores(stream, request)
     }
   }
 }
 
-/**
- * A blind-peer 3.8.1 server on a corestore-7 store, on its own Hyperswarm over the bridge's
- * DHT bootstrap (never a library default), plus the gateway's read side: mirrored relay views
- * are read in-process from the blind peer's store.
- *
- * Events: 'mirror.added', 'mirror.removed', 'mirror.progress' (shapes in README.md).
- */
 export { BlindPeerError, decodeViewValue }
 
 export class BlindPeerService extends EventEmitter {
@@ -59,8 +57,8 @@ export class BlindPeerService extends EventEmitter {
     this.staleMs = staleMs
     this.progressIntervalMs = progressIntervalMs
     this.log = logger || createLogger('blind-peer')
-    this.trusted = new Map()
-    this.internal = new Set()
+    this.trust = new TrustTable({ dir: this.dir, decodeKey: (value, name) => this.decodeKey(value, name) })
+    this.refusals = new Map()
     this.progress = new Map()
     this.remoteSeen = new Map()
     this.gcRunning = false
@@ -76,7 +74,7 @@ export class BlindPeerService extends EventEmitter {
   async start () {
     const m = this.m = loadBlindModules()
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 })
-    this._loadTrusted()
+    this.trust.load()
     // The blind peer's identity is derived from the gateway seed, so it is stable across
     // restarts (workers keep mirroring to the same key) yet distinct from the pool's key.
     const keyPair = m.hcrypto.keyPair(createHash('sha256').update('hypertuna-blind-peer\0').update(this.seed).digest())
@@ -87,7 +85,7 @@ export class BlindPeerService extends EventEmitter {
       maxBytes: this.maxBytes,
       enableGc: true,
       // Kept empty on purpose: blind-peer's trusted keys may announce cores on the DHT and delete
-      // any core remotely. Add rights are gated by `this.trusted` instead.
+      // any core remotely. Add rights are gated by `this.trust` instead.
       trustedPubKeys: []
     })
     this.bp.on('add-core', (record, _isNew, stream) => this._onAddCore(record, stream))
@@ -138,14 +136,9 @@ export class BlindPeerService extends EventEmitter {
     throw new BlindPeerError('invalid-params', `${name} must be 64-hex or a z-base-32 id`)
   }
 
-  isTrusted (key) {
-    const id = hex(key)
-    return this.trusted.has(id) || this.internal.has(id)
-  }
-
   /** The bridge's own lease swarm: trusted for this process only, never listed or persisted. */
   trustInternal (key) {
-    this.internal.add(hex(key))
+    this.trust.trustInternal(key)
   }
 
   /** How many contiguous blocks of a core the blind peer holds (0 when it holds none). */
@@ -157,42 +150,25 @@ export class BlindPeerService extends EventEmitter {
     return info.hints && typeof info.hints.contiguousLength === 'number' ? info.hints.contiguousLength : info.head.length
   }
 
-  _trustFile () {
-    return path.join(this.dir, 'trusted-peers.json')
-  }
-
-  _loadTrusted () {
-    const data = readJsonIfExists(this._trustFile())
-    if (data && Array.isArray(data.peers)) {
-      for (const p of data.peers) if (/^[0-9a-f]{64}$/.test(p.key)) this.trusted.set(p.key, { trustedSince: p.trustedSince })
-    }
-  }
-
-  _saveTrusted () {
-    const peers = [...this.trusted].map(([key, v]) => ({ key, trustedSince: v.trustedSince }))
-    writeFileAtomic(this._trustFile(), JSON.stringify({ peers }) + '\n', 0o600)
-  }
-
-  trust (peerKey) {
-    const key = hex(this.decodeKey(peerKey, 'peerKey'))
-    const existing = this.trusted.get(key)
-    if (!existing) {
-      this.trusted.set(key, { trustedSince: Date.now() })
-      this._saveTrusted()
-    }
-    return { peerKey: key, trusted: true, trustedSince: this.trusted.get(key).trustedSince }
-  }
-
-  untrust (peerKey) {
-    const key = hex(this.decodeKey(peerKey, 'peerKey'))
-    const removed = this.trusted.delete(key)
-    if (removed) this._saveTrusted()
-    return { peerKey: key, trusted: false, removed }
-  }
-
-  _refused (remoteKey, keys) {
+  /**
+   * Refusals are counted, and logged at most once a minute per key with the count since the last
+   * line (a worker's client retries every refused add-core several times).
+   */
+  _refused (remoteKey, cores, reason) {
     this.refusedCount++
-    this.log.warn('add-core refused from untrusted peer', { peerKey: hex(remoteKey), cores: keys.length })
+    const peerKey = hex(remoteKey)
+    const now = Date.now()
+    const entry = this.refusals.get(peerKey) || { count: 0, cores: 0, loggedAt: 0 }
+    entry.count++
+    entry.cores += cores
+    if (now - entry.loggedAt >= 60_000) {
+      this.log.warn('add-core refused', { peerKey, reason, requests: entry.count, cores: entry.cores, trustedAtAll: this.trust.isTrustedAtAll(remoteKey) })
+      entry.count = 0
+      entry.cores = 0
+      entry.loggedAt = now
+    }
+    this.refusals.set(peerKey, entry)
+    if (this.refusals.size > 10_000) this.refusals.delete(this.refusals.keys().next().value)
   }
 
   // ---- events ----
@@ -275,7 +251,7 @@ export class BlindPeerService extends EventEmitter {
       publicKey: this.publicKey,
       encryptionKey: this.encryptionKey,
       maxBytes: this.maxBytes,
-      trustedPeers: [...this.trusted].map(([key, v]) => ({ key, trustedSince: v.trustedSince })),
+      ...this.trust.summary(),
       bytesAllocated: digest.bytesAllocated || 0,
       cores: digest.cores || 0,
       referrers: digest.referrers || 0,
