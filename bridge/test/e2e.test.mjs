@@ -292,7 +292,11 @@ describe('bridge + reference worker over a loopback testnet', { timeout: 150_000
       path: `/post/relay/${readyB.relayKey}`,
       body: { message: JSON.stringify(['REQ', 'live', { kinds: [1], since: Math.floor(Date.now() / 1000) - 5 }]), connectionKey: connKey }
     })
-    assert.deepEqual(ndjson(req), [['EOSE', 'live']])
+    // Poll-only, like real workers: nothing in the reply, the EOSE waits for the poll.
+    assert.deepEqual(ndjson(req), [])
+    assert.ok(!c.handshake.capabilities.includes('wsframe-push'))
+    const eose = await rpc.call('peer.request', { peerKey: readyB.swarmPublicKey, method: 'GET', path: `/get/relay/${readyB.relayKey}/${connKey}` })
+    assert.deepEqual(JSON.parse(decodeBody(eose)), [['EOSE', 'live']])
     const ev = signEvent({ kind: 1, content: 'polled' }, sk)
     await rpc.call('peer.request', {
       peerKey: readyB.swarmPublicKey,

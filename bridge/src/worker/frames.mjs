@@ -4,6 +4,9 @@ import { writeFileAtomic, readJsonIfExists } from '../lib/files.mjs'
 import { verifyEvent, filterProblem, matchFilters } from './nostr.mjs'
 import { JSONH, NDJSON, ndjson } from './http.mjs'
 
+/** Subscription ids real workers treat as one-shot fetches, answered without a NOTICE. */
+const ONE_SHOT_SUB_PREFIXES = ['f-fetch-events', 'f-more', 'f-temporary']
+
 /**
  * NIP-01 over the worker protocol: `POST /post/relay` (EVENT, REQ, CLOSE), client connections and their
  * subscriptions, live delivery (ws-frame push or the `/get/relay` poll queue) and the relay auth tokens
@@ -87,11 +90,19 @@ export class WorkerFrames {
           const msg = auth.present ? 'Invalid authentication' : 'Authentication required for read access'
           return { statusCode: 403, headers: NDJSON, body: ndjson([['NOTICE', msg]]) }
         }
-        return { statusCode: 200, headers: NDJSON, body: ndjson(await this._onReq(conn, frame)) }
+        const { opened, frames } = await this._onReq(conn, frame)
+        if (!opened) return { statusCode: 200, headers: NDJSON, body: ndjson(frames) }
+        const reply = this._subscriptionNotice(frame[1])
+        // Poll-only, like real workers: the stored events and EOSE wait for /get/relay (queued
+        // before any live event of this subscription), and the reply carries at most the notice.
+        if (this.opts.wsPush) reply.push(...frames)
+        else conn.queue.push(...frames)
+        return { statusCode: 200, headers: NDJSON, body: ndjson(reply) }
       }
       case 'CLOSE': {
         if (typeof frame[1] === 'string') conn.subs.delete(frame[1])
-        return { statusCode: 200, headers: NDJSON, body: Buffer.alloc(0) }
+        const reply = this.opts.subscriptionNotices ? [['NOTICE', 'Subscription closed']] : []
+        return { statusCode: 200, headers: NDJSON, body: ndjson(reply) }
       }
       default:
         return { statusCode: 200, headers: NDJSON, body: ndjson([['NOTICE', `unsupported: ${frame[0]} is not supported`]]) }
@@ -121,16 +132,26 @@ export class WorkerFrames {
     }
   }
 
+  /**
+   * The acknowledgement real workers answer a REQ with (none for their one-shot fetch ids), when
+   * `subscriptionNotices` is on.
+   */
+  _subscriptionNotice (subId) {
+    if (!this.opts.subscriptionNotices || ONE_SHOT_SUB_PREFIXES.some((p) => subId.startsWith(p))) return []
+    return [['NOTICE', `Subscription ${subId} created/updated successfully`]]
+  }
+
+  /** Open a subscription: {opened, frames}, frames being its stored events and EOSE, or the refusal. */
   async _onReq (conn, frame) {
     const subId = frame[1]
     if (typeof subId !== 'string' || subId.length === 0 || subId.length > 64) {
-      return [['NOTICE', 'invalid: subscription id must be a non-empty string of at most 64 characters']]
+      return { opened: false, frames: [['NOTICE', 'invalid: subscription id must be a non-empty string of at most 64 characters']] }
     }
     const filters = frame.slice(2)
-    if (filters.length === 0) return [['CLOSED', subId, 'invalid: REQ needs at least one filter']]
+    if (filters.length === 0) return { opened: false, frames: [['CLOSED', subId, 'invalid: REQ needs at least one filter']] }
     for (const f of filters) {
       const problem = filterProblem(f)
-      if (problem) return [['CLOSED', subId, `invalid: ${problem}`]]
+      if (problem) return { opened: false, frames: [['CLOSED', subId, `invalid: ${problem}`]] }
     }
     // Register before querying so events stored during the query are not lost; they are
     // held back until EOSE and deduplicated against the stored results.
@@ -147,7 +168,7 @@ export class WorkerFrames {
       sub.held = []
       if (late.length) this._deliver(conn, late.map((ev) => ['EVENT', subId, ev]))
     })
-    return frames
+    return { opened: true, frames }
   }
 
   _onLiveEvent (ev) {

@@ -26,7 +26,20 @@ Reference Hypertuna worker: hosts one relay and serves the worker protocol on a 
   --register-interval-ms   re-registration interval (default 60000)
   --telemetry-interval-ms  telemetry interval (default 15000)
   --drive-import DIR       import the files of DIR into the relay drive at start
-  --no-ws-push             never push live events as ws frames (polling only)
+  --no-ws-push             never push (poll-only, like real workers): a REQ's stored events and
+                           EOSE, and live events, wait for GET /get/relay; no 'wsframe-push' in
+                           the handshake
+  --subscription-notices   answer a REQ with ["NOTICE","Subscription <id> created/updated
+                           successfully"] and a CLOSE with ["NOTICE","Subscription closed"], as
+                           real workers do
+  --relay-cores            put relayCores [{key (z-base-32), role}] and relayCoresMode "merge" in
+                           the signed HTTP registration, as real workers do
+  --no-metadata-post       never POST /api/blind-peer/metadata (real workers do not)
+  --separate-blind-peer-key  the blind-peering client dials with a key pair of its own (kept in
+                           <storage>/blind-peering-seed), announced as blindPeeringPublicKey
+                           (z-base-32) in the HTTP and swarm registrations; needs --blind-peer
+  --real-worker-mode       all of the above: --no-ws-push --subscription-notices --relay-cores
+                           --no-metadata-post --separate-blind-peer-key
   --issue-token            after registering, issue a client token and print it
   --token-pubkey HEX       pubkey for --issue-token (default: owner)
   --status-file FILE       where to write status JSON (default <storage>/status.json)
@@ -106,6 +119,11 @@ async function main () {
       'telemetry-interval-ms': { type: 'string' },
       'drive-import': { type: 'string' },
       'no-ws-push': { type: 'boolean' },
+      'subscription-notices': { type: 'boolean' },
+      'relay-cores': { type: 'boolean' },
+      'no-metadata-post': { type: 'boolean' },
+      'separate-blind-peer-key': { type: 'boolean' },
+      'real-worker-mode': { type: 'boolean' },
       'issue-token': { type: 'boolean' },
       'token-pubkey': { type: 'string' },
       'status-file': { type: 'string' },
@@ -190,6 +208,9 @@ async function main () {
     if (!(values['gateway-writer-out'] || values['gateway-writer'])) fail('--escrow-url needs --gateway-writer or --gateway-writer-out')
   }
 
+  const real = !!values['real-worker-mode']
+  if (values['separate-blind-peer-key'] && !blindPeer) fail('--separate-blind-peer-key needs --blind-peer')
+
   let ownerHex = null
   if (values.owner) {
     try {
@@ -213,7 +234,11 @@ async function main () {
     registerIntervalMs: num(values['register-interval-ms'], 60_000, '--register-interval-ms'),
     telemetryIntervalMs: num(values['telemetry-interval-ms'], 15_000, '--telemetry-interval-ms'),
     driveImport: values['drive-import'] || null,
-    wsPush: !values['no-ws-push'],
+    wsPush: !(real || values['no-ws-push']),
+    subscriptionNotices: real || !!values['subscription-notices'],
+    relayCores: real || !!values['relay-cores'],
+    metadataPost: !(real || values['no-metadata-post']),
+    separateBlindPeerKey: real || !!values['separate-blind-peer-key'],
     statusFile: values['status-file'] || null,
     blindPeer,
     allowJoin: !!values['allow-join'],

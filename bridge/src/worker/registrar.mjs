@@ -1,14 +1,19 @@
 import { randomBytes } from 'node:crypto'
 import { stableStringify, hmacHex } from '../lib/canonical.mjs'
 
-/** Signed registration envelope: {registration, signature} with an HMAC over canonical JSON. */
-export function buildRegistration ({ secret, relayKey, peers, metadata, now = Date.now(), nonce }) {
+/**
+ * Signed registration envelope: {registration, signature} with an HMAC over canonical JSON.
+ * `extra` adds top-level registration fields (real workers put `relayCores` and `relayCoresMode`
+ * there); the signature covers them like the rest.
+ */
+export function buildRegistration ({ secret, relayKey, peers, metadata, extra = {}, now = Date.now(), nonce }) {
   const registration = {
     relayKey,
     nonce: nonce ?? randomBytes(12).toString('hex'),
     issuedAt: now,
     peers,
-    metadata
+    metadata,
+    ...extra
   }
   return { registration, signature: hmacHex(secret, stableStringify(registration)) }
 }
@@ -46,8 +51,8 @@ export class Registrar {
     return { status: res.status, ok: res.ok, json, text }
   }
 
-  async register ({ relayKey, peers, metadata }) {
-    const envelope = buildRegistration({ secret: this.secret, relayKey, peers, metadata })
+  async register ({ relayKey, peers, metadata, extra }) {
+    const envelope = buildRegistration({ secret: this.secret, relayKey, peers, metadata, extra })
     try {
       const res = await this._post('/api/relays', envelope)
       this.last = { at: Date.now(), status: res.status, ok: res.ok, error: res.ok ? null : (res.json?.error ?? res.text.slice(0, 200)) }

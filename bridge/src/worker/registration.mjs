@@ -1,4 +1,5 @@
 import { JSONH } from './http.mjs'
+import { collectRelayCores } from './relay-cores.mjs'
 
 /**
  * Registration with the gateway: the signed HTTP registration (repeated, retried after failures), the
@@ -17,16 +18,30 @@ export class WorkerRegistration {
       isPublic: true,
       ownerPeerKey: this.swarmPublicKey,
       ownerPubkey: this.ownerHex,
-      driveKey: this.drive.key
+      driveKey: this.drive.key,
+      ...(this.blindPeeringPublicKey ? { blindPeeringPublicKey: this.blindPeeringPublicKey } : {})
     }
+  }
+
+  /** `relayCores` for the registration (see relay-cores.mjs); writer cores other than ours follow role-less. */
+  async relayCores () {
+    const local = this.relay.info().localKey
+    const others = (await this.relay.writerKeys()).filter((k) => k !== local)
+    return collectRelayCores(this.relay.base, others)
   }
 
   async registerHttp () {
     if (!this.registrar) return null
+    const extra = {}
+    if (this.opts.relayCores) {
+      extra.relayCores = await this.relayCores()
+      extra.relayCoresMode = 'merge'
+    }
     const res = await this.registrar.register({
       relayKey: this.relayKey,
       peers: [this.swarmPublicKey],
-      metadata: this.registrationMetadata()
+      metadata: this.registrationMetadata(),
+      extra
     })
     if (!res.ok) this.log.warn('gateway registration failed', { status: res.status, error: res.error })
     this.emit('registered', res)
@@ -70,6 +85,10 @@ export class WorkerRegistration {
   }
 
   async _registerOverSwarm (gw) {
+    // Real workers name their blind-peering key at the top and on every relay, each time both as a
+    // field and inside `metadata`.
+    const bpk = this.blindPeeringPublicKey
+    const announce = bpk ? { blindPeeringPublicKey: bpk, metadata: { blindPeeringPublicKey: bpk } } : {}
     const body = {
       publicKey: this.swarmPublicKey,
       relays: [{
@@ -79,14 +98,16 @@ export class WorkerRegistration {
         description: this.opts.description ?? `Reference relay ${this.opts.name}`,
         isPublic: true,
         gatewayPath: this.gatewayPath,
-        metadataUpdatedAt: this.startedAt
+        metadataUpdatedAt: this.startedAt,
+        ...announce
       }],
       address: null,
       mode: 'hyperswarm',
       timestamp: new Date().toISOString(),
       nostrPubkeyHex: this.ownerHex,
       pfpDriveKey: null,
-      driveKey: this.drive.key
+      driveKey: this.drive.key,
+      ...announce
     }
     try {
       const res = await gw.channel.request({ method: 'POST', path: '/gateway/register', headers: JSONH, body })

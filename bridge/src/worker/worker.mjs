@@ -15,6 +15,7 @@ import { Registrar } from './registrar.mjs'
 import { RelayMirror } from './mirror.mjs'
 import { wipe } from './escrow-client.mjs'
 import { npubFromHex, randomSecretKeyHex, getPublicKeyHex } from './nostr.mjs'
+import { z32Key } from './relay-cores.mjs'
 import { WorkerFrames } from './frames.mjs'
 import { WorkerGatewayWriter } from './gateway-writer.mjs'
 import { WorkerJoin } from './join.mjs'
@@ -22,6 +23,8 @@ import { WorkerRegistration } from './registration.mjs'
 import { WorkerRoutes } from './routes.mjs'
 
 export const WORKER_CAPABILITIES = ['http', 'websocket', 'health', 'telemetry', 'wsframe-push']
+/** What real workers advertise: no ws-frame push. */
+export const POLL_ONLY_CAPABILITIES = WORKER_CAPABILITIES.filter((c) => c !== 'wsframe-push')
 const TOPIC_NAMES = {
   [RELAY_PROTOCOL]: 'hyperpipe-relay-network',
   [LEGACY_RELAY_PROTOCOL]: 'hypertuna-relay-network'
@@ -62,6 +65,10 @@ export class ReferenceWorker extends EventEmitter {
       maxQueuedFrames: 1000,
       requiresAuth: false,
       wsPush: true,
+      subscriptionNotices: false,
+      relayCores: false,
+      metadataPost: true,
+      separateBlindPeerKey: false,
       blindPeer: null,
       allowJoin: false,
       join: null,
@@ -91,6 +98,9 @@ export class ReferenceWorker extends EventEmitter {
     this.timers = []
     this.closing = false
     this.mirror = null
+    this.mirrorSwarm = null
+    this.blindPeeringKeyPair = null
+    this.blindPeeringPublicKey = null
     this.joinState = null
     this.gatewayWriter = null
     this.escrowClient = null
@@ -173,6 +183,13 @@ export class ReferenceWorker extends EventEmitter {
     await this.swarm.join(topic, { server: true, client: false }).flushed()
     if (this.opts.gatewayPeerKey) this.swarm.joinPeer(b4a.from(this.opts.gatewayPeerKey, 'hex'))
     if (this.opts.join && this.opts.joinPeer) this.swarm.joinPeer(b4a.from(this.opts.joinPeer, 'hex'))
+    if (this.opts.blindPeer && this.opts.separateBlindPeerKey) {
+      // As real workers do, the blind-peering client dials from a DHT node of its own whose key is
+      // not the swarm key; that key (kept in storage) is announced as blindPeeringPublicKey.
+      const bpSeed = b4a.from(persistSecretHex(path.join(this.storageDir, 'blind-peering-seed')), 'hex')
+      this.blindPeeringKeyPair = HyperDHT.keyPair(bpSeed)
+      this.blindPeeringPublicKey = z32Key(this.blindPeeringKeyPair.publicKey)
+    }
 
     this.registrar = this.opts.gatewayUrl && this.opts.secret
       ? new Registrar({ gatewayUrl: this.opts.gatewayUrl, secret: this.opts.secret })
@@ -208,6 +225,7 @@ export class ReferenceWorker extends EventEmitter {
     for (const t of this.timers) clearInterval(t)
     for (const ch of this.channels) ch.close()
     if (this.mirror) await this.mirror.close().catch(() => {})
+    if (this.mirrorSwarm) await this.mirrorSwarm.destroy().catch(() => {})
     if (this.swarm) await this.swarm.destroy().catch(() => {})
     if (this.drive) await this.drive.close().catch(() => {})
     if (this.relay) await this.relay.close().catch(() => {})
@@ -233,6 +251,7 @@ export class ReferenceWorker extends EventEmitter {
       swarmRegistration: this.lastSwarmRegistration,
       gateways: [...this.gateways.keys()],
       mirror: this.mirror ? this.mirror.status() : null,
+      blindPeeringPublicKey: this.blindPeeringPublicKey,
       join: this.joinState,
       gatewayWriterKey: this.gatewayWriter ? this.gatewayWriter.writerKey : null,
       escrow: this.escrowState,
@@ -246,13 +265,17 @@ export class ReferenceWorker extends EventEmitter {
     if (this.closing || !/^[0-9a-f]{64}$/.test(blindPeerKey)) return
     if (this.mirror && this.mirror.blindPeerKey === blindPeerKey) return
     if (this.mirror) this.mirror.close().catch(() => {})
+    if (this.blindPeeringKeyPair && !this.mirrorSwarm) {
+      this.mirrorSwarm = createSwarm({ bootstrap: this.opts.bootstrap, host: this.opts.swarmHost || '127.0.0.1', keyPair: this.blindPeeringKeyPair })
+    }
     this.mirror = new RelayMirror({
-      swarm: this.swarm,
+      swarm: this.mirrorSwarm || this.swarm,
       store: this.store,
       relay: this.relay,
       drive: this.drive,
       blindPeerKey,
-      registrar: this.registrar,
+      // Without metadata posts the gateway learns the cores from relayCores, as from real workers.
+      registrar: this.opts.metadataPost ? this.registrar : null,
       identifier: this.identifier,
       ownerPeerKey: this.swarmPublicKey,
       logger: this.log.child('mirror')
@@ -280,7 +303,7 @@ export class ReferenceWorker extends EventEmitter {
   _handshake () {
     return {
       ...baseHandshake({ isServer: true }),
-      capabilities: WORKER_CAPABILITIES,
+      capabilities: this.opts.wsPush ? WORKER_CAPABILITIES : POLL_ONLY_CAPABILITIES,
       role: 'relay-peer',
       isGateway: false,
       gatewayReplica: false,
