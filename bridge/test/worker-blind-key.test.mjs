@@ -1,0 +1,89 @@
+import { describe, it, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import HypercoreId from 'hypercore-id-encoding'
+import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
+import { TestRpcClient } from './helpers/rpc-client.mjs'
+import { startFakeGateway } from './helpers/fake-gateway.mjs'
+
+const SECRET = 'blind-key-test-secret'
+
+describe('a real-like worker mirrors with a blind-peering key that is not its swarm key', { timeout: 150_000 }, () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-blind-key-'))
+  const socketPath = path.join(dir, 'bridge.sock')
+  const swarmFile = path.join(dir, 'swarm.json')
+  let bridge, worker, gateway, rpc, ready, bpHex
+
+  before(async () => {
+    gateway = await startFakeGateway(SECRET)
+    bridge = spawnReady('src/main.mjs', [], {
+      marker: 'HYPERTUNA_BRIDGE_READY',
+      env: {
+        HYPERTUNA_BRIDGE_SOCKET: socketPath,
+        HYPERTUNA_SWARM_BOOTSTRAP: 'local',
+        HYPERTUNA_SWARM_BOOTSTRAP_FILE: swarmFile,
+        HYPERTUNA_BRIDGE_STORAGE: path.join(dir, 'bridge')
+      }
+    })
+    await bridge.ready
+    rpc = await TestRpcClient.connect(socketPath)
+    await rpc.call('hello', { protocol: 1, client: 'blind-key-test', subscribe: ['mirror.*', 'peer.*'] })
+    worker = spawnReady('src/worker/main.mjs', [
+      '--bootstrap-file', swarmFile,
+      '--storage', path.join(dir, 'worker'),
+      '--name', 'reallike',
+      '--gateway-url', gateway.url,
+      '--secret', SECRET,
+      '--blind-peer', 'gateway',
+      '--real-worker-mode'
+    ], { marker: 'HYPERTUNA_WORKER_READY' })
+    ready = await worker.ready
+    bpHex = HypercoreId.decode(ready.blindPeeringPublicKey).toString('hex')
+  })
+
+  after(async () => {
+    if (rpc) rpc.close()
+    await stopProcess(worker)
+    await stopProcess(bridge)
+    if (gateway) await gateway.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('announces the blind-peering key in its swarm registration, distinct from its swarm key', async () => {
+    assert.notEqual(bpHex, ready.swarmPublicKey)
+    const reg = await rpc.waitEvent((f) => f.event === 'peer.register' && f.data.peerKey === ready.swarmPublicKey, 30_000)
+    assert.equal(reg.data.body.blindPeeringPublicKey, ready.blindPeeringPublicKey)
+    assert.equal(reg.data.body.relays[0].metadata.blindPeeringPublicKey, ready.blindPeeringPublicKey)
+    const http = await waitFor(() => gateway.registrations.find((r) => r.valid), { what: 'HTTP registration' })
+    assert.equal(http.registration.metadata.blindPeeringPublicKey, ready.blindPeeringPublicKey)
+    assert.equal(http.registration.relayCoresMode, 'merge')
+  })
+
+  it('trusting its swarm key does not let its mirror in; trusting the announced key does', async () => {
+    await waitFor(async () => (await rpc.call('blindPeer.status')).refusedAddRequests > 0, { timeoutMs: 30_000, what: 'a refused add-core' })
+    await rpc.call('blindPeer.trust', { peerKey: ready.swarmPublicKey })
+    const before = (await rpc.call('blindPeer.status')).refusedAddRequests
+    await waitFor(async () => (await rpc.call('blindPeer.status')).refusedAddRequests > before, { timeoutMs: 40_000, what: 'a refusal with the swarm key trusted' })
+    assert.equal((await rpc.call('blindPeer.status')).cores, 0)
+    await rpc.call('blindPeer.untrust', { peerKey: ready.swarmPublicKey })
+
+    await rpc.call('blindPeer.trust', { peerKey: ready.blindPeeringPublicKey })
+    const added = await rpc.waitEvent((f) => f.event === 'mirror.added' && f.data.coreKey === ready.relay.viewKey, 60_000)
+    assert.equal(added.data.ownerPeerKey, bpHex, 'the blind peer sees the blind-peering key, not the swarm key')
+    assert.equal(added.data.relayKey, ready.relayKey)
+  })
+
+  it('posts no blind-peer metadata and stays alive', async () => {
+    const st = await waitFor(() => {
+      const s = JSON.parse(fs.readFileSync(path.join(dir, 'worker', 'status.json'), 'utf8'))
+      return s.mirror && s.mirror.cores.some((c) => c.accepted) ? s : null
+    }, { what: 'accepted cores in the worker status' })
+    assert.equal(st.mirror.lastMetadata, null)
+    assert.equal(gateway.metadata.length, 0)
+    assert.equal(worker.child.exitCode, null)
+    const health = await rpc.call('peer.request', { peerKey: ready.swarmPublicKey, method: 'GET', path: '/health' })
+    assert.equal(health.statusCode, 200)
+  })
+})
