@@ -103,7 +103,12 @@ async function discoverBlindPeer () {
 }
 
 let blindPeering = null
-const blindPeerKey = cfg.mirror === false ? null : await discoverBlindPeer()
+const blindPeerKey = cfg.mirror === false
+  ? null
+  : await discoverBlindPeer().catch((error) => {
+    process.stderr.write(`worker: cannot find the gateway's blind peer: ${error.message}\n`)
+    process.exit(3)
+  })
 if (blindPeerKey) {
   blindPeering = new BlindPeeringManager({
     logger: console,
