@@ -35,7 +35,7 @@ def _probe_database() -> tuple[bool, str]:
 def _probe_cache() -> tuple[bool, str]:
     cache.set("ready-probe", 1, timeout=10)
     ok = cache.get("ready-probe") == 1
-    return ok, settings.CACHES["default"]["BACKEND"].rsplit(".", 1)[-1]
+    return ok, str(settings.CACHES["default"]["BACKEND"]).rsplit(".", 1)[-1]
 
 
 @never_cache

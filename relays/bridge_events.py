@@ -6,21 +6,26 @@
 - ``peer.register`` is a worker's Hyperswarm ``/gateway/register``, which carries no credential. The
   gateway never lets it add a peer to a relay (that would let anyone on the topic hijack a relay's
   traffic): it only acknowledges peers that a signed HTTP registration already lists, and tells the
-  others to register over HTTPS.
+  others to register over HTTPS. An acknowledged peer's ``blindPeeringPublicKey`` is remembered and the
+  blind-peer trust of its relays is pushed before the answer, so its mirror is accepted at once.
+- The blind-peer trust table (``relays.blind_trust``) is reconciled with the bridge on every
+  (re)connection and every ``RECONCILE_INTERVAL_S``: a bridge restart or a missed push heals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
 
 from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeEvent, BridgeTimeout
 from hypertuna.compat.relaykeys import HEX64
-from relays import selectors, services
+from relays import blind_trust, selectors, services
 from replicas import events as replica_events
+from replicas.keys import normalize_core_key
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +39,12 @@ TOPICS = (
 )
 # Closes the gateway asked for, or a newer connection replacing an older one: not a health signal.
 _BENIGN_CLOSES = {"manual-destroy", "duplicate-replacement"}
+RECONCILE_INTERVAL_S = 60.0
 
 
 def register_answer(peer_key: str, blind_peer: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """The answer to a worker's Hyperswarm registration. A 2xx also tells the bridge to let this peer
-    mirror cores into the blind peer, so it is given only to peers of signed registrations."""
+    """The answer to a worker's Hyperswarm registration. A 2xx also lets this peer mirror its relays'
+    cores into the blind peer, so it is given only to peers of signed registrations."""
     relays = selectors.relays_served_by(peer_key) if HEX64.match(peer_key or "") else []
     if not relays:
         return 403, {
@@ -47,6 +53,48 @@ def register_answer(peer_key: str, blind_peer: dict[str, Any]) -> tuple[int, dic
         }
     services.record_peer_health(peer_key=peer_key, healthy=True)
     return 200, {"status": "ok", "relays": relays, "hyperbee": None, "blindPeer": blind_peer}
+
+
+def announced_blind_key(body: Any) -> str:
+    """The ``blindPeeringPublicKey`` a swarm registration body announces (hex), or "" (also for a value
+    that is not a key: the body is unsigned, so nothing in it is worth an error)."""
+    if not isinstance(body, dict):
+        return ""
+    metadata = body.get("metadata")
+    nested = metadata.get("blindPeeringPublicKey") if isinstance(metadata, dict) else None
+    for value in (body.get("blindPeeringPublicKey"), nested):
+        key = normalize_core_key(value)
+        if key:
+            return key
+    return ""
+
+
+def _trust_for_registered_peer(peer_key: str, body: Any) -> list[dict[str, Any]]:
+    """Scopes of the live relays that list ``peer_key``, after remembering the blind-peering key its
+    (acknowledged) swarm registration announced."""
+    relays = blind_trust.record_swarm_blind_key(peer_key=peer_key, blind_peering_key=announced_blind_key(body))
+    return blind_trust.relay_scopes(relays) if relays else []
+
+
+async def answer_register(client: BridgeClient, data: dict[str, Any]) -> None:
+    peer_key = str(data.get("peerKey") or "")
+    status, body = await sync_to_async(register_answer)(peer_key, await blind_peer_summary(client))
+    params: dict[str, Any] = {"registerId": str(data["registerId"]), "statusCode": status, "body": body}
+    if status == 200:
+        scopes = await sync_to_async(_trust_for_registered_peer)(peer_key, data.get("body"))
+        try:
+            await blind_trust.push(client, scopes)
+        except BridgeClientError as exc:
+            logger.warning("blind-peer trust push failed", extra={"peer": peer_key[:16], "error": str(exc)})
+        # The bridge adds the swarm key to these relays' scopes (and never trusts it unscoped).
+        params["blindPeerTrust"] = [{"relayKey": s["relayKey"], "keys": s["keys"]} for s in scopes if s["peerKeys"]]
+    await client.call("register.reply", params)
+
+
+async def reconcile_trust(client: BridgeClient) -> dict[str, Any]:
+    """Replace the bridge's whole blind-peer trust table with what the database says now."""
+    scopes = await sync_to_async(blind_trust.relay_scopes)()
+    return await blind_trust.push(client, scopes, replace_all=True)
 
 
 async def blind_peer_summary(client: BridgeClient) -> dict[str, Any]:
@@ -79,8 +127,16 @@ async def handle(client: BridgeClient, event: BridgeEvent) -> None:
     elif event.name.startswith("mirror."):
         await sync_to_async(replica_events.handle_bridge_event)(event.name, data)
     elif event.name == "peer.register":
-        status, body = await sync_to_async(register_answer)(peer_key, await blind_peer_summary(client))
-        await client.register_reply(str(data["registerId"]), status, body=body)
+        await answer_register(client, data)
+    elif event.name == "bridge.reconnected":
+        await _reconcile_quietly(client)
+
+
+async def _reconcile_quietly(client: BridgeClient) -> None:
+    try:
+        await reconcile_trust(client)
+    except BridgeClientError as exc:
+        logger.warning("blind-peer trust reconcile failed; retrying later", extra={"error": str(exc)})
 
 
 async def run(client: BridgeClient, *, stop: asyncio.Event) -> None:
@@ -90,7 +146,12 @@ async def run(client: BridgeClient, *, stop: asyncio.Event) -> None:
             if not client.connected:
                 await client.connect()
             async with client.events(*TOPICS) as events:
+                await _reconcile_quietly(client)
+                reconciled_at = time.monotonic()
                 while not stop.is_set():
+                    if time.monotonic() - reconciled_at >= RECONCILE_INTERVAL_S:
+                        await _reconcile_quietly(client)
+                        reconciled_at = time.monotonic()
                     try:
                         event = await events.get(timeout_s=1.0)
                     except BridgeTimeout:

@@ -60,6 +60,12 @@ class Registration(models.Model):
     peers = models.JSONField(default=list)
     payload = models.JSONField(help_text="The registration exactly as the worker signed it")
     client_ip = models.GenericIPAddressField(null=True, blank=True)
+    blind_peering_key = models.CharField(
+        max_length=64,
+        blank=True,
+        db_index=True,
+        help_text="blindPeeringPublicKey announced (hex), trusted for this relay's cores while live",
+    )
 
     class Meta:
         ordering = ["-received_at"]
@@ -80,6 +86,11 @@ class Peer(models.Model):
     unreachable_since = models.DateTimeField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
     active = models.BooleanField(default=True, help_text="Listed by the relay's latest registration")
+    blind_peering_key = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="blindPeeringPublicKey of this peer's swarm registration (hex)",
+    )
 
     class Meta:
         ordering = ["relay", "peer_key"]

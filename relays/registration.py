@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
@@ -25,8 +26,12 @@ from hypertuna.exceptions import ApiError
 from relays import metrics, policy, selectors
 from relays.models import Peer, Registration, Relay
 from relays.signing import now_ms, registration_secret, verify_header_signature
+from replicas.declarations import DeclaredCore, declare_relay_cores, parse_relay_cores
+from replicas.keys import normalize_core_key
 
 logger = logging.getLogger(__name__)
+
+TRUST_TASK = "relays.tasks.push_blind_peer_trust"
 
 _NONCE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _PENDING_PREFIX = "gatewayPending"
@@ -40,6 +45,26 @@ class _ParsedRegistration:
     peers: list[str]
     metadata: dict[str, Any]
     escrow: dict[str, Any]
+    blind_peering_key: str
+    relay_cores: tuple[list[DeclaredCore], str] | None
+
+
+def _blind_peering_key(registration: dict[str, Any], metadata: dict[str, Any]) -> str:
+    """The ``blindPeeringPublicKey`` a registration announces (where the worker and the JavaScript gateway
+    put it), as hex; "" when none. A value that is not a key is refused rather than ignored."""
+    for value in (
+        metadata.get("blindPeeringPublicKey"),
+        metadata.get("blind_peering_public_key"),
+        registration.get("blindPeeringPublicKey"),
+        registration.get("blind_peering_public_key"),
+    ):
+        if value is None or value == "":
+            continue
+        key = normalize_core_key(value)
+        if key is None:
+            raise ApiError("invalid-blind-peering-key", "blindPeeringPublicKey must be 64-hex or a z-base-32 key.")
+        return key
+    return ""
 
 
 def _parse_registration(registration: dict[str, Any], now: datetime) -> _ParsedRegistration:
@@ -76,11 +101,24 @@ def _parse_registration(registration: dict[str, Any], now: datetime) -> _ParsedR
         peers=peers,
         metadata=metadata,
         escrow=escrow,
+        blind_peering_key=_blind_peering_key(registration, metadata),
+        relay_cores=parse_relay_cores(registration.get("relayCores"), registration.get("relayCoresMode")),
     )
 
 
 def _string(value: Any, limit: int = 200) -> str:
     return value[:limit] if isinstance(value, str) else ""
+
+
+def _enqueue_trust(relay_key: str, *, withdraw: bool = False) -> None:
+    """Ask a Celery worker to push (or withdraw) the relay's blind-peer trust scope to the bridge. By task
+    name: ``relays.tasks`` imports this module."""
+    try:
+        current_app.tasks[TRUST_TASK].delay(relay_key, withdraw)
+    except Exception as exc:  # a broker outage must not fail a committed registration
+        logger.warning(
+            "could not enqueue a blind-peer trust push; the reconcile will apply it", extra={"error": str(exc)}
+        )
 
 
 def register_relay(
@@ -173,11 +211,25 @@ def _register(*, registration: Any, signature: Any, client_ip: str | None, now: 
                     peers=parsed.peers,
                     payload=registration,
                     client_ip=client_ip,
+                    blind_peering_key=parsed.blind_peering_key,
                 )
         except IntegrityError:
             raise ApiError("registration-replayed", "This registration nonce was already used.", status=409) from None
         _sync_peers(relay, parsed.peers, now)
+        if parsed.relay_cores is not None:
+            cores, mode = parsed.relay_cores
+            declare_relay_cores(
+                relay_key=relay.relay_key,
+                public_identifier=public_identifier,
+                owner_peer_key=owner_peer_key,
+                cores=cores,
+                mode=mode,
+                now=now,
+            )
         transaction.on_commit(lambda: refresh_relay_cache(relay.relay_key))
+        # Trust follows the committed registration (also when the worker's swarm registration came
+        # first and was refused: this is what lets its mirror in without a restart).
+        transaction.on_commit(lambda: _enqueue_trust(relay.relay_key))
     logger.info("relay registered", extra={"relay": relay.relay_key, "peers": len(parsed.peers)})
     return relay
 
@@ -225,6 +277,7 @@ def unregister_relay(*, relay_key: str, signature: str | None) -> bool:
         relay.save(update_fields=["status", "unregistered_at", "expires_at"])
         Peer.objects.filter(relay=relay).update(active=False)
         transaction.on_commit(lambda: refresh_relay_cache(key))
+        transaction.on_commit(lambda: _enqueue_trust(key, withdraw=True))
     logger.info("relay unregistered", extra={"relay": key})
     return was_live
 
@@ -258,6 +311,7 @@ def expire_registrations(*, now: datetime | None = None) -> int:
         )
     for key in keys:
         cache.delete(selectors.snapshot_key(key))
+        _enqueue_trust(key, withdraw=True)
     logger.info("registrations expired", extra={"count": count})
     return count
 

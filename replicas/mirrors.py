@@ -45,7 +45,8 @@ _TYPE_ALIASES = {
 }
 
 
-def _core_type(value: object) -> str | None:
+def core_type_alias(value: object) -> str | None:
+    """The core type a type name or worker role names exactly (None when it names none)."""
     if not isinstance(value, str):
         return None
     lowered = value.strip().lower()
@@ -74,17 +75,19 @@ def _timestamp_ms(data: dict[str, Any], name: str, now: datetime) -> datetime:
 
 
 def _resolve_relay_key(data: dict[str, Any], referrer: str) -> str:
-    relay_key = normalize_relay_key(data.get("relayKey")) if data.get("relayKey") else None
-    if relay_key:
-        return relay_key
     if referrer:
-        # The blind-peer referrer is the relay's wakeup key: the relay key itself for the relay's
-        # creator, or a writer core of a known relay for joiners.
+        # The blind-peer referrer is the relay's wakeup key: the relay's Autobase key for its creator,
+        # the joiner's local writer core for joiners. A core of a known relay (declared in its signed
+        # registration or already attributed) names the relay, whatever form its key takes (a relay
+        # registered as npub…:name has a hex Autobase key).
+        linked = MirrorCore.objects.filter(core_key=referrer).exclude(relay_key="").values_list("relay_key", flat=True)
+        known = next(iter(linked), "")
+        if known:
+            return known
         if Replica.objects.filter(relay_key=referrer).exists():
             return referrer
-        linked = MirrorCore.objects.filter(core_key=referrer).exclude(relay_key="").values_list("relay_key", flat=True)
-        return next(iter(linked), "")
-    return ""
+    relay_key = normalize_relay_key(data.get("relayKey")) if data.get("relayKey") else None
+    return relay_key or ""
 
 
 def record_mirror_added(*, data: dict[str, Any], now: datetime | None = None) -> MirrorCore:
@@ -94,7 +97,7 @@ def record_mirror_added(*, data: dict[str, Any], now: datetime | None = None) ->
     if core_key is None:
         raise ApiError("invalid-core-key", "coreKey must be 64-hex or a z-base-32 hypercore id.")
     referrer = normalize_core_key(data.get("referrer")) or ""
-    core_type = _core_type(data.get("type", "unknown")) or CoreType.UNKNOWN
+    core_type = core_type_alias(data.get("type", "unknown")) or CoreType.UNKNOWN
     owner = normalize_core_key(data.get("ownerPeerKey")) or ""
     priority = data.get("priority", 0)
     priority = priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
@@ -230,7 +233,7 @@ def record_worker_metadata(*, payload: Any, signature: Any, now: datetime | None
         core_key = normalize_core_key(item.get("coreKey"))
         if core_key is None:
             raise ApiError("invalid-core-key", "coreKey must be 64-hex or a z-base-32 hypercore id.")
-        core_type = _core_type(item.get("type"))
+        core_type = core_type_alias(item.get("type"))
         if core_type is None:
             raise ApiError("invalid-core-type", f"type must be one of {', '.join(sorted(_TYPE_ALIASES))}.")
         announce = item.get("announce", False)

@@ -55,6 +55,9 @@ class MirrorCore(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE, db_index=True)
     reported_by_bridge = models.BooleanField(default=False)
     reported_by_worker = models.BooleanField(default=False)
+    declared_by_registration = models.BooleanField(default=False, db_index=True, help_text="listed in relayCores")
+    role = models.CharField(max_length=64, blank=True, help_text="role in relayCores")
+    declared_at = models.DateTimeField(null=True, blank=True, help_text="last registration that listed it")
     first_seen_at = models.DateTimeField(default=timezone.now)
     last_activity_at = models.DateTimeField(default=timezone.now, db_index=True, help_text="last add/progress")
     # Mirror-level freshness: the last moment the blind peer was known to hold everything the owner had

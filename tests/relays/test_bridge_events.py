@@ -16,18 +16,24 @@ PEER = "b" * 64
 class FakeClient:
     def __init__(self, blind_peer=None):
         self.replies = []
+        self.reply_params = []
+        self.trust_pushes = []
         self.blind_peer = blind_peer
 
     async def call(self, method, params=None, *, timeout_s=None):
+        if method == "register.reply":
+            self.replies.append((params["registerId"], params["statusCode"], params.get("body")))
+            self.reply_params.append(params)
+            return {"delivered": True}
+        if method == "blindPeer.trustRelays":
+            self.trust_pushes.append(params)
+            return {"relays": len(params["relays"])}
         assert method == "blindPeer.status"
         if self.blind_peer is None:
             from hypertuna.bridge import BridgeError
 
             raise BridgeError("unknown-method", "no blind peer")
         return self.blind_peer
-
-    async def register_reply(self, register_id, status, *, body=None):
-        self.replies.append((register_id, status, body))
 
 
 def register(relay_key):
