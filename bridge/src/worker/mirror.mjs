@@ -17,7 +17,7 @@ const RETRY_MAX_MS = 30_000
  * replication of new blocks) alive.
  */
 export class RelayMirror {
-  constructor ({ swarm, store, relay, drive, blindPeerKey, registrar = null, identifier, ownerPeerKey, logger }) {
+  constructor ({ swarm, store, relay, drive, blindPeerKey, registrar = null, identifier, ownerPeerKey, logger, onAccepted = null }) {
     this.swarm = swarm
     this.store = store
     this.relay = relay
@@ -35,6 +35,7 @@ export class RelayMirror {
     this.retryTimer = null
     this.metadataTimer = null
     this.lastMetadata = null
+    this.onAccepted = onAccepted
   }
 
   /** Every core the relay consists of right now, with its role for the gateway's metadata. */
@@ -107,6 +108,7 @@ export class RelayMirror {
     } else {
       this.retryMs = RETRY_MIN_MS
     }
+    if (added && this.onAccepted) this.onAccepted()
     if (added) await this.postMetadata()
   }
 

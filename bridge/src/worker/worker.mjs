@@ -278,7 +278,8 @@ export class ReferenceWorker extends EventEmitter {
       registrar: this.opts.metadataPost ? this.registrar : null,
       identifier: this.identifier,
       ownerPeerKey: this.swarmPublicKey,
-      logger: this.log.child('mirror')
+      logger: this.log.child('mirror'),
+      onAccepted: () => { if (!this.closing) this.writeStatus() }
     })
     this.mirror.start()
     this.emit('mirror', { blindPeerKey })
