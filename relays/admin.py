@@ -48,7 +48,15 @@ class PeerInline(admin.TabularInline):
     model = Peer
     extra = 0
     can_delete = False
-    fields = ("peer_key", "active", "last_seen_at", "last_healthy_at", "unreachable_since", "latency_ms")
+    fields = (
+        "peer_key",
+        "active",
+        "last_seen_at",
+        "last_healthy_at",
+        "unreachable_since",
+        "latency_ms",
+        "blind_peering_key",
+    )
     readonly_fields = fields
 
 
@@ -118,10 +126,10 @@ class RelayAdmin(admin.ModelAdmin):
 
 @admin.register(Registration)
 class RegistrationAdmin(admin.ModelAdmin):
-    list_display = ("relay", "received_at", "issued_at", "nonce", "peer_count", "client_ip")
+    list_display = ("relay", "received_at", "issued_at", "nonce", "peer_count", "blind_peering_key", "client_ip")
     list_select_related = ("relay",)
     list_filter = ("received_at",)
-    search_fields = ("relay__relay_key", "nonce", "client_ip")
+    search_fields = ("relay__relay_key", "nonce", "client_ip", "blind_peering_key")
     date_hierarchy = "received_at"
 
     @admin.display(description="peers")
@@ -140,7 +148,7 @@ class PeerAdmin(admin.ModelAdmin):
     list_display = ("peer_key", "relay", "active", "last_seen_at", "last_healthy_at", "unreachable_since", "latency_ms")
     list_select_related = ("relay",)
     list_filter = ("active", ("unreachable_since", admin.EmptyFieldListFilter))
-    search_fields = ("peer_key", "relay__relay_key")
+    search_fields = ("peer_key", "relay__relay_key", "blind_peering_key")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from hypertuna.compat.relaykeys import HEX64
@@ -63,7 +63,6 @@ def relay_scopes(relay_keys: Iterable[str] | None = None, *, now: datetime | Non
 
     registrations = (
         Registration.objects.filter(relay_id__in=live, received_at__gte=cutoff)
-        .filter(Q(relay__unregistered_at__isnull=True) | Q(received_at__gt=F("relay__unregistered_at")))
         .exclude(blind_peering_key="")
         .values_list("relay_id", "blind_peering_key")
         .distinct()

@@ -275,7 +275,10 @@ def unregister_relay(*, relay_key: str, signature: str | None) -> bool:
         relay.unregistered_at = now
         relay.expires_at = min(relay.expires_at, now)
         relay.save(update_fields=["status", "unregistered_at", "expires_at"])
-        Peer.objects.filter(relay=relay).update(active=False)
+        # Everything the relay's registrations announced for the blind peer is withdrawn with them; a
+        # later registration grants trust again only for what it announces itself.
+        Peer.objects.filter(relay=relay).update(active=False, blind_peering_key="")
+        Registration.objects.filter(relay=relay).exclude(blind_peering_key="").update(blind_peering_key="")
         transaction.on_commit(lambda: refresh_relay_cache(key))
         transaction.on_commit(lambda: _enqueue_trust(key, withdraw=True))
     logger.info("relay unregistered", extra={"relay": key})

@@ -91,6 +91,8 @@ class MirrorCoreAdmin(admin.ModelAdmin):
         "core_key",
         "relay_key",
         "core_type",
+        "role",
+        "declared_by_registration",
         "state",
         "owner_peer_key",
         "announce",
@@ -99,8 +101,15 @@ class MirrorCoreAdmin(admin.ModelAdmin):
         "remote_length",
         "last_activity_at",
     )
-    list_filter = ("state", "core_type", "announce", MirrorBehindFilter, "reported_by_worker")
-    search_fields = ("core_key", "relay_key", "public_identifier", "owner_peer_key", "referrer")
+    list_filter = (
+        "state",
+        "core_type",
+        "announce",
+        MirrorBehindFilter,
+        "reported_by_worker",
+        "declared_by_registration",
+    )
+    search_fields = ("core_key", "relay_key", "public_identifier", "owner_peer_key", "referrer", "role")
     readonly_fields = [f.name for f in MirrorCore._meta.fields]
     actions = ["drop_mirrors", "run_gc"]
     date_hierarchy = "last_activity_at"

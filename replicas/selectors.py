@@ -331,6 +331,8 @@ def core_as_dict(core: MirrorCore) -> dict[str, Any]:
         "coreKey": core.core_key,
         "relayKey": core.relay_key or None,
         "type": core.core_type,
+        "role": core.role or None,
+        "declaredByRegistration": core.declared_by_registration,
         "ownerPeerKey": core.owner_peer_key or None,
         "announce": core.announce,
         "priority": core.priority,
