@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from hypertuna import views
@@ -23,4 +23,7 @@ urlpatterns = [
     path("", include("replicas.urls")),
     path("", include("escrow.urls")),
     path("", include("relays.urls")),
+    path("api/relays/<str:relay_key>/open-join/pool", views.open_join_pool, name="relay-open-join-pool"),
+    # Last: every other path under /api/ answers JSON 404, whatever the method.
+    re_path(r"^api/(?P<path>.*)$", views.api_not_found, name="api-not-found"),
 ]

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django_prometheus.exports import ExportToDjangoView
 
 logger = logging.getLogger(__name__)
@@ -63,3 +64,19 @@ def metrics(request: HttpRequest) -> HttpResponse:
         if not hmac.compare_digest(supplied.encode(), expected.encode()):
             return JsonResponse({"error": "authentication-required", "message": "Bearer token required."}, status=401)
     return ExportToDjangoView(request)
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    """Any method on a path under ``/api/`` that no route serves: JSON, never an HTML page."""
+    return JsonResponse({"error": "not-found", "message": f"No API route {request.path}."}, status=404)
+
+
+@csrf_exempt
+def open_join_pool(request: HttpRequest, relay_key: str) -> JsonResponse:
+    """``POST /api/relays/<relayKey>/open-join/pool`` (hyperpipe workers publish open-join pools there):
+    this gateway offers no open-join pools, and says so in JSON (the worker logs it and carries on)."""
+    return JsonResponse(
+        {"error": "not-found", "message": "This gateway does not offer open-join pools."},
+        status=404,
+    )

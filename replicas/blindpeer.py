@@ -1,7 +1,8 @@
 """The few bridge calls the replicas app makes, behind small functions tests replace.
 
 RPC methods (specified in ``replicas/README.md`` for the bridge): ``replica.readView`` (through
-:class:`replicas.sources.BridgeReplicaSource`), ``blindPeer.gc`` and ``blindPeer.deleteCore``.
+:class:`replicas.sources.BridgeReplicaSource`), ``blindPeer.gc``, ``blindPeer.deleteCore`` and
+``blindPeer.status`` (for the public summary workers read from ``GET /api/blind-peer``).
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 
-from hypertuna.bridge import BridgeClient
+from hypertuna.bridge import BridgeClient, BridgeClientError
+
+PUBLIC_CACHE_KEY = "blind-peer:public"
+PUBLIC_CACHE_SECONDS = 30
 
 
 def bridge_client() -> BridgeClient:
@@ -35,3 +40,30 @@ async def delete_core(*, core_key: str, reason: str) -> dict[str, Any]:
     async with bridge_client() as client:
         result = await client.call("blindPeer.deleteCore", {"coreKey": core_key, "reason": reason}, timeout_s=60)
     return result if isinstance(result, dict) else {"result": result}
+
+
+async def _public_from_bridge() -> dict[str, Any]:
+    try:
+        async with bridge_client() as client:
+            status = await client.call("blindPeer.status", timeout_s=5)
+    except (BridgeClientError, OSError):
+        return {"enabled": False, "publicKey": None, "encryptionKey": None, "maxBytes": None}
+    if not isinstance(status, dict) or not status.get("enabled"):
+        return {"enabled": False, "publicKey": None, "encryptionKey": None, "maxBytes": None}
+    return {
+        "enabled": True,
+        "publicKey": status.get("publicKey"),
+        "encryptionKey": status.get("encryptionKey"),
+        "maxBytes": status.get("maxBytes"),
+    }
+
+
+async def public_summary() -> dict[str, Any]:
+    """What a worker needs to mirror here: enabled, the blind peer's public and encryption keys, its byte
+    budget. Cached briefly (every node asks its own bridge; the keys only change with the gateway seed)."""
+    cached = await cache.aget(PUBLIC_CACHE_KEY)
+    if isinstance(cached, dict):
+        return cached
+    summary = await _public_from_bridge()
+    await cache.aset(PUBLIC_CACHE_KEY, summary, timeout=PUBLIC_CACHE_SECONDS if summary["enabled"] else 5)
+    return summary

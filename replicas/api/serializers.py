@@ -46,8 +46,13 @@ class MetadataResponse(serializers.Serializer):
 
 
 class SummaryResponse(serializers.Serializer):
-    mirrors = serializers.DictField()
-    replicas = serializers.DictField()
+    enabled = serializers.BooleanField()
+    publicKey = serializers.CharField(allow_null=True)
+    encryptionKey = serializers.CharField(allow_null=True)
+    maxBytes = serializers.IntegerField(allow_null=True)
+    summary = serializers.DictField(help_text="the same public fields, plus config.maxBytes (hyperpipe workers)")
+    mirrors = serializers.DictField(required=False, help_text="operators only")
+    replicas = serializers.DictField(required=False, help_text="operators only")
 
 
 class ReplicasResponse(serializers.Serializer):

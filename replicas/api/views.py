@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -12,7 +13,7 @@ from rest_framework.views import APIView
 
 from hypertuna.api import WorkerAPIView
 from hypertuna.operator_auth import OPERATOR_AUTHENTICATION, IsOperator, OperatorKey
-from replicas import selectors, services
+from replicas import blindpeer, selectors, services
 from replicas.api import serializers as s
 from replicas.models import MirrorAction
 
@@ -41,10 +42,26 @@ def _action(action: MirrorAction) -> dict[str, Any]:
     }
 
 
-class BlindPeerSummaryView(OperatorAPIView):
-    @extend_schema(responses={200: s.SummaryResponse, **ERRORS}, summary="Blind-peer mirrors and replicas summary")
+def public_blind_peer(summary: dict[str, Any]) -> dict[str, Any]:
+    """The public subset, at the top level and in the ``summary`` object hyperpipe workers read
+    (``summary.publicKey``, ``summary.encryptionKey``, ``summary.maxBytes`` / ``summary.config.maxBytes``)."""
+    return {**summary, "summary": {**summary, "config": {"maxBytes": summary["maxBytes"]}}}
+
+
+class BlindPeerSummaryView(WorkerAPIView):
+    """Public for workers (how to reach the blind peer); operator detail for staff or signed requests."""
+
+    authentication_classes = OPERATOR_AUTHENTICATION
+
+    @extend_schema(
+        responses={200: s.SummaryResponse, 401: s.BlindPeerError, 429: s.BlindPeerError},
+        summary="Blind-peer keys for workers (anyone); mirrors and replicas summary (operators)",
+    )
     def get(self, request: Request) -> Response:
-        return Response(selectors.blind_peer_summary())
+        public = public_blind_peer(async_to_sync(blindpeer.public_summary)())
+        if not IsOperator().has_permission(request, self):
+            return Response(public)
+        return Response({**public, **selectors.blind_peer_summary()})
 
 
 class BlindPeerReplicasView(OperatorAPIView):

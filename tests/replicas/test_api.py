@@ -53,7 +53,6 @@ def metadata(relay_key: str, **overrides):
 
 
 OPERATOR_ENDPOINTS = [
-    ("get", "/api/blind-peer"),
     ("get", "/api/blind-peer/replicas"),
     ("post", "/api/blind-peer/gc"),
     ("delete", f"/api/blind-peer/mirrors/{'01' * 32}"),
@@ -82,7 +81,43 @@ def test_operator_endpoints_refuse_bad_signatures(api, method, path):
     assert response.status_code == 401
 
 
-def test_summary_and_replicas_with_a_signed_request(api):
+@pytest.fixture
+def bridge_status(monkeypatch):
+    from replicas import blindpeer
+
+    calls = []
+
+    async def fake():
+        calls.append(1)
+        return {"enabled": True, "publicKey": "aa" * 32, "encryptionKey": "bb" * 32, "maxBytes": 1_000_000}
+
+    monkeypatch.setattr(blindpeer, "_public_from_bridge", fake)
+    return calls
+
+
+def test_blind_peer_keys_are_public_and_operator_detail_is_not(api, bridge_status):
+    response = api.get("/api/blind-peer")
+    assert response.status_code == 200
+    body = response.json()
+    public = {"enabled": True, "publicKey": "aa" * 32, "encryptionKey": "bb" * 32, "maxBytes": 1_000_000}
+    # hyperpipe-core reads summary.publicKey / encryptionKey / maxBytes or summary.config.maxBytes.
+    assert body == {**public, "summary": {**public, "config": {"maxBytes": 1_000_000}}}
+    api.force_login(User.objects.create_user("someone", password="x"))
+    assert "mirrors" not in api.get("/api/blind-peer").json(), "a non-staff session sees the public part only"
+    assert len(bridge_status) == 1, "the bridge is asked once, then the answer is cached"
+    signed = api.get("/api/blind-peer", **signed_headers("GET", "/api/blind-peer"))
+    assert signed.status_code == 200 and signed.json()["publicKey"] == "aa" * 32 and "mirrors" in signed.json()
+    bad = reqsign.sign("GET", "/api/blind-peer", body=b"", kid="ops", secret="wrong-secret")
+    assert api.get("/api/blind-peer", HTTP_X_HYPERTUNA_SIGNATURE=bad).status_code == 401
+
+
+def test_blind_peer_public_summary_says_disabled_without_a_bridge(api, settings, tmp_path):
+    settings.HYPERTUNA_BRIDGE_SOCKET = str(tmp_path / "no-bridge.sock")
+    body = api.get("/api/blind-peer").json()
+    assert body["enabled"] is False and body["publicKey"] is None and body["summary"]["enabled"] is False
+
+
+def test_summary_and_replicas_with_a_signed_request(api, bridge_status):
     relay_key = secrets.token_hex(32)
     services.record_worker_metadata(payload=(p := metadata(relay_key)), signature=signed_payload(p)["signature"])
     response = api.get("/api/blind-peer", **signed_headers("GET", "/api/blind-peer"))
