@@ -105,6 +105,7 @@ export class Bridge {
         cacheSize: cfg.blindPeer.cacheSize,
         staleMs: cfg.blindPeer.staleMs,
         progressIntervalMs: cfg.blindPeer.progressIntervalMs,
+        trustWaitMs: cfg.blindPeer.trustWaitMs,
         logger: this.log.child('blind-peer')
       })
       for (const name of ['mirror.added', 'mirror.removed', 'mirror.progress']) {

@@ -66,6 +66,7 @@ export function loadBridgeConfig (env = process.env, cwd = process.cwd()) {
       enabled: ['on', '1', 'true'].includes(blindRaw),
       maxBytes: int(env, 'HYPERTUNA_BRIDGE_BLIND_PEER_MAX_BYTES', 100_000_000_000, { min: 1_000_000 }),
       staleMs: int(env, 'HYPERTUNA_BRIDGE_BLIND_PEER_STALE_MS', 7 * 24 * 3600_000, { min: 0 }),
+      trustWaitMs: int(env, 'HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS', 30_000, { min: 0, max: 600_000 }),
       cacheSize: int(env, 'HYPERTUNA_BRIDGE_REPLICA_CACHE', 32, { min: 1, max: 4096 }),
       progressIntervalMs: int(env, 'HYPERTUNA_BRIDGE_MIRROR_PROGRESS_MS', 1000, { min: 100 }),
       trustRegistered: !['off', '0', 'false'].includes((env.HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_REGISTERED || 'on').toLowerCase())

@@ -22,7 +22,9 @@ describe('blind peer in the bridge: a worker mirrors, goes away, and its events 
     HYPERTUNA_SWARM_BOOTSTRAP_FILE: swarmFile,
     HYPERTUNA_BRIDGE_STORAGE: path.join(dir, 'bridge'),
     HYPERTUNA_BRIDGE_REPLICA_CACHE: '2',
-    HYPERTUNA_BRIDGE_MIRROR_PROGRESS_MS: '250'
+    HYPERTUNA_BRIDGE_MIRROR_PROGRESS_MS: '250',
+    // Refusals are what this suite checks: hold untrusted add requests only briefly.
+    HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS: '300'
   }
   const sk = randomSecretKeyHex()
   const published = []

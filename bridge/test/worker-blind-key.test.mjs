@@ -24,7 +24,9 @@ describe('a real-like worker mirrors with a blind-peering key that is not its sw
         HYPERTUNA_BRIDGE_SOCKET: socketPath,
         HYPERTUNA_SWARM_BOOTSTRAP: 'local',
         HYPERTUNA_SWARM_BOOTSTRAP_FILE: swarmFile,
-        HYPERTUNA_BRIDGE_STORAGE: path.join(dir, 'bridge')
+        HYPERTUNA_BRIDGE_STORAGE: path.join(dir, 'bridge'),
+        // This suite checks refusals: hold untrusted add requests only briefly.
+        HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS: '300'
       }
     })
     await bridge.ready

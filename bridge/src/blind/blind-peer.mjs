@@ -11,6 +11,8 @@ import { createLogger, errorMessage } from '../lib/log.mjs'
 
 
 const hex = (buf) => Buffer.from(buf).toString('hex')
+const TRUST_RECHECK_MS = 200
+const MAX_HELD = 512
 
 /**
  * The blind-peer server subclass that refuses `add-core` unless Python's trust decisions allow it
@@ -22,7 +24,8 @@ const hex = (buf) => Buffer.from(buf).toString('hex')
 function gatedBlindPeerClass (BlindPeer, service) {
   return class GatedBlindPeer extends BlindPeer {
     async _onaddcore (stream, record) {
-      const reason = service.trust.check(stream.remotePublicKey, record.key, record.referrer || null)
+      const reason = await service.admit(stream, () =>
+        service.trust.check(stream.remotePublicKey, record.key, record.referrer || null))
       if (reason) {
         service._refused(stream.remotePublicKey, 1, reason)
         throw new Error(reason === 'untrusted' ? 'peer is not trusted to add cores' : `core refused: ${reason}`)
@@ -32,9 +35,9 @@ function gatedBlindPeerClass (BlindPeer, service) {
 
     async _onaddcores (stream, request) {
       const cores = request.cores || []
-      const reason = cores.length
+      const reason = await service.admit(stream, () => cores.length
         ? cores.map((c) => service.trust.check(stream.remotePublicKey, c.key, request.referrer || null)).find(Boolean) || null
-        : (service.trust.isTrustedAtAll(stream.remotePublicKey) ? null : 'untrusted')
+        : (service.trust.isTrustedAtAll(stream.remotePublicKey) ? null : 'untrusted'))
       if (reason) {
         service._refused(stream.remotePublicKey, cores.length, reason)
         throw new Error(reason === 'untrusted' ? 'peer is not trusted to add cores' : `cores refused: ${reason}`)
@@ -47,7 +50,7 @@ function gatedBlindPeerClass (BlindPeer, service) {
 export { BlindPeerError, decodeViewValue }
 
 export class BlindPeerService extends EventEmitter {
-  constructor ({ storageDir, bootstrap, host, seed, maxBytes, cacheSize = 32, staleMs, progressIntervalMs = 1000, logger }) {
+  constructor ({ storageDir, bootstrap, host, seed, maxBytes, cacheSize = 32, staleMs, progressIntervalMs = 1000, trustWaitMs = 30000, logger }) {
     super()
     this.dir = path.join(storageDir, 'blind-peer')
     this.bootstrap = bootstrap
@@ -59,6 +62,8 @@ export class BlindPeerService extends EventEmitter {
     this.log = logger || createLogger('blind-peer')
     this.trust = new TrustTable({ dir: this.dir, decodeKey: (value, name) => this.decodeKey(value, name) })
     this.refusals = new Map()
+    this.trustWaitMs = trustWaitMs
+    this.waiting = new Map() // remote key (hex) -> add requests held until trust arrives
     this.progress = new Map()
     this.remoteSeen = new Map()
     this.gcRunning = false
@@ -101,6 +106,7 @@ export class BlindPeerService extends EventEmitter {
   }
 
   async stop () {
+    this.closing = true
     clearInterval(this.timer)
     await this.reader.close()
     if (this.bp) await this.bp.close().catch((err) => this.log.warn('blind-peer close failed', { error: errorMessage(err) }))
@@ -148,6 +154,37 @@ export class BlindPeerService extends EventEmitter {
     const [info] = await this.bp.store.storage.getInfos([this.m.hcrypto.discoveryKey(key)])
     if (!info || !info.head) return 0
     return info.hints && typeof info.hints.contiguousLength === 'number' ? info.hints.contiguousLength : info.head.length
+  }
+
+  /**
+   * Decide an add request, holding it while the answer is "no" for at most `trustWaitMs`.
+   *
+   * A worker mirrors as soon as its relay exists, which is often before its signed HTTP registration
+   * (the only source of trust) has reached Python and come back as `blindPeer.trust*`. Real workers
+   * treat a refused `add-core` as an unhandled rejection and shut down, so refusing during that window
+   * kills them. The request is therefore held, re-checked every 200 ms, and admitted the moment trust
+   * arrives; it is refused only when the wait runs out, the connection closes, or the peer already has
+   * `MAX_HELD` requests waiting. Nothing is stored while a request waits.
+   */
+  async admit (stream, decide) {
+    let reason = decide()
+    if (!reason || this.trustWaitMs <= 0) return reason
+    const key = hex(stream.remotePublicKey)
+    const held = this.waiting.get(key) || 0
+    if (held >= MAX_HELD) return reason
+    this.waiting.set(key, held + 1)
+    try {
+      const deadline = Date.now() + this.trustWaitMs
+      while (reason && Date.now() < deadline && !stream.destroyed && !this.closing) {
+        await new Promise((resolve) => setTimeout(resolve, TRUST_RECHECK_MS))
+        reason = decide()
+      }
+      return reason
+    } finally {
+      const left = (this.waiting.get(key) || 1) - 1
+      if (left > 0) this.waiting.set(key, left)
+      else this.waiting.delete(key)
+    }
   }
 
   /**
@@ -257,6 +294,7 @@ export class BlindPeerService extends EventEmitter {
       referrers: digest.referrers || 0,
       activeCores: this.bp.activeReplication.size,
       refusedAddRequests: this.refusedCount,
+      heldAddRequests: [...this.waiting.values()].reduce((a, b) => a + b, 0),
       stats: { ...this.bp.stats },
       gc: { running: this.gcRunning, last: this.lastGc, staleMs: this.staleMs },
       cache: this.reader.cache.info(),

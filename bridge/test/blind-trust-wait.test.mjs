@@ -1,0 +1,72 @@
+import { describe, it, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import HypercoreId from 'hypercore-id-encoding'
+import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
+import { TestRpcClient } from './helpers/rpc-client.mjs'
+import { startFakeGateway } from './helpers/fake-gateway.mjs'
+
+const SECRET = 'blind-trust-wait-secret'
+
+// Real workers mirror as soon as their relay exists, before their signed registration has made Python
+// trust their blind-peering key, and shut down on a refused add-core. The bridge holds such requests and
+// admits them when trust arrives: the worker never sees a refusal.
+describe('add requests that arrive before trust are held, then admitted', { timeout: 120_000 }, () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-trust-wait-'))
+  const socketPath = path.join(dir, 'bridge.sock')
+  const swarmFile = path.join(dir, 'swarm.json')
+  let bridge, worker, gateway, rpc, ready
+
+  before(async () => {
+    gateway = await startFakeGateway(SECRET)
+    bridge = spawnReady('src/main.mjs', [], {
+      marker: 'HYPERTUNA_BRIDGE_READY',
+      env: {
+        HYPERTUNA_BRIDGE_SOCKET: socketPath,
+        HYPERTUNA_SWARM_BOOTSTRAP: 'local',
+        HYPERTUNA_SWARM_BOOTSTRAP_FILE: swarmFile,
+        HYPERTUNA_BRIDGE_STORAGE: path.join(dir, 'bridge'),
+        HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS: '60000'
+      }
+    })
+    await bridge.ready
+    rpc = await TestRpcClient.connect(socketPath)
+    await rpc.call('hello', { protocol: 1, client: 'trust-wait-test', subscribe: ['mirror.*'] })
+    worker = spawnReady('src/worker/main.mjs', [
+      '--bootstrap-file', swarmFile,
+      '--storage', path.join(dir, 'worker'),
+      '--name', 'early',
+      '--gateway-url', gateway.url,
+      '--secret', SECRET,
+      '--blind-peer', 'gateway',
+      '--real-worker-mode'
+    ], { marker: 'HYPERTUNA_WORKER_READY' })
+    ready = await worker.ready
+  })
+
+  after(async () => {
+    if (rpc) rpc.close()
+    await stopProcess(worker)
+    await stopProcess(bridge)
+    if (gateway) await gateway.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('holds the untrusted requests without storing or refusing anything', async () => {
+    await waitFor(async () => (await rpc.call('blindPeer.status')).heldAddRequests > 0, { timeoutMs: 30_000, what: 'a held add-core' })
+    const status = await rpc.call('blindPeer.status')
+    assert.equal(status.refusedAddRequests, 0)
+    assert.equal(status.cores, 0, 'nothing is stored while a request waits')
+  })
+
+  it('admits them the moment the announced key is trusted, with no refusal ever sent', async () => {
+    await rpc.call('blindPeer.trust', { peerKey: ready.blindPeeringPublicKey, relayKey: ready.relayKey, keys: [ready.relayKey] })
+    const added = await rpc.waitEvent((f) => f.event === 'mirror.added' && f.data.relayKey === ready.relayKey, 30_000)
+    assert.equal(added.data.ownerPeerKey, HypercoreId.decode(ready.blindPeeringPublicKey).toString('hex'))
+    await waitFor(async () => (await rpc.call('blindPeer.status')).heldAddRequests === 0, { timeoutMs: 10_000, what: 'no request left waiting' })
+    assert.equal((await rpc.call('blindPeer.status')).refusedAddRequests, 0)
+    assert.equal(worker.child.exitCode, null)
+  })
+})
