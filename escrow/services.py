@@ -391,7 +391,10 @@ def _revoke_locked(
         _end_lease(lease, state=Lease.State.REVOKED, reason=reason, actor=actor, action=A.REVOKE, now=now)
     deposit_row = None
     if revoke_deposit:
-        deposit_row = Deposit.objects.filter(relay_key=relay_key, state=Deposit.State.ACTIVE).first()
+        # A deposit past its expiry is already expired (read-time expiry), not revoked.
+        deposit_row = Deposit.objects.filter(
+            relay_key=relay_key, state=Deposit.State.ACTIVE, expires_at__gt=now
+        ).first()
         if deposit_row is not None:
             deposit_row.state, deposit_row.ended_at, deposit_row.end_reason = Deposit.State.REVOKED, now, reason[:64]
             deposit_row.save(update_fields=["state", "ended_at", "end_reason"])

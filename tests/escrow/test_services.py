@@ -551,3 +551,18 @@ def test_a_stored_package_that_no_longer_opens_releases_nothing(worker, clock):
         unlock(clock, worker.relay_key)
     assert excinfo.value.status_code == 500 and excinfo.value.code == "deposit-unreadable"
     assert not Lease.objects.exists() and Deposit.objects.get().released_at is None
+
+
+def test_worker_revoke_after_the_deposit_expired_leaves_it_expired(worker, clock):
+    """Read-time expiry comes first: a revoke at or after ``expiresAt`` finds no active deposit, and the
+    refusal names the expiry (found by the lease state machine: deposit ttl 200, +200 s, revoke, unlock)."""
+    worker.deposit(expires_at=int(clock.now.timestamp()) + 200)
+    clock.advance(200)
+    assert worker.revoke()["depositRevoked"] is None
+    clock.advance(SILENCE)
+    with pytest.raises(ApiError) as refused:
+        unlock(clock, worker.relay_key)
+    assert refused.value.status_code == 412
+    assert (
+        "deposit-expired" in refused.value.extra["reasons"] and "deposit-revoked" not in refused.value.extra["reasons"]
+    )
