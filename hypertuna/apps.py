@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from django.apps import AppConfig
+import importlib
+import importlib.util
+
+from django.apps import AppConfig, apps
+
+_PROJECT_APPS = {"hypertuna", "relays", "replicas", "escrow"}
 
 
 class HypertunaConfig(AppConfig):
@@ -13,3 +18,11 @@ class HypertunaConfig(AppConfig):
         from hypertuna import celery as _celery  # noqa: F401
         from hypertuna import checks as _checks  # noqa: F401
         from hypertuna import schema as _schema  # noqa: F401
+
+        # Register every app's tasks in every process, not only in Celery workers (whose start-up is what
+        # runs the lazy autodiscovery): the web process and the bridge event consumer enqueue tasks by name
+        # (``current_app.tasks[name]``), which raises NotRegistered for a module nobody imported.
+        for config in apps.get_app_configs():
+            module = f"{config.name}.tasks"
+            if config.name.split(".")[0] in _PROJECT_APPS and importlib.util.find_spec(module):
+                importlib.import_module(module)
