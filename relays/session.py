@@ -49,6 +49,7 @@ from hypertuna.nostr import (
 )
 from relays.forwarding import PeerError, PeerTransport, poll_relay, post_relay
 from relays.frames_filter import accepted_event, read_frame, worker_frames_dropped
+from relays.inflight import InFlight
 from relays.poll_schedule import PollSchedule
 from relays.subscriptions import Subscriptions
 
@@ -147,6 +148,9 @@ class GatewaySession:
         )
         self._wake = asyncio.Event()
         self._fallback_polled = 0.0
+        self._inflight = InFlight()
+        # True while the fallback (replica) serves this socket because no worker could.
+        self._on_fallback = False
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -312,12 +316,13 @@ class GatewaySession:
         if self.fallback is not None and isinstance(message, (EventMessage, ReqMessage, CloseMessage)):
             served = await self.fallback.handle(message, raw)
             if served is not None:
+                self._on_fallback = True
                 return served, False
         await self._no_peers(last_error)
         return [], False
 
     async def _post(self, peer: str, raw: str) -> list[str]:
-        return await post_relay(
+        request = post_relay(
             self.transport,
             peer,
             relay_key=self.relay_key,
@@ -326,6 +331,25 @@ class GatewaySession:
             auth_token=self.auth_token,
             timeout=self.config.request_timeout,
         )
+        return await self._inflight.run(peer, request)
+
+    def peer_changed(self, peer: str, *, up: bool) -> None:
+        """A worker peer of this relay became unreachable or reachable again (any gateway node saw it).
+
+        Gone: requests in flight to it fail now and the poll loop fails over at once (another peer, or the
+        replica). Back: a socket served by the replica returns to it, re-opening its subscriptions there.
+        """
+        if peer not in self._peers:
+            return
+        if up:
+            self._failed.discard(peer)
+            if self._on_fallback:
+                self._wake.set()
+            return
+        self._failed.add(peer)
+        self._inflight.abort(peer)
+        if peer == self._current:
+            self._wake.set()
 
     # --- peers ------------------------------------------------------------------------------------
 
@@ -397,7 +421,7 @@ class GatewaySession:
             if self._closed:
                 return
             try:
-                needs_failover = self._current is None or self._current in self._failed
+                needs_failover = self._current is None or self._current in self._failed or self._on_fallback
                 if needs_failover and not await self._failover_for_poll():
                     await self._poll_fallback(loop.time())
                     continue
@@ -459,8 +483,10 @@ class GatewaySession:
         peer = self._pick_peer(exclude=set())
         if peer is None:
             if self.fallback is not None:
+                self._on_fallback = True
                 return False  # the fallback keeps serving; workers may come back
             await self._no_peers("relay hosts are unreachable")
             return False
+        self._on_fallback = False
         await self._switch_to(peer, replay=True)
         return True

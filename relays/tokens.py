@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -19,7 +17,7 @@ from hypertuna.compat.tokens import TokenError
 from hypertuna.exceptions import ApiError
 from relays import metrics, usage
 from relays.models import Relay, RelayToken
-from relays.signing import now_ms, registration_secret, relay_group
+from relays.signing import broadcast, now_ms, registration_secret, relay_group
 
 logger = logging.getLogger(__name__)
 
@@ -314,21 +312,9 @@ def _revoke(*, relay_key: Any, reason: Any, token: Any, sequence: Any, now: date
             "reason": reason_text,
         }
         group = relay_group(relay.pk)
-        transaction.on_commit(lambda: _broadcast(group, message))
+        transaction.on_commit(lambda: broadcast(group, message))
     logger.info("tokens revoked", extra={"relay": key, "revoked": revoked, "through": through})
     return RevokeResult(sequence=through, revoked=revoked, disconnected=disconnected)
-
-
-def _broadcast(group: str, message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(group, message)
-    except Exception:
-        # The revocation is committed and enforced on every new connection regardless; failing to reach
-        # live sockets is logged loudly because they stay open until their next token check.
-        logger.exception("could not broadcast token revocation", extra={"group": group})
 
 
 def revoke_token_by_id(*, token_id: int, reason: str) -> RevokeResult:
@@ -348,7 +334,7 @@ def revoke_token_by_id(*, token_id: int, reason: str) -> RevokeResult:
             "reason": row.revocation_reason,
         }
         group = relay_group(row.relay_id)
-        transaction.on_commit(lambda: _broadcast(group, message))
+        transaction.on_commit(lambda: broadcast(group, message))
     metrics.token_revocations_total.labels(result="success").inc()
     return RevokeResult(
         sequence=row.relay.revoked_through_sequence, revoked=1, disconnected=usage.live_connections([row.pk])

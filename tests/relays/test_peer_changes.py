@@ -1,0 +1,148 @@
+"""A worker's connection closing reaches its relay's sockets at once: requests in flight to it fail, the
+session answers from another peer or the replica without waiting out a timeout, and a socket served by
+the replica returns to the worker when it comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from relays import peers, selectors, services
+from relays.forwarding import PeerError
+from relays.inflight import InFlight
+from relays.models import Relay
+from relays.session import SessionConfig
+from tests.conftest import hex_key, make_registration, signed
+from tests.relays.fakes import FakeWorker
+from tests.relays.test_session import Client, event, make_session, until
+
+# Requests hang for the whole test unless aborted: a dead peer the bridge keeps redialling.
+PATIENT = SessionConfig(poll_interval=0.05, request_timeout=60, poll_timeout=60, max_queued_frames=8)
+
+
+class HangingWorker(FakeWorker):
+    """Accepts requests and never answers them (the bridge redialling a peer that went away)."""
+
+    hanging: bool = False
+
+
+class HangingTransport:
+    def __init__(self, workers):
+        self.workers = workers
+
+    async def request(self, peer_key, method, path, *, headers, body, timeout):
+        worker = self.workers[peer_key]
+        if worker.hanging:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(0)
+        return worker.handle(method, path, body)
+
+
+class ReplicaStub:
+    """The replica: answers every REQ with one stored event and its EOSE."""
+
+    def __init__(self, stored: dict) -> None:
+        self.stored = stored
+        self.reqs: list[str] = []
+
+    async def handle(self, message, raw):
+        frame = json.loads(raw)
+        if frame[0] == "REQ":
+            self.reqs.append(frame[1])
+            return [json.dumps(["EVENT", frame[1], self.stored]), json.dumps(["EOSE", frame[1]])]
+        return [json.dumps(["OK", frame[1]["id"], False, "blocked: read-only"])]
+
+    async def poll(self):
+        return []
+
+
+def hanging_session(worker, client, fallback):
+    session = make_session({"p1": worker}, client, config=PATIENT, fallback=fallback)
+    session.transport = HangingTransport({"p1": worker})
+    return session
+
+
+async def test_a_request_in_flight_to_a_peer_reported_gone_is_answered_by_the_replica_at_once():
+    stored = event("kept by the replica")
+    worker, client, replica = HangingWorker(), Client(), ReplicaStub(stored)
+    session = hanging_session(worker, client, replica)
+    session.start()
+    worker.hanging = True
+    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    await until(lambda: worker.requests or True)
+    await asyncio.sleep(0.05)
+    assert client.frames == []  # the request hangs: nothing would arrive before the 60 s timeout
+    session.peer_changed("p1", up=False)
+    await client.wait_for(lambda f: ["EOSE", "s"] in f, timeout=2)
+    assert client.frames == [["EVENT", "s", stored], ["EOSE", "s"]]
+    await session.stop()
+
+
+async def test_a_socket_on_the_replica_returns_to_the_worker_and_reopens_its_subscriptions():
+    stored = event("stored", created_at=1_700_000_000)
+    worker, client, replica = HangingWorker(events=[stored]), Client(), ReplicaStub(stored)
+    session = hanging_session(worker, client, replica)
+    session.start()
+    session.peer_changed("p1", up=False)
+    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    await client.wait_for(lambda f: ["EOSE", "s"] in f)
+    assert replica.reqs == ["s"] and not worker.subs
+    session.peer_changed("p1", up=True)
+    await until(lambda: any("s" in subs for subs in worker.subs.values()))
+    live = event("live from the worker", created_at=1_700_000_100)
+    worker.events.append(live)
+    await client.wait_for(lambda f: ["EVENT", "s", live] in f)
+    # What the replica already delivered is not sent again, and there is still one EOSE.
+    assert [f for f in client.frames if f[0] == "EVENT" and f[2]["id"] == stored["id"]] == [["EVENT", "s", stored]]
+    assert client.frames.count(["EOSE", "s"]) == 1
+    await session.stop()
+
+
+async def test_changes_of_peers_the_session_does_not_use_are_ignored():
+    worker, client, replica = HangingWorker(), Client(), ReplicaStub(event("x"))
+    session = hanging_session(worker, client, replica)
+    session.start()
+    session.peer_changed("someone-else", up=False)
+    session.enqueue(json.dumps(["EVENT", event("hello")]))
+    await client.wait_for(lambda f: f and f[0][0] == "OK")
+    assert client.frames[0][2] is True
+    await session.stop()
+
+
+async def test_inflight_abort_fails_only_that_peers_requests_and_outer_cancellation_still_cancels():
+    inflight = InFlight()
+    a = asyncio.ensure_future(inflight.run("a", asyncio.sleep(3600)))
+    b = asyncio.ensure_future(inflight.run("b", asyncio.sleep(3600)))
+    await asyncio.sleep(0)
+    assert inflight.abort("a") == 1
+    with pytest.raises(PeerError) as gone:
+        await a
+    assert gone.value.unreachable
+    assert not b.done()
+    b.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await b
+    assert inflight.abort("a") == 0 and inflight.abort("b") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reachability_flip_is_broadcast_to_the_relays_sockets_once(api):
+    relay_key = hex_key()
+    registration = make_registration(relay_key)
+    peer = registration["peers"][0]
+    assert api.post("/api/relays", signed(registration), format="json").status_code == 200
+    relay_id = Relay.objects.get(relay_key=relay_key).pk
+    assert selectors.relay_ids_served_by(peer) == [relay_id]
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(services.relay_group(relay_id), channel)
+
+    assert peers.record_peer_health(peer_key=peer, healthy=False) is True
+    assert async_to_sync(layer.receive)(channel) == {"type": "relay.peer", "peer": peer, "up": False}
+    assert peers.record_peer_health(peer_key=peer, healthy=False) is False  # no flip, no message
+    assert peers.record_peer_health(peer_key=peer, healthy=True) is True
+    assert async_to_sync(layer.receive)(channel) == {"type": "relay.peer", "peer": peer, "up": True}
