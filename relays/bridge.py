@@ -20,6 +20,9 @@ from relays.forwarding import PeerError, PeerResponse, PeerStream
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BridgeClient] = weakref.WeakKeyDictionary()
 
 # Bridge error codes that mean "this peer cannot be reached now" (try another one).
+# ``peer.disconnected`` reasons that do not mean the worker is gone: the gateway's own disconnect, or a newer
+# connection of the same worker replacing this one.
+BENIGN_CLOSES = frozenset({"manual-destroy", "duplicate-replacement"})
 _UNREACHABLE = {"peer-unavailable", "peer-timeout", "peer-closed", "connect-timeout", "handshake-timeout"}
 
 

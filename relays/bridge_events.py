@@ -24,6 +24,7 @@ from asgiref.sync import sync_to_async
 from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeEvent, BridgeTimeout
 from hypertuna.compat.relaykeys import HEX64
 from relays import blind_trust, selectors, services
+from relays.bridge import BENIGN_CLOSES
 from replicas import events as replica_events
 from replicas.keys import normalize_core_key
 
@@ -38,7 +39,6 @@ TOPICS = (
     *replica_events.TOPICS,
 )
 # Closes the gateway asked for, or a newer connection replacing an older one: not a health signal.
-_BENIGN_CLOSES = {"manual-destroy", "duplicate-replacement"}
 RECONCILE_INTERVAL_S = 60.0
 
 
@@ -120,9 +120,7 @@ async def handle(client: BridgeClient, event: BridgeEvent) -> None:
         await sync_to_async(services.record_peer_health)(
             peer_key=peer_key, healthy=True, latency_ms=data.get("latencyMs")
         )
-    elif event.name == "peer.health" or (
-        event.name == "peer.disconnected" and data.get("reason") not in _BENIGN_CLOSES
-    ):
+    elif event.name == "peer.health" or (event.name == "peer.disconnected" and data.get("reason") not in BENIGN_CLOSES):
         await sync_to_async(services.record_peer_health)(peer_key=peer_key, healthy=False)
     elif event.name.startswith("mirror."):
         await sync_to_async(replica_events.handle_bridge_event)(event.name, data)

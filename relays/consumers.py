@@ -154,11 +154,6 @@ class RelayConsumer(AsyncWebsocketConsumer):
         if event is not None and self.session is not None and not self.session.closed:
             await self.session.offer_live(event)
 
-    async def relay_peer(self, message: dict[str, Any]) -> None:
-        """Channel-layer message from ``peers.record_peer_health`` (any node): a worker peer went or came."""
-        if self.session is not None and not self.session.closed:
-            self.session.peer_changed(str(message["peer"]), up=bool(message["up"]))
-
     async def _send_frame(self, frame: str) -> None:
         token = self.scope["gateway"].token
         if token:

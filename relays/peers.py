@@ -6,13 +6,11 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
 from django.utils import timezone
 
 from relays import selectors
 from relays.models import Peer
 from relays.registration import refresh_relay_cache
-from relays.signing import broadcast, relay_group
 
 logger = logging.getLogger(__name__)
 
@@ -38,16 +36,5 @@ def record_peer_health(
     if changed:
         for relay_key in selectors.relays_served_by(peer_key):
             refresh_relay_cache(relay_key)
-        # Live sockets of those relays learn it at once, on every node: a session whose worker went away
-        # abandons its requests to it and answers from another peer or the replica without waiting out a
-        # request timeout; one on the replica goes back to the worker when it returns.
-        message = {"type": "relay.peer", "peer": peer_key, "up": healthy}
-        groups = [relay_group(relay_id) for relay_id in selectors.relay_ids_served_by(peer_key)]
-        transaction.on_commit(lambda: _announce(groups, message))
         logger.info("peer reachability changed", extra={"peer": peer_key[:16], "healthy": healthy})
     return changed
-
-
-def _announce(groups: list[str], message: dict[str, Any]) -> None:
-    for group in groups:
-        broadcast(group, message)

@@ -13,13 +13,14 @@ from asgiref.sync import sync_to_async
 from prometheus_client import Counter, Gauge
 
 from relays import usage
-from relays.bridge import get_bridge
+from relays.bridge import BENIGN_CLOSES, get_bridge
 from relays.fallback import LeaseWriter, ReplicaFallback
 from relays.session import GatewaySession
 
 logger = logging.getLogger(__name__)
 
 USAGE_FLUSH_SECONDS = 30.0
+BRIDGE_TOPICS = ("peer.wsframe", "peer.connected", "peer.disconnected")
 
 active_sessions = Gauge("gateway_active_sessions", "Open client WebSocket sessions on this node")
 forwarded_messages = Counter("gateway_forwarded_messages_total", "Client frames forwarded to workers", ["relay"])
@@ -69,20 +70,32 @@ class Runtime:
         active_sessions.set(len(self.sessions))
 
     async def _deliver_pushes(self) -> None:
-        """Route frames that workers push (message type 2) to the session holding that connection key."""
+        """Route what this node's bridge reports to this node's sessions: frames that workers push (message
+        type 2) to the session holding that connection key, and a worker connection closing or opening to
+        every session of its relays (node-local on purpose: it is this node's bridge the sessions use)."""
         client = get_bridge()
         while True:
             try:
                 if not client.connected:
                     await client.connect()
-                async with client.events("peer.wsframe") as events:
+                async with client.events(*BRIDGE_TOPICS) as events:
                     async for event in events:
-                        self.deliver(event.data)
+                        if event.name == "peer.wsframe":
+                            self.deliver(event.data)
+                        else:
+                            self.peer_changed(event.name, event.data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.warning("push delivery interrupted", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
+
+    def peer_changed(self, name: str, data: dict[str, Any]) -> None:
+        peer = str(data.get("peerKey") or "")
+        if not peer or (name == "peer.disconnected" and data.get("reason") in BENIGN_CLOSES):
+            return
+        for session in list(self.sessions.values()):
+            session.peer_changed(peer, up=name == "peer.connected")
 
     def deliver(self, data: dict[str, Any]) -> None:
         frame = data.get("frame") if isinstance(data, dict) else None

@@ -166,10 +166,6 @@ def relays_served_by(peer_key: str) -> list[str]:
     return list(Relay.objects.filter(peers__peer_key=peer_key).values_list("relay_key", flat=True).distinct())
 
 
-def relay_ids_served_by(peer_key: str) -> list[int]:
-    return list(Relay.objects.filter(peers__peer_key=peer_key).values_list("pk", flat=True).distinct())
-
-
 def peer_health_counts() -> dict[str, int]:
     """Active peers by health state, for the ``gateway_peer_health`` gauge."""
     active = Peer.objects.filter(active=True)

@@ -1,4 +1,4 @@
-"""A worker's connection closing reaches its relay's sockets at once: requests in flight to it fail, the
+"""A worker's connection closing, as this node's bridge reports it, reaches the relay's sockets at once: requests in flight to it fail, the
 session answers from another peer or the replica without waiting out a timeout, and a socket served by
 the replica returns to the worker when it comes back."""
 
@@ -8,15 +8,11 @@ import asyncio
 import json
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 
-from relays import peers, selectors, services
 from relays.forwarding import PeerError
 from relays.inflight import InFlight
-from relays.models import Relay
+from relays.runtime import Runtime
 from relays.session import SessionConfig
-from tests.conftest import hex_key, make_registration, signed
 from tests.relays.fakes import FakeWorker
 from tests.relays.test_session import Client, event, make_session, until
 
@@ -129,20 +125,21 @@ async def test_inflight_abort_fails_only_that_peers_requests_and_outer_cancellat
     assert inflight.abort("a") == 0 and inflight.abort("b") == 0
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_reachability_flip_is_broadcast_to_the_relays_sockets_once(api):
-    relay_key = hex_key()
-    registration = make_registration(relay_key)
-    peer = registration["peers"][0]
-    assert api.post("/api/relays", signed(registration), format="json").status_code == 200
-    relay_id = Relay.objects.get(relay_key=relay_key).pk
-    assert selectors.relay_ids_served_by(peer) == [relay_id]
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(services.relay_group(relay_id), channel)
+class RecordingSession:
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, bool]] = []
 
-    assert peers.record_peer_health(peer_key=peer, healthy=False) is True
-    assert async_to_sync(layer.receive)(channel) == {"type": "relay.peer", "peer": peer, "up": False}
-    assert peers.record_peer_health(peer_key=peer, healthy=False) is False  # no flip, no message
-    assert peers.record_peer_health(peer_key=peer, healthy=True) is True
-    assert async_to_sync(layer.receive)(channel) == {"type": "relay.peer", "peer": peer, "up": True}
+    def peer_changed(self, peer: str, *, up: bool) -> None:
+        self.changes.append((peer, up))
+
+
+def test_the_runtime_tells_every_local_session_what_its_bridge_saw_except_benign_closes():
+    rt = Runtime()
+    a, b = RecordingSession(), RecordingSession()
+    rt.sessions = {"a": a, "b": b}
+    rt.peer_changed("peer.disconnected", {"peerKey": "p1", "reason": "stream-close"})
+    rt.peer_changed("peer.disconnected", {"peerKey": "p1", "reason": "duplicate-replacement"})
+    rt.peer_changed("peer.disconnected", {"peerKey": "p1", "reason": "manual-destroy"})
+    rt.peer_changed("peer.connected", {"peerKey": "p1"})
+    rt.peer_changed("peer.connected", {})
+    assert a.changes == b.changes == [("p1", False), ("p1", True)]
