@@ -24,7 +24,8 @@ from relays.health import tracker
 from relays.middleware import GatewayAuth, Rejection
 from relays.runtime import forwarded_messages, runtime
 from relays.services import relay_group
-from relays.session import CLOSE_GATEWAY_ERROR, CLOSE_NO_PEERS, GatewaySession, SessionConfig
+from relays.session import GatewaySession
+from relays.session_config import CLOSE_GATEWAY_ERROR, CLOSE_NO_PEERS, SessionConfig
 
 CLOSE_TOKEN_REVOKED = 4403
 

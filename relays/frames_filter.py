@@ -27,6 +27,10 @@ from prometheus_client import Counter
 # published worker runtime and the reference worker use the same ones).
 AUTH_REJECTIONS = frozenset({"Invalid authentication", "Authentication required for read access"})
 
+# What the published worker runtime answers (HTTP 200) for a relay it is registered for but has not loaded
+# yet, e.g. for the seconds after a restart while it reopens its relays: the worker is up, this relay is not.
+RELAY_NOT_LOADED_PREFIX = "Error: Relay not found: "
+
 SUBSCRIPTION_FRAMES = frozenset({"EVENT", "EOSE", "CLOSED"})
 
 worker_frames_dropped = Counter(
@@ -59,6 +63,16 @@ class WorkerFrame:
     @property
     def is_auth_rejection(self) -> bool:
         return self.notice in AUTH_REJECTIONS
+
+    @property
+    def is_relay_not_loaded(self) -> bool:
+        return self.notice is not None and self.notice.startswith(RELAY_NOT_LOADED_PREFIX)
+
+
+def relay_not_loaded(frames: list[str]) -> bool:
+    """Whether a worker's whole answer is "this relay is not loaded here (yet)": nothing a client should
+    see; the message goes to another peer or the replica, and the worker is asked again later."""
+    return bool(frames) and all(read_frame(f).is_relay_not_loaded for f in frames)
 
 
 def read_frame(text: str) -> WorkerFrame:

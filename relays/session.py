@@ -19,7 +19,12 @@ Guarantees:
 - the client sees only frames of subscriptions it has open, each live event once per subscription (the
   gateway's fan-out of an accepted EVENT and the worker's later copy are one delivery), and never the
   worker's subscription chatter; a worker that refuses the client's credentials ends the socket once,
-  with a NOTICE and 4403.
+  with a NOTICE and 4403;
+- a worker whose connection closes (as this node's bridge reports it, :meth:`GatewaySession.peer_changed`)
+  fails the requests in flight to it at once, so the next answer comes from another peer or the replica
+  without waiting out a request timeout; a socket served by the replica returns to the worker, with its
+  subscriptions re-opened, once the worker is back and serving the relay again (a worker that answers
+  ``Relay not found`` is still reopening its relays: the message goes elsewhere and it is asked again).
 """
 
 from __future__ import annotations
@@ -30,8 +35,6 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from hypertuna.nostr import (
     CloseMessage,
@@ -48,57 +51,20 @@ from hypertuna.nostr import (
     verify_event,
 )
 from relays.forwarding import PeerError, PeerTransport, poll_relay, post_relay
-from relays.frames_filter import accepted_event, read_frame, worker_frames_dropped
+from relays.frames_filter import accepted_event, read_frame, relay_not_loaded, worker_frames_dropped
 from relays.inflight import InFlight
 from relays.poll_schedule import PollSchedule
+from relays.session_config import (
+    CLOSE_AUTH_REJECTED,
+    CLOSE_NO_PEERS,
+    Fallback,
+    HealthReporter,
+    SessionConfig,
+    SessionStats,
+)
 from relays.subscriptions import Subscriptions
 
 logger = logging.getLogger(__name__)
-
-CLOSE_NO_PEERS = 1013
-CLOSE_GATEWAY_ERROR = 1011
-CLOSE_AUTH_REJECTED = 4403
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    request_timeout: float = 10.0
-    poll_interval: float = 1.0
-    poll_timeout: float = 5.0
-    max_queued_frames: int = 64
-    # Consecutive poll failures on one peer before the session moves on to the next.
-    poll_failures_before_failover: int = 2
-    # Fast polling while a REQ's EOSE is awaited (see PollSchedule).
-    fast_poll_min_gap: float = 0.002
-    fast_poll_growth: float = 0.25
-    fast_poll_bound: float = 5.0
-
-
-class HealthReporter(Protocol):
-    async def peer_failed(self, peer_key: str, reason: str) -> None: ...
-
-    async def peer_ok(self, peer_key: str, latency_ms: float) -> None: ...
-
-
-class Fallback(Protocol):
-    """Serves a frame when no worker can (read-only replica, leased writes). Returns client frames, or
-    None when it cannot serve this frame either."""
-
-    async def handle(self, message: EventMessage | ReqMessage | CloseMessage, raw: str) -> list[str] | None: ...
-
-    async def poll(self) -> list[str]: ...
-
-
-@dataclass
-class SessionStats:
-    frames_in: int = 0
-    frames_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    forwarded: int = 0
-    failovers: int = 0
-    polls: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 class GatewaySession:
@@ -295,6 +261,11 @@ class GatewaySession:
             started = time.monotonic()
             try:
                 frames = await self._post(peer, raw)
+                if relay_not_loaded(frames):
+                    # Up but not serving this relay yet (a worker reopening its relays after a restart):
+                    # not a failure of the peer; this message goes elsewhere and the worker is asked again.
+                    last_error = "the relay host is still starting"
+                    continue
             except PeerError as exc:
                 last_error = str(exc)
                 if exc.status is not None and exc.status < 500 and exc.status != 404:
@@ -374,7 +345,7 @@ class GatewaySession:
                 self._failed &= set(self._peers) - (set(fresh) - set(self._peers))
                 self._peers = list(fresh)
 
-    async def _switch_to(self, peer: str, *, replay: bool, skip: str | None = None) -> None:
+    async def _switch_to(self, peer: str, *, replay: bool, skip: str | None = None) -> bool:
         previous, self._current = self._current, peer
         self._poll_failures = 0
         if previous is not None and previous != peer:
@@ -384,10 +355,12 @@ class GatewaySession:
                 extra={"relay": self.relay_key, "from": (previous or "")[:16], "to": peer[:16]},
             )
         if replay:
-            await self._replay_subscriptions(peer, skip=skip)
+            return await self._replay_subscriptions(peer, skip=skip)
+        return True
 
-    async def _replay_subscriptions(self, peer: str, *, skip: str | None = None) -> None:
-        """Open this connection's subscriptions on ``peer``, resuming after what was delivered."""
+    async def _replay_subscriptions(self, peer: str, *, skip: str | None = None) -> bool:
+        """Open this connection's subscriptions on ``peer``, resuming after what was delivered; False when
+        the peer could not take them (then the caller keeps whatever serves the socket now)."""
         for sub_id, sub in self._subscriptions.items():
             if sub_id == skip:
                 continue
@@ -395,9 +368,12 @@ class GatewaySession:
                 frames = await self._post(peer, sub.resume_request())
             except PeerError as exc:
                 logger.info("subscription replay failed", extra={"relay": self.relay_key, "reason": str(exc)})
-                return
+                return False
+            if relay_not_loaded(frames):
+                return False
             await self._relay_frames(frames)
             self._await_eose(sub_id)
+        return True
 
     async def _no_peers(self, reason: str) -> None:
         await self.send(notice_frame(f"Error: {reason}"))
@@ -487,6 +463,10 @@ class GatewaySession:
                 return False  # the fallback keeps serving; workers may come back
             await self._no_peers("relay hosts are unreachable")
             return False
+        if not await self._switch_to(peer, replay=True) and self.fallback is not None:
+            # The worker is back but cannot take the subscriptions yet: the replica keeps the socket for
+            # now and the next poll tries again.
+            self._on_fallback = True
+            return False
         self._on_fallback = False
-        await self._switch_to(peer, replay=True)
         return True

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from relays.forwarding import PeerError
+from relays.forwarding import PeerError, PeerResponse
 from relays.inflight import InFlight
 from relays.runtime import Runtime
 from relays.session import SessionConfig
@@ -143,3 +143,40 @@ def test_the_runtime_tells_every_local_session_what_its_bridge_saw_except_benign
     rt.peer_changed("peer.connected", {"peerKey": "p1"})
     rt.peer_changed("peer.connected", {})
     assert a.changes == b.changes == [("p1", False), ("p1", True)]
+
+
+class ReopeningWorker(HangingWorker):
+    """A restarted worker: connected, but answering ``Relay not found`` until its relay is loaded."""
+
+    loading: bool = False
+
+    def handle(self, method, path, body):
+        if self.loading:
+            self.requests.append((method, path))
+            notice = json.dumps([["NOTICE", f"Error: Relay not found: {'a' * 64}"]]).encode()
+            return PeerResponse(200 if method == "POST" else 404, {}, notice)
+        return super().handle(method, path, body)
+
+
+async def test_a_worker_still_reopening_its_relay_is_not_shown_and_is_asked_again_until_it_serves():
+    stored = event("stored", created_at=1_700_000_000)
+    worker, client, replica = ReopeningWorker(events=[stored]), Client(), ReplicaStub(stored)
+    session = hanging_session(worker, client, replica)
+    session.start()
+    session.peer_changed("p1", up=False)
+    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    await client.wait_for(lambda f: ["EOSE", "s"] in f)
+    worker.loading = True
+    session.peer_changed("p1", up=True)
+    await until(lambda: len(worker.requests) >= 2)  # asked, and asked again
+    attempt = event("while it reopens")
+    session.enqueue(json.dumps(["EVENT", attempt]))
+    await client.wait_for(lambda f: any(x[0] == "OK" for x in f))
+    assert ["OK", attempt["id"], False, "blocked: read-only"] in client.frames
+    assert not [f for f in client.frames if f[0] == "NOTICE"], "the worker's not-found answer reached the client"
+    worker.loading = False
+    await until(lambda: any("s" in subs for subs in worker.subs.values()))
+    live = event("served again", created_at=1_700_000_100)
+    worker.events.append(live)
+    await client.wait_for(lambda f: ["EVENT", "s", live] in f)
+    await session.stop()
