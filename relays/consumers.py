@@ -8,6 +8,7 @@ every node) and usage accounting.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -28,6 +29,12 @@ from relays.session import GatewaySession
 from relays.session_config import CLOSE_GATEWAY_ERROR, CLOSE_NO_PEERS, SessionConfig
 
 CLOSE_TOKEN_REVOKED = 4403
+
+
+async def healthy_peers(relay_key: str) -> list[str]:
+    """The relay's peers the registry holds healthy now (cached snapshot)."""
+    snapshot = await database_sync_to_async(selectors.live_relay)(relay_key)
+    return list(snapshot.peers) if snapshot is not None else []
 
 
 def bridge_transport() -> BridgePeerTransport:
@@ -88,6 +95,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
             on_forward=lambda relay: forwarded_messages.labels(relay=relay).inc(),
             on_accepted=self._publish_accepted,
             fallback=self.fallback,
+            refresh_peers=partial(healthy_peers, auth.relay.relay_key),
         )
         if auth.token:
             usage.connection_opened(auth.token.token_id)

@@ -312,6 +312,10 @@ class GatewaySession:
         """
         if peer not in self._peers:
             return
+        logger.debug(
+            "worker peer changed",
+            extra={"relay": self.relay_key, "peer": peer[:16], "up": up, "fallback": self._on_fallback},
+        )
         if up:
             self._failed.discard(peer)
             if self._on_fallback:
@@ -338,12 +342,16 @@ class GatewaySession:
         self._failed.add(peer)
         await self.health.peer_failed(peer, reason)
         logger.info("peer failed for session", extra={"relay": self.relay_key, "peer": peer[:16], "reason": reason})
-        if self._refresh_peers is not None:
-            with contextlib.suppress(Exception):
-                fresh = await self._refresh_peers()
-                # A peer the registry lists again (re-registered, healthy) gets a new chance.
-                self._failed &= set(self._peers) - (set(fresh) - set(self._peers))
-                self._peers = list(fresh)
+        await self._reload_peers()
+
+    async def _reload_peers(self) -> None:
+        """Take the relay's healthy peers from the registry; one it lists anew gets a new chance."""
+        if self._refresh_peers is None:
+            return
+        with contextlib.suppress(Exception):
+            fresh = await self._refresh_peers()
+            self._failed &= set(self._peers) - (set(fresh) - set(self._peers))
+            self._peers = list(fresh)
 
     async def _switch_to(self, peer: str, *, replay: bool, skip: str | None = None) -> bool:
         previous, self._current = self._current, peer
@@ -457,6 +465,10 @@ class GatewaySession:
 
     async def _failover_for_poll(self) -> bool:
         peer = self._pick_peer(exclude=set())
+        if peer is None and self._on_fallback:
+            # Served by the replica: a worker may be back (a socket opened while all were away knows none).
+            await self._reload_peers()
+            peer = self._pick_peer(exclude=set())
         if peer is None:
             if self.fallback is not None:
                 self._on_fallback = True

@@ -180,3 +180,25 @@ async def test_a_worker_still_reopening_its_relay_is_not_shown_and_is_asked_agai
     worker.events.append(live)
     await client.wait_for(lambda f: ["EVENT", "s", live] in f)
     await session.stop()
+
+
+async def test_a_socket_opened_while_every_worker_was_away_finds_the_worker_once_the_registry_lists_it():
+    stored = event("stored", created_at=1_700_000_000)
+    worker, client, replica = HangingWorker(events=[stored]), Client(), ReplicaStub(stored)
+    listed: list[str] = []
+
+    async def registry():
+        return list(listed)
+
+    session = make_session({"p1": worker}, client, peers=[], config=PATIENT, fallback=replica, refresh_peers=registry)
+    session.transport = HangingTransport({"p1": worker})
+    session.start()
+    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    await client.wait_for(lambda f: ["EOSE", "s"] in f)
+    assert replica.reqs == ["s"]
+    listed.append("p1")  # the worker is back and healthy in the registry
+    await until(lambda: any("s" in subs for subs in worker.subs.values()))
+    live = event("live", created_at=1_700_000_100)
+    worker.events.append(live)
+    await client.wait_for(lambda f: ["EVENT", "s", live] in f)
+    await session.stop()
