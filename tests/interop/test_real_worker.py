@@ -137,6 +137,29 @@ def test_1_registered_by_hex_key_a_real_client_publishes_reads_back_and_gets_liv
     asyncio.run(live())
 
 
+def test_1_events_up_to_the_frame_limit_are_accepted_and_read_back(stack, alpha, token, published):
+    """Large EVENTs (the gateway's frame limit is ``HYPERTUNA_MAX_FRAME_BYTES``, 128 KiB by default) cross the
+    gateway, the bridge and the worker protocol to the runtime and back, with the worker marked healthy."""
+    limit = 131072
+    base = len(json.dumps(["EVENT", _signed("").to_dict()], separators=(",", ":")))
+    sizes = [36_600, 40_000, 100_000, limit - base - 64]
+    urls = _urls(stack, alpha.ready, token)
+
+    async def scenario():
+        async with websockets.connect(urls["hex"], max_size=2**21) as ws:
+            for size in sizes:
+                event = _signed("x" * size)
+                frame = json.dumps(["EVENT", event.to_dict()], separators=(",", ":"))
+                assert len(frame) <= limit
+                await ws.send(frame)
+                assert await _recv(ws) == ["OK", event.id, True, ""], size
+                back = await _req(ws, f"big{size}", {"ids": [event.id]})
+                assert [e["id"] for e in back] == [event.id] and len(back[0]["content"]) == size
+                published.append(event)
+
+    asyncio.run(scenario())
+
+
 def test_1_registered_by_npub_identifier_key(stack, workers):
     """A worker that registers its relay under ``npub…:name`` (not hex) is reachable the same way. (Its own
     owner: the runtime derives its swarm identity from the owner's key, one worker process per user.)"""
