@@ -58,7 +58,7 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	@touch $@
 
-bench: install $(BENCH_STAMP)
+bench: install install-interop $(BENCH_STAMP)
 	$(PY) -m bench
 
 clean:

@@ -7,7 +7,7 @@ Both paths run in the same process, against the same worker, in one run:
 - **gateway**: Nostr client → WebSocket → Daphne → ``GatewaySession`` → bridge → worker.
 
 One row set per worker kind (a :class:`WorkerLauncher`): the reference worker pushing live frames, the
-reference worker polled only (``--no-ws-push``, as real workers are), and any launcher added to
+reference worker polled only (``--no-ws-push``, as real workers are), the published worker runtime
 :func:`default_launchers` (the published worker runtime's, for instance). Per worker kind:
 
 - **EVENT→OK**: sequential round trips, p50/p99, gateway / direct;
@@ -63,6 +63,8 @@ class LaunchedWorker:
     url: str  # the relay's WebSocket URL on the gateway (with a token if the relay needs one)
     auth_token: str | None = None  # x-auth-token for direct requests
     stop: Callable[[], None] | None = None
+    # The key events must be signed with (a worker that binds writes to the token's pubkey); None: any key.
+    signing_key: PrivateKey | None = None
 
 
 class WorkerLauncher(Protocol):
@@ -90,9 +92,37 @@ class ReferenceWorkerLauncher:
         )
 
 
+@dataclass
+class RealWorkerLauncher:
+    """The published worker runtime (``interop/``, see interop/README.md), which never pushes and binds
+    writes to the token's pubkey. Needs ``npm ci`` in ``interop/`` (``make test`` or ``make bench``)."""
+
+    label: str = "published worker runtime (@squip/hyperpipe-core)"
+
+    def start(self, stack: Any) -> LaunchedWorker:
+        from tests.interop.realworker import RealWorker, runtime_version
+
+        version = runtime_version()
+        if version is None:
+            raise RuntimeError("the worker runtime is not installed: run `npm ci` in interop/ (make bench does)")
+        self.label = f"published worker runtime {version}"
+        owner = PrivateKey()
+        worker = RealWorker(stack, "bench-real", owner_secret=owner.secret.hex(), mirror=False)
+        ready = worker.start()
+        token = worker.command("issue-token", pubkey=owner.public_key_xonly.format().hex())["token"]
+        return LaunchedWorker(
+            ready["swarmPublicKey"],
+            ready["relayKey"],
+            f"{stack.ws_url}/{ready['gatewayPath']}?token={token}",
+            auth_token=ready["authToken"],
+            stop=worker.stop,
+            signing_key=owner,
+        )
+
+
 def default_launchers() -> list[WorkerLauncher]:
     """The worker kinds measured by ``make bench``; add a launcher here to get one more row set."""
-    return [ReferenceWorkerLauncher(push=True), ReferenceWorkerLauncher(push=False)]
+    return [ReferenceWorkerLauncher(push=True), ReferenceWorkerLauncher(push=False), RealWorkerLauncher()]
 
 
 def _events(n: int, key: PrivateKey | None = None) -> list[dict[str, Any]]:
@@ -176,13 +206,14 @@ def _ms(started: float) -> float:
 
 async def _event_latency(direct: Direct, url: str) -> dict[str, float]:
     conn = secrets.token_hex(16)
+    key = direct.worker.signing_key
     direct_lat, gateway_lat = [], []
     async with websockets.connect(url) as ws:
-        for event in _events(10):  # warm both paths (dial, handshake, caches) before timing anything
+        for event in _events(10, key):  # warm both paths (dial, handshake, caches) before timing anything
             await direct.event(event, conn)
-        for event in _events(10):
+        for event in _events(10, key):
             await _gateway_event(ws, event)
-        for d_event, g_event in zip(_events(SEQUENTIAL), _events(SEQUENTIAL), strict=True):
+        for d_event, g_event in zip(_events(SEQUENTIAL, key), _events(SEQUENTIAL, key), strict=True):
             started = time.perf_counter()
             await direct.event(d_event, conn)
             direct_lat.append(_ms(started))
@@ -220,26 +251,42 @@ async def _req_latency(direct: Direct, url: str) -> dict[str, float]:
     return {"worker_p50_ms": statistics.median(direct_lat), "gateway_p50_ms": statistics.median(gateway_lat)}
 
 
-async def _live_latency(url: str) -> dict[str, float]:
-    key = PrivateKey()
+async def _live_latency(url: str, key: PrivateKey | None = None) -> dict[str, float]:
+    """Per sample, from the EVENT sent on one socket: when the sender has its OK, and when a second socket's
+    subscription has the event. The second socket cannot have it before the worker accepted it (the
+    gateway fans out only accepted events), so ``after_ok`` is the gateway's own share."""
+    key = key or PrivateKey()
     pubkey = _events(1, key)[0]["pubkey"]
-    samples = []
+    total, after_ok = [], []
     async with websockets.connect(url) as reader, websockets.connect(url) as writer:
         await reader.send(json.dumps(["REQ", "live", {"authors": [pubkey]}]))
         await _recv_until(reader, lambda f: f[0] == "EOSE")
         for n, event in enumerate(_events(LIVE_SAMPLES + 5, key)):
+
+            async def arrival(ws: Any, predicate: Callable[[list[Any]], bool]) -> float:
+                await _recv_until(ws, predicate)
+                return time.perf_counter()
+
             started = time.perf_counter()
             await writer.send(json.dumps(["EVENT", event]))
-            await _recv_until(reader, lambda f, e=event: f[0] == "EVENT" and f[2]["id"] == e["id"])
-            took = _ms(started)
-            await _recv_until(writer, lambda f: f[0] == "OK")
+            ok_at, live_at = await asyncio.gather(
+                arrival(writer, lambda f, e=event: f[0] == "OK" and f[1] == e["id"]),
+                arrival(reader, lambda f, e=event: f[0] == "EVENT" and f[2]["id"] == e["id"]),
+            )
             if n >= 5:
-                samples.append(took)
-    return {"p50_ms": statistics.median(samples), "p99_ms": _pct(samples, 0.99)}
+                total.append((live_at - started) * 1000)
+                after_ok.append((live_at - ok_at) * 1000)
+    return {
+        "p50_ms": statistics.median(total),
+        "p99_ms": _pct(total, 0.99),
+        "after_ok_p50_ms": statistics.median(after_ok),
+        "after_ok_p99_ms": _pct(after_ok, 0.99),
+    }
 
 
 async def _throughput(direct: Direct, url: str) -> dict[str, float]:
-    batches = [_events(PER_CLIENT) for _ in range(CLIENTS)]
+    key = direct.worker.signing_key
+    batches = [_events(PER_CLIENT, key) for _ in range(CLIENTS)]
 
     async def direct_worker(events: list[dict[str, Any]], idx: int) -> None:
         for event in events:
@@ -248,7 +295,7 @@ async def _throughput(direct: Direct, url: str) -> dict[str, float]:
     started = time.perf_counter()
     await asyncio.gather(*(direct_worker(b, i) for i, b in enumerate(batches)))
     direct_rate = CLIENTS * PER_CLIENT / (time.perf_counter() - started)
-    batches = [_events(PER_CLIENT) for _ in range(CLIENTS)]
+    batches = [_events(PER_CLIENT, key) for _ in range(CLIENTS)]
 
     async def gateway_worker(events: list[dict[str, Any]]) -> None:
         async with websockets.connect(url) as ws:
@@ -270,7 +317,7 @@ async def measure_worker(socket_path: str, worker: LaunchedWorker, *, throughput
         results: dict[str, Any] = {
             "event": await _event_latency(direct, worker.url),
             "req": await _req_latency(direct, worker.url),
-            "live": await _live_latency(worker.url),
+            "live": await _live_latency(worker.url, worker.signing_key),
         }
         if throughput:
             results["throughput"] = await _throughput(direct, worker.url)
@@ -293,7 +340,10 @@ def run(launchers: Sequence[WorkerLauncher] | None = None) -> dict[str, Any]:
             # Every bench socket comes from 127.0.0.1: the per-address frame budget would throttle the run.
             "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0",
         }
-        stack = Stack(Path(tmp), env=env).start()
+        stack = Stack(Path(tmp), env=env)
+        # The worker runtime routes its relays by the gateway origin the bridge announces.
+        stack.env["HYPERTUNA_PUBLIC_URL"] = stack.base_url
+        stack.start()
         try:
             for i, launcher in enumerate(launchers):
                 worker = launcher.start(stack)
@@ -326,9 +376,11 @@ def report(results: dict[str, Any]) -> str:
             f"    REQ->EOSE (EOSE only), {REQ_SAMPLES}: gateway p50 {req['gateway_p50_ms']:.2f} ms | worker's own "
             f"answer p50 {req['worker_p50_ms']:.2f} ms | ratio x{req['gateway_p50_ms'] / req['worker_p50_ms']:.2f} "
             f"| goal <= {req_goal:.2f} ms: {_goal(req['gateway_p50_ms'] <= req_goal)}",
-            f"    live delivery to a second socket, {LIVE_SAMPLES}: p50 {live['p50_ms']:.2f} ms, "
-            f"p99 {live['p99_ms']:.2f} ms (p50 {live['p50_ms'] - ev['gateway_p50_ms']:+.2f} ms over the sender's "
-            f"EVENT->OK) | goal p50 <= {LIVE_GOAL_MS:.0f} ms: {_goal(live['p50_ms'] <= LIVE_GOAL_MS)}",
+            f"    live delivery to a second socket, {LIVE_SAMPLES}: from the EVENT p50 {live['p50_ms']:.2f} ms, "
+            f"p99 {live['p99_ms']:.2f} ms (the worker's own EVENT->OK is the floor) | after the sender's OK "
+            f"p50 {live['after_ok_p50_ms']:.2f} ms, p99 {live['after_ok_p99_ms']:.2f} ms | goal p50 <= "
+            f"{LIVE_GOAL_MS:.0f} ms: {_goal(live['p50_ms'] <= LIVE_GOAL_MS)} from the EVENT, "
+            f"{_goal(live['after_ok_p50_ms'] <= LIVE_GOAL_MS)} after the OK",
         ]
         if "throughput" in row:
             thr = row["throughput"]
