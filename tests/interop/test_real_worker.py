@@ -241,7 +241,7 @@ def test_3_worker_stops_and_the_replica_answers_exactly_what_the_worker_had(stac
             alpha.stop()
             stopped_at = time.monotonic()
             first = await _req(ws, "after", {"limit": 1})
-            assert time.monotonic() - stopped_at <= 2.0 + 0.5, "first replica answer later than 2 s"
+            assert time.monotonic() - stopped_at <= 2.0, "first replica answer later than 2 s"
             assert [e["id"] for e in first] == [e.id for e in apply_query(had, [Filter.from_json({"limit": 1})])]
             for n, raw in enumerate(filters_cases):
                 got = [e["id"] for e in await _req(ws, f"s{n}", *raw)]
