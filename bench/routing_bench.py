@@ -135,6 +135,10 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _stats(prefix: str, samples: list[float]) -> dict[str, float]:
+    return {f"{prefix}p50_ms": statistics.median(samples), f"{prefix}p99_ms": _pct(samples, 0.99)}
+
+
 class Direct:
     """The worker protocol spoken straight to the worker through the bridge (no gateway session)."""
 
@@ -220,12 +224,7 @@ async def _event_latency(direct: Direct, url: str) -> dict[str, float]:
             started = time.perf_counter()
             await _gateway_event(ws, g_event)
             gateway_lat.append(_ms(started))
-    return {
-        "direct_p50_ms": statistics.median(direct_lat),
-        "direct_p99_ms": _pct(direct_lat, 0.99),
-        "gateway_p50_ms": statistics.median(gateway_lat),
-        "gateway_p99_ms": _pct(gateway_lat, 0.99),
-    }
+    return {**_stats("direct_", direct_lat), **_stats("gateway_", gateway_lat)}
 
 
 async def _req_latency(direct: Direct, url: str) -> dict[str, float]:
@@ -276,12 +275,7 @@ async def _live_latency(url: str, key: PrivateKey | None = None) -> dict[str, fl
             if n >= 5:
                 total.append((live_at - started) * 1000)
                 after_ok.append((live_at - ok_at) * 1000)
-    return {
-        "p50_ms": statistics.median(total),
-        "p99_ms": _pct(total, 0.99),
-        "after_ok_p50_ms": statistics.median(after_ok),
-        "after_ok_p99_ms": _pct(after_ok, 0.99),
-    }
+    return {**_stats("", total), **_stats("after_ok_", after_ok)}
 
 
 async def _throughput(direct: Direct, url: str) -> dict[str, float]:

@@ -4,8 +4,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import HypercoreId from 'hypercore-id-encoding'
-import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
-import { TestRpcClient } from './helpers/rpc-client.mjs'
+import { stopProcess, waitFor } from './helpers/procs.mjs'
+import { startBridge, startWorker } from './helpers/bridge-stack.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 
 const SECRET = 'blind-trust-wait-secret'
@@ -15,34 +15,23 @@ const SECRET = 'blind-trust-wait-secret'
 // admits them when trust arrives: the worker never sees a refusal.
 describe('add requests that arrive before trust are held, then admitted', { timeout: 120_000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-trust-wait-'))
-  const socketPath = path.join(dir, 'bridge.sock')
-  const swarmFile = path.join(dir, 'swarm.json')
   let bridge, worker, gateway, rpc, ready
 
   before(async () => {
     gateway = await startFakeGateway(SECRET)
-    bridge = spawnReady('src/main.mjs', [], {
-      marker: 'HYPERTUNA_BRIDGE_READY',
-      env: {
-        HYPERTUNA_BRIDGE_SOCKET: socketPath,
-        HYPERTUNA_SWARM_BOOTSTRAP: 'local',
-        HYPERTUNA_SWARM_BOOTSTRAP_FILE: swarmFile,
-        HYPERTUNA_BRIDGE_STORAGE: path.join(dir, 'bridge'),
-        HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS: '60000'
-      }
+    ;({ bridge, rpc } = await startBridge({
+      dir,
+      env: { HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS: '60000' },
+      subscribe: ['mirror.*'],
+      client: 'trust-wait-test'
+    }))
+    worker = startWorker({
+      dir,
+      gateway,
+      secret: SECRET,
+      name: 'early',
+      args: ['--blind-peer', 'gateway', '--real-worker-mode']
     })
-    await bridge.ready
-    rpc = await TestRpcClient.connect(socketPath)
-    await rpc.call('hello', { protocol: 1, client: 'trust-wait-test', subscribe: ['mirror.*'] })
-    worker = spawnReady('src/worker/main.mjs', [
-      '--bootstrap-file', swarmFile,
-      '--storage', path.join(dir, 'worker'),
-      '--name', 'early',
-      '--gateway-url', gateway.url,
-      '--secret', SECRET,
-      '--blind-peer', 'gateway',
-      '--real-worker-mode'
-    ], { marker: 'HYPERTUNA_WORKER_READY' })
     ready = await worker.ready
   })
 

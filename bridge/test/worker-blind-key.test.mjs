@@ -4,43 +4,32 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import HypercoreId from 'hypercore-id-encoding'
-import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
-import { TestRpcClient } from './helpers/rpc-client.mjs'
+import { stopProcess, waitFor } from './helpers/procs.mjs'
+import { startBridge, startWorker } from './helpers/bridge-stack.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 
 const SECRET = 'blind-key-test-secret'
 
 describe('a real-like worker mirrors with a blind-peering key that is not its swarm key', { timeout: 150_000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-blind-key-'))
-  const socketPath = path.join(dir, 'bridge.sock')
-  const swarmFile = path.join(dir, 'swarm.json')
   let bridge, worker, gateway, rpc, ready, bpHex
 
   before(async () => {
     gateway = await startFakeGateway(SECRET)
-    bridge = spawnReady('src/main.mjs', [], {
-      marker: 'HYPERTUNA_BRIDGE_READY',
-      env: {
-        HYPERTUNA_BRIDGE_SOCKET: socketPath,
-        HYPERTUNA_SWARM_BOOTSTRAP: 'local',
-        HYPERTUNA_SWARM_BOOTSTRAP_FILE: swarmFile,
-        HYPERTUNA_BRIDGE_STORAGE: path.join(dir, 'bridge'),
-        // This suite checks refusals: hold untrusted add requests only briefly.
-        HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS: '300'
-      }
+    ;({ bridge, rpc } = await startBridge({
+      dir,
+      // This suite checks refusals: hold untrusted add requests only briefly.
+      env: { HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS: '300' },
+      subscribe: ['mirror.*', 'peer.*'],
+      client: 'blind-key-test'
+    }))
+    worker = startWorker({
+      dir,
+      gateway,
+      secret: SECRET,
+      name: 'reallike',
+      args: ['--blind-peer', 'gateway', '--real-worker-mode']
     })
-    await bridge.ready
-    rpc = await TestRpcClient.connect(socketPath)
-    await rpc.call('hello', { protocol: 1, client: 'blind-key-test', subscribe: ['mirror.*', 'peer.*'] })
-    worker = spawnReady('src/worker/main.mjs', [
-      '--bootstrap-file', swarmFile,
-      '--storage', path.join(dir, 'worker'),
-      '--name', 'reallike',
-      '--gateway-url', gateway.url,
-      '--secret', SECRET,
-      '--blind-peer', 'gateway',
-      '--real-worker-mode'
-    ], { marker: 'HYPERTUNA_WORKER_READY' })
     ready = await worker.ready
     bpHex = HypercoreId.decode(ready.blindPeeringPublicKey).toString('hex')
   })

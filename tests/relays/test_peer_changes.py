@@ -62,6 +62,17 @@ def hanging_session(worker, client, fallback):
     return session
 
 
+async def on_the_replica(worker, stored):
+    """A started session whose worker went away, with subscription ``s`` answered by the replica."""
+    client, replica = Client(), ReplicaStub(stored)
+    session = hanging_session(worker, client, replica)
+    session.start()
+    session.peer_changed("p1", up=False)
+    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
+    await client.wait_for(lambda f: ["EOSE", "s"] in f)
+    return session, client, replica
+
+
 async def test_a_request_in_flight_to_a_peer_reported_gone_is_answered_by_the_replica_at_once():
     stored = event("kept by the replica")
     worker, client, replica = HangingWorker(), Client(), ReplicaStub(stored)
@@ -80,12 +91,8 @@ async def test_a_request_in_flight_to_a_peer_reported_gone_is_answered_by_the_re
 
 async def test_a_socket_on_the_replica_returns_to_the_worker_and_reopens_its_subscriptions():
     stored = event("stored", created_at=1_700_000_000)
-    worker, client, replica = HangingWorker(events=[stored]), Client(), ReplicaStub(stored)
-    session = hanging_session(worker, client, replica)
-    session.start()
-    session.peer_changed("p1", up=False)
-    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
-    await client.wait_for(lambda f: ["EOSE", "s"] in f)
+    worker = HangingWorker(events=[stored])
+    session, client, replica = await on_the_replica(worker, stored)
     assert replica.reqs == ["s"] and not worker.subs
     session.peer_changed("p1", up=True)
     await until(lambda: any("s" in subs for subs in worker.subs.values()))
@@ -160,12 +167,8 @@ class ReopeningWorker(HangingWorker):
 
 async def test_a_worker_still_reopening_its_relay_is_not_shown_and_is_asked_again_until_it_serves():
     stored = event("stored", created_at=1_700_000_000)
-    worker, client, replica = ReopeningWorker(events=[stored]), Client(), ReplicaStub(stored)
-    session = hanging_session(worker, client, replica)
-    session.start()
-    session.peer_changed("p1", up=False)
-    session.enqueue(json.dumps(["REQ", "s", {"kinds": [1]}]))
-    await client.wait_for(lambda f: ["EOSE", "s"] in f)
+    worker = ReopeningWorker(events=[stored])
+    session, client, _ = await on_the_replica(worker, stored)
     worker.loading = True
     session.peer_changed("p1", up=True)
     await until(lambda: len(worker.requests) >= 2)  # asked, and asked again
