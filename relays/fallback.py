@@ -92,7 +92,9 @@ class LeaseWriter:
 
     def __init__(self, client: BridgeClient) -> None:
         self.client = client
-        self._opened: dict[str, int] = {}  # lease id → fence already opened in the bridge
+        # lease id → (fence, expiresAt) the bridge holds; a renewal (later expiresAt) is passed on, or the
+        # bridge would close the lease at its old expiry while the escrow has extended it.
+        self._opened: dict[str, tuple[int, int]] = {}
         self._lock = asyncio.Lock()
         self._hooked = False
 
@@ -115,7 +117,7 @@ class LeaseWriter:
             await self.client.call("lease.close", {"leaseId": lease_id, "reason": reason}, timeout_s=10)
 
     async def append(self, relay_key: str, event: dict[str, Any]) -> str:
-        """Append under a lease; returns a result label (``accepted``, ``readonly``, ``error``)."""
+        """Append under a lease; returns a result label (``accepted``, ``duplicate``, ``readonly``, ``error``)."""
         from escrow.coordinator import get_coordinator
 
         coordinator = get_coordinator()
@@ -125,8 +127,9 @@ class LeaseWriter:
         lease = await coordinator.ensure_write_lease(relay_key, healthy_peers=0)
         if lease is None:
             return "readonly"
+        expires_ms = lease.expires_at * 1000 if lease.expires_at < 10**11 else lease.expires_at
         async with self._lock:
-            if self._opened.get(lease.lease_id) != lease.fence:
+            if self._opened.get(lease.lease_id) != (lease.fence, expires_ms):
                 with coordinator.vault.writer_secret(relay_key) as secret:
                     if secret is None:
                         return "readonly"
@@ -136,15 +139,15 @@ class LeaseWriter:
                         "writerPublicKey": lease.writer_public_key,
                         "writerSecretKey": base64.b64encode(secret).decode("ascii"),
                         "fencing": lease.fence,
-                        "expiresAt": lease.expires_at * 1000 if lease.expires_at < 10**11 else lease.expires_at,
+                        "expiresAt": expires_ms,
                     }
                 try:
                     await self.client.call("lease.open", params, timeout_s=90)
                 finally:
                     params.clear()
-                self._opened[lease.lease_id] = lease.fence
+                self._opened[lease.lease_id] = (lease.fence, expires_ms)
         try:
-            await self.client.call(
+            appended = await self.client.call(
                 "lease.append", {"leaseId": lease.lease_id, "fencing": lease.fence, "event": event}, timeout_s=30
             )
         except BridgeError as exc:
@@ -152,7 +155,7 @@ class LeaseWriter:
             if exc.code in ("lease-expired", "stale-fencing", "fencing-mismatch", "not-a-writer"):
                 self._opened.pop(lease.lease_id, None)
             return "error"
-        return "accepted"
+        return "duplicate" if isinstance(appended, dict) and appended.get("duplicate") else "accepted"
 
 
 class ReplicaFallback:
@@ -197,6 +200,8 @@ class ReplicaFallback:
             for sibling in self._siblings():
                 sibling.offer(message.event.id, message.event.created_at, message.event)
             return [ok_frame(message.event.id, True, "")]
+        if result == "duplicate":
+            return [ok_frame(message.event.id, True, "duplicate: the relay already has this event")]
         if result == "readonly":
             return [
                 notice_frame("Relay is read-only while its workers are offline"),

@@ -161,22 +161,26 @@ class FakeCoordinator:
     def __init__(self):
         self.vault = FakeVault()
         self.fence = 3
+        self.expires_at = 1_900_000_000
 
     async def ensure_write_lease(self, relay_key, healthy_peers=0):
         from escrow.coordinator import LeaseHandle
 
-        return LeaseHandle(relay_key, "lease-1", self.fence, 1_900_000_000, "ab" * 32)
+        return LeaseHandle(relay_key, "lease-1", self.fence, self.expires_at, "ab" * 32)
 
 
 class FakeBridge:
-    def __init__(self, fail_append=None):
+    def __init__(self, fail_append=None, duplicate=False):
         self.calls = []
         self.fail_append = fail_append
+        self.duplicate = duplicate
 
     async def call(self, method, params=None, *, timeout_s=None):
         self.calls.append((method, dict(params or {})))
         if method == "lease.append" and self.fail_append:
             raise BridgeError(self.fail_append, "refused")
+        if method == "lease.append":
+            return {"appended": not self.duplicate, "duplicate": self.duplicate}
         return {}
 
 
@@ -214,3 +218,28 @@ async def test_lease_writer_reports_refusals(monkeypatch):
 
     monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: Refusing())
     assert await LeaseWriter(FakeBridge()).append("r" * 64, {"id": "x"}) == "readonly"
+
+
+async def test_a_renewed_lease_reaches_the_bridge_before_its_old_expiry(monkeypatch):
+    """The escrow extended the lease: the bridge must hold the new expiry too, or it closes the lease at the old
+    one ("expired") while the gateway still believes it may write."""
+    coordinator = FakeCoordinator()
+    monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
+    bridge = FakeBridge()
+    writer = LeaseWriter(bridge)
+    assert await writer.append("r" * 64, {"id": "e1"}) == "accepted"
+    coordinator.expires_at += 300  # renewed at the escrow, same lease and fence
+    assert await writer.append("r" * 64, {"id": "e2"}) == "accepted"
+    opens = [p for m, p in bridge.calls if m == "lease.open"]
+    assert [(p["leaseId"], p["fencing"], p["expiresAt"]) for p in opens] == [
+        ("lease-1", 3, 1_900_000_000_000),
+        ("lease-1", 3, 1_900_000_300_000),
+    ]
+    assert await writer.append("r" * 64, {"id": "e3"}) == "accepted"
+    assert len([m for m, _ in bridge.calls if m == "lease.open"]) == 2  # nothing new: no new open
+
+
+async def test_a_duplicate_under_a_lease_says_so(monkeypatch):
+    coordinator = FakeCoordinator()
+    monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
+    assert await LeaseWriter(FakeBridge(duplicate=True)).append("r" * 64, {"id": "x"}) == "duplicate"
