@@ -48,6 +48,7 @@ from hypertuna.nostr import (
     notice_frame,
     ok_frame,
     parse_client_message,
+    unsupported_frame,
     verify_event,
 )
 from relays.forwarding import PeerError, PeerTransport, poll_relay, post_relay
@@ -289,6 +290,13 @@ class GatewaySession:
             if served is not None:
                 self._on_fallback = True
                 return served, False
+        elif self.fallback is not None:
+            # Served by the replica, a frame it cannot answer (COUNT, a verb for the worker) gets an answer and
+            # the socket stays, as it would online where the worker answers it.
+            # Sent as is: a COUNT's CLOSED names a subscription the socket never opened as a REQ.
+            self._on_fallback = True
+            await self.send(unsupported_frame(raw, "while the relay's workers are offline"))
+            return [], False
         await self._no_peers(last_error)
         return [], False
 

@@ -62,6 +62,7 @@ from hypertuna.nostr.frames import (
     notice_frame,
     ok_frame,
     parse_client_message,
+    unsupported_frame,
 )
 from hypertuna.nostr.visibility import visible_events
 
@@ -112,6 +113,7 @@ __all__ = [
     "serialize_for_id",
     "sign_event",
     "supersedes",
+    "unsupported_frame",
     "validate_event",
     "verify_event",
     "verify_signature",

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeGuard
 
-from hypertuna.nostr._wire import clean_text, dumps, has_lone_surrogate
+from hypertuna.nostr._wire import clean_text, dumps, has_lone_surrogate, quote_excerpt
 from hypertuna.nostr.errors import FrameError, InvalidEvent, InvalidFilter, UnknownMessageType
 from hypertuna.nostr.events import Event, is_hex64
 from hypertuna.nostr.filters import DEFAULT_FILTER_LIMITS, Filter, FilterLimits
@@ -244,3 +244,16 @@ def count_frame(subscription_id: str, count: int) -> str:
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError("count must be a non-negative integer")
     return dumps(["COUNT", _checked_subscription_id(subscription_id), {"count": count}])
+
+
+def unsupported_frame(raw: str, when: str) -> str:
+    """The answer to a client frame this relay cannot serve ``when`` (e.g. "while …offline"): ``CLOSED`` for a
+    ``COUNT`` (it names a subscription, NIP-45), else a ``NOTICE`` naming the verb; both ``unsupported:``."""
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        frame = None
+    verb = frame[0] if isinstance(frame, list) and frame and isinstance(frame[0], str) else ""
+    if verb == "COUNT" and len(frame) > 1 and isinstance(frame[1], str):
+        return closed_frame(frame[1], f"unsupported: COUNT is not served {when}")
+    return notice_frame(f"unsupported: {quote_excerpt(verb)} is not served {when}")

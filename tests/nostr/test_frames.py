@@ -316,3 +316,16 @@ def test_errors_survive_pickling_with_their_answer() -> None:
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert copy.reply() == error.reply()
+
+
+def test_unsupported_frame_closes_a_count_and_names_other_verbs_briefly():
+    from hypertuna.nostr import unsupported_frame
+
+    assert json.loads(unsupported_frame('["COUNT","q",{}]', "here")) == [
+        "CLOSED",
+        "q",
+        "unsupported: COUNT is not served here",
+    ]
+    notice = json.loads(unsupported_frame(json.dumps(["V" * 10_000]), "here"))
+    assert notice[0] == "NOTICE" and notice[1].startswith('unsupported: "VVV') and len(notice[1]) < 200
+    assert json.loads(unsupported_frame("not json", "here"))[0] == "NOTICE"

@@ -205,3 +205,17 @@ async def test_a_socket_opened_while_every_worker_was_away_finds_the_worker_once
     worker.events.append(live)
     await client.wait_for(lambda f: ["EVENT", "s", live] in f)
     await session.stop()
+
+
+async def test_on_the_replica_count_and_unknown_verbs_get_an_answer_and_the_socket_stays():
+    worker = HangingWorker()
+    session, client, _ = await on_the_replica(worker, event("stored"))
+    session.enqueue(json.dumps(["COUNT", "c1", {"kinds": [1]}]))
+    session.enqueue(json.dumps(["SOMETHING" + "X" * 100_000, 1]))
+    await client.wait_for(lambda f: len([x for x in f if x[0] in ("CLOSED", "NOTICE")]) >= 2)
+    closed = [f for f in client.frames if f[0] == "CLOSED"]
+    notices = [f for f in client.frames if f[0] == "NOTICE"]
+    assert closed == [["CLOSED", "c1", "unsupported: COUNT is not served while the relay's workers are offline"]]
+    assert notices[0][1].startswith("unsupported: ") and len(notices[0][1]) < 300
+    assert client.closed is None
+    await session.stop()
