@@ -10,7 +10,9 @@ The WebSocket fallback path calls, when an EVENT must be written and no peer is 
         with get_coordinator().vault.writer_secret(relay_key) as secret:
             ...hand ``secret`` to the bridge for this one append (never store or log it)...
 
-``ensure_write_lease`` returns a ``LeaseHandle`` (identifiers, fence, expiry; no secret). It reuses an
+``ensure_write_lease`` returns a ``LeaseHandle`` (identifiers, fence, expiry; no secret), or raises
+``LeasePending`` when a new lease is not there within ``answer_within`` (the write is answered "retry" at
+once, the request continues in the background). It reuses an
 unexpired lease from the vault, renews it when less than a third of its lifetime is left, and otherwise
 requests a new one with a fresh X25519 session key. Concurrent callers for one relay share one request.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +49,16 @@ from escrow.vault import LeaseVault, StaleLease, VaultEntry
 from escrow.worker_client import PolicyError, verify_policy
 
 logger = logging.getLogger(__name__)
+
+
+class LeasePending(Exception):
+    """A lease request is still under way (a slow or unreachable escrow): answer the write "retry in
+    ``retry_after`` s"; the request goes on in the background and, if granted, serves the next write."""
+
+    def __init__(self, relay_key: str, *, retry_after: int) -> None:
+        super().__init__(f"lease request for {relay_key[:16]} still under way")
+        self.relay_key = relay_key
+        self.retry_after = retry_after
 
 
 class EscrowClient(Protocol):
@@ -106,6 +119,7 @@ class EscrowCoordinator:
         pinned_verify_key: bytes | None = None,
         confirm_interval: float = 10.0,
         refusal_pause: float = 5.0,
+        answer_within: float | None = None,
     ) -> None:
         self.client = client
         self.vault = vault or LeaseVault(clock=clock)
@@ -119,6 +133,10 @@ class EscrowCoordinator:
         self._pause_until: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._locks_guard = threading.Lock()
+        # How long a write waits for a new lease before it is answered "retry" (the request goes on in the
+        # background and its lease serves the next write); None waits for the escrow's answer.
+        self._answer_within = answer_within
+        self._acquiring: dict[str, asyncio.Future[LeaseHandle | None]] = {}
         metrics.leases_active.set_function(self.vault.count)
 
     @property
@@ -145,6 +163,19 @@ class EscrowCoordinator:
                 return _handle(entry)
         if not self.enabled:
             return None
+        if self._answer_within is None:
+            return await self._acquire(relay_key, healthy_peers)
+        # One request per relay at a time; a write never waits longer than ``answer_within`` for it.
+        pending = self._acquiring.get(relay_key)
+        if pending is None or pending.done():
+            pending = asyncio.ensure_future(self._acquire(relay_key, healthy_peers))
+            self._acquiring[relay_key] = pending
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), self._answer_within)
+        except TimeoutError:
+            raise LeasePending(relay_key, retry_after=max(1, math.ceil(self._answer_within))) from None
+
+    async def _acquire(self, relay_key: str, healthy_peers: int) -> LeaseHandle | None:
         async with self._lock_for(relay_key):
             # Another caller may have obtained the lease while this one waited.
             entry = self.vault.get(relay_key)
@@ -338,7 +369,11 @@ def build_default_coordinator() -> EscrowCoordinator:
         client = MTLSClient(
             settings.HYPERTUNA_ESCROW_URL, ca=ca, cert=cert, key=key, timeout=settings.HYPERTUNA_ESCROW_TIMEOUT
         )
-    return EscrowCoordinator(client, request_ttl=settings.HYPERTUNA_ESCROW_REQUEST_TTL)
+    return EscrowCoordinator(
+        client,
+        request_ttl=settings.HYPERTUNA_ESCROW_REQUEST_TTL,
+        answer_within=settings.HYPERTUNA_ESCROW_ANSWER_WITHIN,
+    )
 
 
 def get_coordinator() -> EscrowCoordinator:

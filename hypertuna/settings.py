@@ -314,6 +314,10 @@ try:
     HYPERTUNA_ESCROW_CLIENT_KEY = env.optional_str("HYPERTUNA_ESCROW_CLIENT_KEY")
     HYPERTUNA_ESCROW_TIMEOUT = env.int("HYPERTUNA_ESCROW_TIMEOUT", 10, min_value=1, max_value=120)
     HYPERTUNA_ESCROW_REQUEST_TTL = env.int("HYPERTUNA_ESCROW_REQUEST_TTL", 300, min_value=10, max_value=86400)
+    # A write waits at most this long for a new lease; then it is answered "retry" while the request goes on.
+    HYPERTUNA_ESCROW_ANSWER_WITHIN = (
+        env.int("HYPERTUNA_ESCROW_ANSWER_WITHIN_MS", 1500, min_value=100, max_value=60_000) / 1000
+    )
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 if HYPERTUNA_ESCROW_LEASE_TTL > HYPERTUNA_ESCROW_LEASE_MAX_TTL:

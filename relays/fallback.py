@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,7 @@ fallback_writes = Counter(
 )
 
 READ_ONLY = "blocked: relay is read-only while its workers are offline"
+LEASE_PENDING = "blocked: the relay's workers are offline and a write lease is being requested; retry in {} s"
 
 
 def replica_available(relay_key: str) -> bool:
@@ -117,14 +119,18 @@ class LeaseWriter:
             await self.client.call("lease.close", {"leaseId": lease_id, "reason": reason}, timeout_s=10)
 
     async def append(self, relay_key: str, event: dict[str, Any]) -> str:
-        """Append under a lease; returns a result label (``accepted``, ``duplicate``, ``readonly``, ``error``)."""
-        from escrow.coordinator import get_coordinator
+        """Append under a lease; returns a result label (``accepted``, ``duplicate``, ``pending``: a lease is being
+        requested, ``readonly``, ``error``)."""
+        from escrow.coordinator import LeasePending, get_coordinator
 
         coordinator = get_coordinator()
         if not coordinator.enabled:
             return "readonly"
         self._hook_release(coordinator)
-        lease = await coordinator.ensure_write_lease(relay_key, healthy_peers=0)
+        try:
+            lease = await coordinator.ensure_write_lease(relay_key, healthy_peers=0)
+        except LeasePending:
+            return "pending"
         if lease is None:
             return "readonly"
         expires_ms = lease.expires_at * 1000 if lease.expires_at < 10**11 else lease.expires_at
@@ -202,6 +208,9 @@ class ReplicaFallback:
             return [ok_frame(message.event.id, True, "")]
         if result == "duplicate":
             return [ok_frame(message.event.id, True, "duplicate: the relay already has this event")]
+        if result == "pending":
+            retry = math.ceil(settings.HYPERTUNA_ESCROW_ANSWER_WITHIN)
+            return [ok_frame(message.event.id, False, LEASE_PENDING.format(retry))]
         if result == "readonly":
             return [
                 notice_frame("Relay is read-only while its workers are offline"),

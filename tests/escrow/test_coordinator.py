@@ -291,3 +291,44 @@ async def test_module_shortcut_uses_the_process_coordinator():
         assert await coordinator_module.ensure_write_lease("ab" * 32, healthy_peers=0) is None
     finally:
         coordinator_module.set_coordinator(previous)
+
+
+class SlowDownEscrow:
+    """An escrow that takes ``delay`` s to fail (down behind a slow network)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    def request(self, method, path, body=None):
+        import time
+
+        from escrow.transport import EscrowUnavailable
+
+        self.calls += 1
+        time.sleep(self.delay)
+        raise EscrowUnavailable("connect timeout")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_slow_escrow_never_holds_a_write_longer_than_answer_within():
+    import asyncio
+    import time
+
+    from escrow.coordinator import LeasePending
+
+    escrow = SlowDownEscrow(delay=1.0)
+    coordinator = EscrowCoordinator(escrow, mirror_freshness=fresh_mirror, answer_within=0.2, refusal_pause=30)
+    started = time.monotonic()
+    with pytest.raises(LeasePending) as pending:
+        await coordinator.ensure_write_lease("ab" * 32)
+    assert time.monotonic() - started < 0.9 and pending.value.retry_after == 1
+    # A second write while the first request is under way joins it (one request at the escrow) and is
+    # answered as quickly.
+    with pytest.raises(LeasePending):
+        await coordinator.ensure_write_lease("ab" * 32)
+    await asyncio.sleep(1.5)  # the background request ends: escrow unreachable, automatic requests pause
+    started = time.monotonic()
+    assert await coordinator.ensure_write_lease("ab" * 32) is None
+    assert time.monotonic() - started < 0.5
+    assert escrow.calls == 1

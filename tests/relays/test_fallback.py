@@ -243,3 +243,14 @@ async def test_a_duplicate_under_a_lease_says_so(monkeypatch):
     coordinator = FakeCoordinator()
     monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
     assert await LeaseWriter(FakeBridge(duplicate=True)).append("r" * 64, {"id": "x"}) == "duplicate"
+
+
+async def test_a_write_while_the_lease_is_being_requested_is_answered_retry_at_once(monkeypatch):
+    from escrow.coordinator import LeasePending
+
+    class Asking(FakeCoordinator):
+        async def ensure_write_lease(self, relay_key, healthy_peers=0):
+            raise LeasePending(relay_key, retry_after=2)
+
+    monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: Asking())
+    assert await LeaseWriter(FakeBridge()).append("r" * 64, {"id": "x"}) == "pending"
