@@ -18,10 +18,12 @@ from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from hypertuna.parsers import JSONRejected, parse_json
 from relays import selectors
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
 from relays.forwarding import PeerError, PeerStream, PeerTransport, clean_headers
@@ -126,12 +128,16 @@ async def _forward_json(request: HttpRequest, identifier: str, kind: str) -> Htt
     relay = await _relay_for(identifier)
     if relay is None:
         return _error(404, "relay-not-registered", "Relay not registered with gateway")
-    if len(request.body) > MAX_FORWARD_BODY:
+    try:
+        raw = request.body  # Django refuses past DATA_UPLOAD_MAX_MEMORY_SIZE before reading it all
+    except RequestDataTooBig:
+        raw = None
+    if raw is None or len(raw) > MAX_FORWARD_BODY:
         return _error(413, "body-too-large", f"Body exceeds {MAX_FORWARD_BODY} bytes")
     try:
-        payload: Any = json.loads(request.body or b"{}")
-    except ValueError:
-        return _error(400, "invalid-json", "Body must be JSON")
+        payload: Any = parse_json(raw or b"{}")
+    except JSONRejected as exc:
+        return _error(400, "invalid-json", f"Body must be JSON: {exc}")
     body = json.dumps(payload, ensure_ascii=False).encode()
     headers = {**clean_headers(dict(request.headers)), "content-type": "application/json"}
     path = f"/{kind}/{quote(relay.relay_key, safe=':')}"

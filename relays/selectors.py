@@ -15,7 +15,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from hypertuna.compat import path_to_relay_key
-from hypertuna.compat.relaykeys import HEX64
+from hypertuna.compat.relaykeys import HEX64, PATH_CHARS
 from relays.models import HostPolicy, HostRule, Peer, Relay, RelayToken
 
 SNAPSHOT_PREFIX = "relay:snap:"
@@ -105,7 +105,9 @@ def resolve_path(path: str) -> str | None:
     registered relay. Resolutions are cached briefly (a path's relay rarely changes).
     """
     trimmed = path.strip("/")
-    if not trimmed or len(trimmed) > 200:
+    # Nothing outside the path alphabet reaches the cache or the database (a NUL byte made PostgreSQL
+    # refuse the query: a 500 on an unauthenticated URL).
+    if not trimmed or len(trimmed) > 200 or not PATH_CHARS.match(trimmed):
         return None
     cache_key = f"relay:path:{trimmed}"
     cached = cache.get(cache_key)

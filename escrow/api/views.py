@@ -18,6 +18,7 @@ from escrow.api import serializers as s
 from escrow.api.auth import ClientCertificateAuthentication, role_permission
 from escrow.pki import ClientIdentity
 from hypertuna import ratelimit
+from hypertuna.compat import normalize_relay_key
 from hypertuna.exceptions import ApiError
 
 ERRORS = {code: s.EscrowErrorResponse for code in (400, 401, 403, 404, 409, 422, 429, 503)}
@@ -116,6 +117,19 @@ class RevokeView(_EscrowView):
         )
 
 
+# Unix seconds the evidence may name: from the epoch to year 9999 (what a datetime can hold).
+MAX_UNIX_SECONDS = 253402300799
+
+
+def _check_mirror_fresh_at(body: Any) -> None:
+    """Refuse a ``mirrorFreshAt`` no datetime can hold (it used to overflow into a 500); the service checks
+    the rest of the request."""
+    evidence = body.get("evidence") if isinstance(body, dict) else None
+    fresh = evidence.get("mirrorFreshAt") if isinstance(evidence, dict) else None
+    if isinstance(fresh, int | float) and not isinstance(fresh, bool) and not 0 <= fresh <= MAX_UNIX_SECONDS:
+        raise ApiError("invalid-request", "evidence.mirrorFreshAt must be Unix seconds (0 to 253402300799).")
+
+
 class UnlockView(_EscrowView):
     permission_classes = [role_permission("gateway")]
 
@@ -125,6 +139,7 @@ class UnlockView(_EscrowView):
         summary="Unlock under the global policy (gateway)",
     )
     def post(self, request: Request) -> Response:
+        _check_mirror_fresh_at(request.data)
         unlock_request = services.parse_unlock(request.data)
         return Response(services.unlock(request=unlock_request, requester=self.identity(request).actor))
 
@@ -160,4 +175,7 @@ class RelayStatusView(_EscrowView):
 
     @extend_schema(responses={200: dict, **ERRORS}, summary="Escrow state of one relay (no key material)")
     def get(self, request: Request, relay_key: str) -> Response:
-        return Response(selectors.relay_status(relay_key))
+        key = normalize_relay_key(relay_key)
+        if key is None:
+            raise ApiError("invalid-relay-key", "relayKey must be a 64-hex key or an npub…:name identifier.")
+        return Response(selectors.relay_status(key))

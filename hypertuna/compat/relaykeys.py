@@ -13,6 +13,9 @@ _NPUB = r"npub1[0-9a-z]{3,90}"
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._~-]{0,99}"
 PUBLIC_IDENTIFIER = re.compile(rf"^{_NPUB}:{_NAME}$")
 PUBLIC_PATH = re.compile(rf"^{_NPUB}/{_NAME}$")
+# Every character a relay path may hold (URL-unreserved, plus ":" "/" "@" "+"): no controls, no NUL,
+# no "?", "#", "%" or whitespace.
+PATH_CHARS = re.compile(r"^[A-Za-z0-9._~:/@+-]+$")
 
 
 def normalize_relay_key(value: object) -> str | None:
@@ -30,6 +33,64 @@ def normalize_relay_key(value: object) -> str | None:
     if PUBLIC_IDENTIFIER.match(candidate):
         return candidate
     return None
+
+
+_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+_BECH32_GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+
+
+def _polymod(values: list[int]) -> int:
+    chk = 1
+    for value in values:
+        top = chk >> 25
+        chk = (chk & 0x1FFFFFF) << 5 ^ value
+        for i, gen in enumerate(_BECH32_GEN):
+            chk ^= gen if (top >> i) & 1 else 0
+    return chk
+
+
+def _hrp_expand(hrp: str) -> list[int]:
+    return [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+
+
+def npub_to_hex(npub: object) -> str | None:
+    """The 32-byte public key (64 hex) an ``npub1…`` (NIP-19, bech32) encodes, or None when it is not one:
+    wrong prefix, characters, length, padding or checksum."""
+    if not isinstance(npub, str) or not npub.startswith("npub1") or len(npub) != 63:
+        return None
+    try:
+        data = [_BECH32.index(c) for c in npub[5:]]
+    except ValueError:
+        return None
+    if _polymod(_hrp_expand("npub") + data) != 1:
+        return None
+    acc, bits, out = 0, 0, bytearray()
+    for value in data[:-6]:
+        acc = acc << 5 | value
+        bits += 5
+        if bits >= 8:
+            bits -= 8
+            out.append(acc >> bits & 0xFF)
+    if len(out) != 32 or bits >= 5 or acc & ((1 << bits) - 1):
+        return None
+    return out.hex()
+
+
+def hex_to_npub(pubkey_hex: str) -> str:
+    """The ``npub1…`` spelling of a 64-hex public key."""
+    data: list[int] = []
+    acc, bits = 0, 0
+    for byte in bytes.fromhex(pubkey_hex):
+        acc = acc << 8 | byte
+        bits += 8
+        while bits >= 5:
+            bits -= 5
+            data.append(acc >> bits & 31)
+    if bits:
+        data.append(acc << (5 - bits) & 31)
+    checksum = _polymod([*_hrp_expand("npub"), *data, 0, 0, 0, 0, 0, 0]) ^ 1
+    data += [checksum >> 5 * (5 - i) & 31 for i in range(6)]
+    return "npub1" + "".join(_BECH32[d] for d in data)
 
 
 def is_hex_key(value: object) -> bool:
