@@ -11,11 +11,13 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from hypertuna.admin_confirm import confirm_action
-from relays import selectors, services
-from relays.models import HostPolicy, HostRule, Peer, Registration, Relay, RelayToken
+from hypertuna.exceptions import ApiError
+from relays import paths, selectors, services
+from relays.models import HostPolicy, HostRule, PathReassignment, Peer, Registration, Relay, RelayPath, RelayToken
 
 
 class OfflineFilter(admin.SimpleListFilter):
@@ -211,3 +213,73 @@ class HostRuleAdmin(admin.ModelAdmin):
     list_display = ("identity", "action", "note", "created_at")
     list_filter = ("action",)
     search_fields = ("identity", "note")
+
+
+@admin.register(RelayPath)
+class RelayPathAdmin(admin.ModelAdmin):
+    """Which relay each client path belongs to. Claims come from registrations (first claim wins); the only
+    way to move one is the reassign action, which asks for the new relay and a reason and is audited."""
+
+    list_display = ("__str__", "relay", "source", "claimed_at")
+    list_select_related = ("relay",)
+    list_filter = ("source",)
+    search_fields = ("path", "relay__relay_key", "relay__public_identifier")
+    readonly_fields = ("path", "relay", "source", "claimed_at")
+    actions = ["reassign"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Reassign the selected path to another relay")
+    def reassign(self, request: HttpRequest, queryset: QuerySet[RelayPath]) -> HttpResponse | None:
+        rows = list(queryset.select_related("relay")[:1])
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one path to reassign.", messages.WARNING)
+            return None
+        row = rows[0]
+        relay_key = (request.POST.get("relay_key") or "").strip()
+        reason = (request.POST.get("reason") or "").strip()
+        error = ""
+        if request.POST.get("confirmed") == "yes":
+            try:
+                paths.reassign_path(
+                    path=row.path, relay_key=relay_key, operator=request.user.get_username(), reason=reason
+                )
+            except ApiError as exc:
+                error = exc.message
+            else:
+                self.message_user(request, f"/{row.path} now belongs to {relay_key}.", messages.SUCCESS)
+                return None
+        return TemplateResponse(
+            request,
+            "admin/relays/reassign_path.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": f"Reassign /{row.path}?",
+                "row": row,
+                "relay_key": relay_key,
+                "reason": reason,
+                "error": error,
+                "opts": self.model._meta,
+            },
+        )
+
+
+@admin.register(PathReassignment)
+class PathReassignmentAdmin(admin.ModelAdmin):
+    list_display = ("path", "from_relay_key", "to_relay_key", "operator", "reason", "at")
+    list_filter = ("at",)
+    search_fields = ("path", "from_relay_key", "to_relay_key", "operator")
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -174,3 +174,45 @@ class HostRule(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.identity}"
+
+
+class RelayPath(models.Model):
+    """A client path (``metadata.gatewayPath``, a path alias, or the relay key's own path) and the one relay
+    it belongs to. The unique constraint is the guarantee that the first claim wins: a later registration
+    naming a path held by another relay is refused (409 ``gateway-path-taken``); only an operator moves a
+    path (``relays.paths.reassign_path``, recorded in ``PathReassignment``). Claims outlive registrations,
+    so a path cannot be taken while its relay is offline."""
+
+    class Source(models.TextChoices):
+        KEY = "key", "Relay key"
+        GATEWAY_PATH = "gateway-path", "gatewayPath"
+        ALIAS = "alias", "Path alias"
+        OPERATOR = "operator", "Assigned by an operator"
+
+    path = models.CharField(max_length=200, unique=True, help_text="Canonical form: npub…/name, lower-case hex")
+    relay = models.ForeignKey(Relay, on_delete=models.CASCADE, related_name="paths")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    claimed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["path"]
+
+    def __str__(self) -> str:
+        return f"/{self.path}"
+
+
+class PathReassignment(models.Model):
+    """Audit row of an operator moving a path to another relay (append-only in the admin)."""
+
+    path = models.CharField(max_length=200, db_index=True)
+    from_relay_key = models.CharField(max_length=200, blank=True)
+    to_relay_key = models.CharField(max_length=200)
+    operator = models.CharField(max_length=150)
+    reason = models.CharField(max_length=200)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"/{self.path}: {self.from_relay_key or '(unclaimed)'} → {self.to_relay_key}"

@@ -21,9 +21,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from hypertuna.compat import normalize_relay_key, verify_hmac
-from hypertuna.compat.relaykeys import HEX64, relay_key_to_path
+from hypertuna.compat.relaykeys import HEX64, npub_to_hex
 from hypertuna.exceptions import ApiError
-from relays import metrics, policy, selectors
+from relays import metrics, paths, policy, selectors
 from relays.models import Peer, Registration, Relay
 from relays.signing import now_ms, registration_secret, verify_header_signature
 from replicas.declarations import DeclaredCore, declare_relay_cores, parse_relay_cores
@@ -71,6 +71,8 @@ def _parse_registration(registration: dict[str, Any], now: datetime) -> _ParsedR
     relay_key = normalize_relay_key(registration.get("relayKey"))
     if relay_key is None:
         raise ApiError("invalid-relay-key", "relayKey must be a 64-hex key or an npub…:name identifier.")
+    if ":" in relay_key and npub_to_hex(relay_key.split(":", 1)[0]) is None:
+        raise ApiError("invalid-relay-key", "The npub of relayKey is not a valid NIP-19 key (bad checksum).")
     issued_at_ms = registration.get("issuedAt")
     if isinstance(issued_at_ms, bool) or not isinstance(issued_at_ms, (int, float)):
         raise ApiError("invalid-issued-at", "issuedAt must be a Unix time in milliseconds.")
@@ -154,6 +156,20 @@ def _register(*, registration: Any, signature: Any, client_ip: str | None, now: 
     if not decision.allowed:
         raise ApiError("host-not-allowed", f"The host policy refuses this owner ({decision.reason}).", status=403)
 
+    public_identifier = (
+        _string(registration.get("publicIdentifier"))
+        or _string(registration.get("identifier"))
+        or _string(parsed.metadata.get("identifier"))
+        or (parsed.relay_key if ":" in parsed.relay_key else "")
+    )
+    owner_key = paths.owner_pubkey(
+        registration,
+        parsed.metadata,
+        parsed.relay_key,
+        [public_identifier, parsed.metadata.get("publicIdentifier"), parsed.metadata.get("identifier")],
+    )
+    claims = paths.plan_claims(relay_key=parsed.relay_key, metadata=parsed.metadata, owner=owner_key)
+
     # The cache check stops replays cheaply on every node; the unique constraint below is the guarantee
     # (it also covers a cache that was flushed or is per-process in the embedded default).
     nonce_key = f"reg-nonce:{parsed.relay_key}:{parsed.nonce}"
@@ -162,13 +178,6 @@ def _register(*, registration: Any, signature: Any, client_ip: str | None, now: 
 
     metadata = parsed.metadata
     expires_at = now + timedelta(seconds=settings.HYPERTUNA_REGISTRATION_TTL)
-    gateway_path = _string(metadata.get("gatewayPath")).strip("/") or relay_key_to_path(parsed.relay_key)
-    public_identifier = (
-        _string(registration.get("publicIdentifier"))
-        or _string(registration.get("identifier"))
-        or _string(metadata.get("identifier"))
-        or (parsed.relay_key if ":" in parsed.relay_key else "")
-    )
     raw_owner = metadata.get("owner")
     owner: dict[str, Any] = raw_owner if isinstance(raw_owner, dict) else {}
     owner_peer_key = next(
@@ -181,7 +190,7 @@ def _register(*, registration: Any, signature: Any, client_ip: str | None, now: 
     )
     fields = {
         "public_identifier": public_identifier,
-        "gateway_path": gateway_path[:200],
+        "gateway_path": claims.gateway_path,
         "name": _string(metadata.get("name")),
         "description": _string(metadata.get("description"), 2000),
         "requires_auth": metadata.get("requiresAuth") is not False,
@@ -201,6 +210,7 @@ def _register(*, registration: Any, signature: Any, client_ip: str | None, now: 
         for name, value in fields.items():
             setattr(relay, name, value)
         relay.save()
+        paths.apply_claims(relay, claims, now)
         try:
             with transaction.atomic():
                 Registration.objects.create(

@@ -14,8 +14,8 @@ from django.core.cache import cache
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from hypertuna.compat import path_to_relay_key
-from hypertuna.compat.relaykeys import HEX64, PATH_CHARS
+from hypertuna.compat.relaykeys import HEX64, PATH_CHARS, canonical_path
+from relays import paths
 from relays.models import HostPolicy, HostRule, Peer, Relay, RelayToken
 
 SNAPSHOT_PREFIX = "relay:snap:"
@@ -97,37 +97,27 @@ def offline_snapshot(relay_key: str) -> RelaySnapshot | None:
 
 
 def resolve_path(path: str) -> str | None:
-    """Relay key for a client path: a hex key, ``npub…/name`` or ``npub…:name`` (the relay's public
-    identifier or its registered key), or the relay's registered gateway path.
+    """Relay key for a client path: a hex key, ``npub…/name`` or ``npub…:name``, or a path a relay claimed
+    (its ``gatewayPath`` or an alias, see ``relays.paths``).
 
-    A worker may register a relay under its hex Autobase key and publish ``npub…/name`` as the path
-    clients use, so both spellings are looked up; an exact relay key wins, then the most recently
-    registered relay. Resolutions are cached briefly (a path's relay rarely changes).
+    A claimed path resolves to its one holder; otherwise a path that spells a relay key resolves to that
+    relay when it is registered, or (hex only) to the key itself, which the caller answers "not
+    registered". Resolutions are cached briefly under the canonical spelling; every claim change and
+    operator reassignment deletes the cached entry, so no stale holder is served.
     """
     trimmed = path.strip("/")
     # Nothing outside the path alphabet reaches the cache or the database (a NUL byte made PostgreSQL
     # refuse the query: a 500 on an unauthenticated URL).
     if not trimmed or len(trimmed) > 200 or not PATH_CHARS.match(trimmed):
         return None
-    cache_key = f"relay:path:{trimmed}"
+    canonical = canonical_path(trimmed)
+    cache_key = paths.path_cache_key(canonical)
     cached = cache.get(cache_key)
     if cached is not None:
         return cached or None
-    candidate = path_to_relay_key(trimmed)
-    spellings = {trimmed, trimmed.replace("/", ":", 1), trimmed.replace(":", "/", 1)}
-    if candidate:
-        spellings.add(candidate)
-    rows = list(
-        Relay.objects.filter(
-            Q(relay_key__in=spellings) | Q(public_identifier__in=spellings) | Q(gateway_path__in=spellings)
-        )
-        .order_by("-last_registered_at")
-        .values_list("relay_key", flat=True)[:10]
-    )
-    exact = [key for key in rows if key in spellings]
-    resolved = exact[0] if exact else (rows[0] if rows else None)
-    if resolved is None and candidate and HEX64.match(candidate):
-        resolved = candidate  # a well-formed key of a relay not (yet) known: 4404 "not registered" later
+    resolved = paths.resolve_claimed(canonical)
+    if resolved is None and HEX64.match(canonical):
+        resolved = canonical  # a well-formed key of a relay not (yet) known: 4404 "not registered" later
     cache.set(cache_key, resolved or "", timeout=30 if resolved else 5)
     return resolved
 

@@ -108,3 +108,71 @@ def path_to_relay_key(path: str) -> str | None:
 def relay_key_to_path(relay_key: str) -> str:
     """The gateway path clients use for ``relay_key`` (``npub…/name`` or the hex key)."""
     return relay_key.replace(":", "/", 1) if ":" in relay_key else relay_key
+
+
+# --- Gateway paths a registration claims -------------------------------------------------------------
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,99}$")
+MAX_SEGMENTS = 4
+# First segments the gateway serves itself: a relay path must not look like one of its routes.
+RESERVED_SEGMENTS = frozenset(
+    {"admin", "api", "callback", "drive", "escrow", "health", "metrics", "pfp", "post", "ready", "static"}
+)
+
+
+class PathRefused(ValueError):
+    """A gateway path that is not acceptable; ``code`` is the wire error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def canonical_path(value: str) -> str:
+    """One spelling per path: the colon form of a public identifier becomes ``npub…/name`` and a hex key is
+    lower-cased; surrounding slashes are dropped. No validation (see ``parse_gateway_path``)."""
+    trimmed = value.strip("/")
+    if PUBLIC_IDENTIFIER.match(trimmed):
+        return trimmed.replace(":", "/", 1)
+    if HEX64.match(trimmed.lower()):
+        return trimmed.lower()
+    return trimmed
+
+
+def parse_gateway_path(value: object) -> str:
+    """Validate a ``gatewayPath`` or path alias as a worker sends it and return its canonical form.
+
+    One leading slash is tolerated (workers strip it themselves); otherwise the path is 1-4 segments of
+    URL-unreserved characters, each starting with a letter or digit, so no ``.``/``..`` segment, no empty
+    segment (``//host``), no query, fragment, percent-escape or control character. An ``npub1…`` first
+    segment must be a valid NIP-19 public key (bech32 checksum).
+    """
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise PathRefused("invalid-gateway-path", "gatewayPath must be a non-empty string of at most 200 characters.")
+    raw = value[1:] if value.startswith("/") and not value.startswith("//") else value
+    raw = raw[:-1] if raw.endswith("/") and not raw.endswith("//") else raw
+    if PUBLIC_IDENTIFIER.match(raw):
+        raw = raw.replace(":", "/", 1)
+    segments = raw.split("/")
+    if len(segments) > MAX_SEGMENTS or not all(_SEGMENT.match(s) for s in segments):
+        raise PathRefused(
+            "invalid-gateway-path",
+            f"gatewayPath {value[:80]!r} is not a relay path: 1-{MAX_SEGMENTS} segments of [A-Za-z0-9._~:@+-], "
+            "each starting with a letter or digit (no '..', '//', '?', '#', '%').",
+        )
+    if segments[0].lower() in RESERVED_SEGMENTS:
+        raise PathRefused("invalid-gateway-path", f"gatewayPath must not start with the gateway route {segments[0]!r}.")
+    if segments[0].startswith("npub1") and npub_to_hex(segments[0]) is None:
+        raise PathRefused("invalid-gateway-path", "The npub in gatewayPath is not a valid NIP-19 key (bad checksum).")
+    return canonical_path(raw)
+
+
+def path_owner(path: str) -> str | None:
+    """The public key (hex) a canonical ``npub…/…`` path names as its owner; None for other paths."""
+    first = path.split("/", 1)[0]
+    return npub_to_hex(first) if first.startswith("npub1") else None
+
+
+def names_a_relay_key(path: str) -> bool:
+    """Whether a canonical path is itself a relay key's path (a hex key or ``npub…/name``)."""
+    return HEX64.match(path) is not None or PUBLIC_PATH.match(path) is not None

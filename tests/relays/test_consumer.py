@@ -91,11 +91,13 @@ async def test_token_for_another_relay_is_refused(workers):
 
 
 async def test_publish_and_query_through_npub_path(workers):
-    key = "npub1testrelayowner:demo"
+    key = "npub1venxvenxvenxvenxvenxvenxvenxvenxvenxvenxvenxvenxvenqv37udf:demo"
     workers[P1] = FakeWorker()
     await database_sync_to_async(register)(key, [P1])
     issued = await database_sync_to_async(services.issue_token)(relay_key=key, relay_auth_token="auth")
-    communicator = await connect(f"/npub1testrelayowner/demo?token={issued.token}")
+    communicator = await connect(
+        f"/npub1venxvenxvenxvenxvenxvenxvenxvenxvenxvenxvenxvenxvenqv37udf/demo?token={issued.token}"
+    )
     ev = event("hello gateway")
     await communicator.send_to(json.dumps(["EVENT", ev]))
     assert await receive_json(communicator) == ["OK", ev["id"], True, ""]

@@ -52,15 +52,20 @@ def register(relay_key, peers):
 
 
 async def test_drive_file_streams_from_the_first_peer_that_answers(workers):
-    await sync_to_async(register)("npub1ownerkey:files", [DEAD, ALIVE])
-    response = await AsyncClient().get("/drive/npub1ownerkey/files/abc.png", HTTP_COOKIE="session=secret")
+    await sync_to_async(register)(
+        "npub1wamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamshyj388:files", [DEAD, ALIVE]
+    )
+    response = await AsyncClient().get(
+        "/drive/npub1wamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamshyj388/files/abc.png",
+        HTTP_COOKIE="session=secret",
+    )
     assert response.status_code == 200
     content = b"".join([chunk async for chunk in response.streaming_content])
     assert content == b"A" * 1000 + b"B" * 1000 + b"C" * 1000 + b"D" * 1000
     assert response["content-type"] == "image/png" and response["etag"] == "x"
     assert "connection" not in response
     assert [c[0] for c in workers.calls] == [DEAD, ALIVE]
-    assert workers.calls[1][2] == "/drive/npub1ownerkey:files/abc.png"
+    assert workers.calls[1][2] == "/drive/npub1wamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamhwamshyj388:files/abc.png"
     assert "cookie" not in workers.calls[1][3]
     dead = await sync_to_async(Peer.objects.get)(peer_key=DEAD)
     assert dead.unreachable_since is not None

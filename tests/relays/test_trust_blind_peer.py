@@ -194,7 +194,7 @@ def test_reconcile_replaces_the_whole_table_and_follows_mirror_attribution(api, 
 
 
 def test_npub_relays_trust_only_their_declared_cores(api, enqueued):
-    relay = "npub1abcdefghjk:named"
+    relay = "npub1yg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3q2pw2gm:named"
     autobase, local = hex_key(), hex_key()
     reg = make_registration(
         relay,

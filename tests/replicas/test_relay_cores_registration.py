@@ -120,7 +120,7 @@ def test_a_core_of_another_relay_is_not_taken_over(api):
 
 
 def test_a_named_relay_claims_cores_the_blind_peer_attributed_by_referrer(api):
-    relay = "npub1abcdefghjk:named"
+    relay = "npub1yg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3q2pw2gm:named"
     autobase, writer = hex_key(), hex_key()
     # The blind peer saw the Autobase key as referrer before the registration named it.
     services.record_mirror_added(data={"coreKey": autobase, "referrer": autobase, "relayKey": autobase})
