@@ -1,4 +1,4 @@
-"""Daphne adjustments: server close codes Nostr clients are told about, and TCP_NODELAY.
+"""Daphne adjustments: server close codes Nostr clients are told about, failing cleanly, and TCP_NODELAY.
 
 TCP_NODELAY: every accepted connection (HTTP and WebSocket) disables Nagle's algorithm, so a small frame
 (an OK, an EOSE) is not held back waiting for the client's delayed ACK.
@@ -11,6 +11,12 @@ internal failure with 1011. Autobahn, which Daphne uses, only lets *applications
 3000-4999 and raises on anything else, which would turn a clean close into a dropped connection. This
 shim lets exactly those two registered codes through to the close frame; every other code still goes
 through Autobahn's validation.
+
+Failing cleanly: Autobahn's default (``failByDrop``) answers a protocol failure by dropping the TCP
+connection, so a client that sends a frame over Daphne's size limit or a text frame that is not UTF-8 sees
+a reset and no reason. With ``failByDrop`` off it sends the close frame RFC 6455 asks for instead (1009
+"message too big", 1007 "invalid payload", with Autobahn's reason) and ends the connection after the close
+handshake (or its timeout).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ def tune_daphne() -> None:
         return
     try:
         from daphne.http_protocol import HTTPFactory
-        from daphne.ws_protocol import WebSocketProtocol
+        from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # not running under Daphne: nothing to adapt
         return
     original = WebSocketProtocol.serverClose
@@ -55,4 +61,12 @@ def tune_daphne() -> None:
         original(self, code=code)
 
     WebSocketProtocol.serverClose = server_close
+
+    factory_init = WebSocketFactory.__init__
+
+    def factory_init_failing_cleanly(self: Any, *args: Any, **kwargs: Any) -> None:
+        factory_init(self, *args, **kwargs)
+        self.setProtocolOptions(failByDrop=False)
+
+    WebSocketFactory.__init__ = factory_init_failing_cleanly  # type: ignore[method-assign]
     _installed = True

@@ -29,6 +29,24 @@ from relays.session import GatewaySession
 from relays.session_config import CLOSE_GATEWAY_ERROR, CLOSE_NO_PEERS, SessionConfig
 
 CLOSE_TOKEN_REVOKED = 4403
+# A NOTICE is a line for a human. Workers may quote what a client sent (a 131 KB unknown verb, for one);
+# the gateway passes at most this many characters of a NOTICE on, so a client cannot use the relay as a
+# mirror that amplifies what it sends.
+NOTICE_MAX_CHARS = 200
+
+
+def bounded_notice(frame: str) -> str:
+    """``frame`` unchanged, unless it is a NOTICE longer than ``NOTICE_MAX_CHARS``: then cut, ending in "…"."""
+    if len(frame) <= NOTICE_MAX_CHARS or '"NOTICE"' not in frame[:12]:
+        return frame
+    try:
+        parsed = json.loads(frame)
+    except ValueError:
+        return frame
+    is_notice = isinstance(parsed, list) and len(parsed) == 2 and parsed[0] == "NOTICE"
+    if is_notice and isinstance(parsed[1], str) and len(parsed[1]) > NOTICE_MAX_CHARS:
+        return notice_frame(parsed[1][:NOTICE_MAX_CHARS] + "…")
+    return frame
 
 
 async def healthy_peers(relay_key: str) -> list[str]:
@@ -164,6 +182,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
             await self.session.offer_live(event)
 
     async def _send_frame(self, frame: str) -> None:
+        frame = bounded_notice(frame)
         token = self.scope["gateway"].token
         if token:
             usage.record(token.token_id, bytes_out=len(frame))

@@ -1,0 +1,167 @@
+"""WebSocket edges on the wire: what a client sees when it sends a frame over the size limit, a text frame
+that is not UTF-8, or a huge unknown verb that a worker quotes back.
+
+The protocol-level cases run a real Daphne (in a subprocess) serving a small echo application with the
+gateway's Daphne tuning, because the behaviour under test lives in Daphne/Autobahn, below ASGI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import websockets
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from hypertuna.asgi import application as gateway_application
+from hypertuna.daphne_tuning import tune_daphne
+from relays import services
+from relays.consumers import NOTICE_MAX_CHARS, RelayConsumer
+from relays.forwarding import PeerResponse
+from relays.runtime import Runtime
+from tests.conftest import hex_key
+from tests.relays.fakes import FakeTransport, FakeWorker
+from tests.relays.test_consumer import register
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+async def application(scope, receive, send):
+    """Echo application for the Daphne subprocess (``tests.hypertuna.test_ws_edges:application``)."""
+    if scope["type"] != "websocket":
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.connect":
+            await send({"type": "websocket.accept"})
+        elif message["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message.get("text") or "binary"})
+        else:
+            return
+
+
+if os.environ.get("HYPERTUNA_WS_EDGES_SERVER"):
+    tune_daphne()  # as hypertuna.asgi does, before Daphne builds its factories
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def daphne_url():
+    port = _free_port()
+    env = {**os.environ, "HYPERTUNA_WS_EDGES_SERVER": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "tests.hypertuna.test_ws_edges:application",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert process.poll() is None, "daphne exited"
+                time.sleep(0.1)
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def _close_after(url: str, payload: str | bytes, *, text: bool) -> websockets.frames.Close | None:
+    async with websockets.connect(url, max_size=None, close_timeout=5) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        try:
+            await ws.send(payload, text=text)
+            await asyncio.wait_for(ws.recv(), timeout=10)
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd
+    raise AssertionError("the server answered instead of closing")
+
+
+async def test_a_frame_over_the_size_limit_is_closed_1009_with_a_reason(daphne_url):
+    close = await _close_after(daphne_url, "x" * (10 * 1024 * 1024), text=True)
+    assert close is not None, "the connection was dropped without a close frame"
+    assert close.code == 1009
+    assert "exceeds payload limit" in close.reason
+
+
+async def test_an_invalid_utf8_text_frame_is_closed_1007(daphne_url):
+    close = await _close_after(daphne_url, b'["REQ","s",{}]\xff\xfe', text=True)
+    assert close is not None, "the connection was dropped without a close frame"
+    assert close.code == 1007
+    assert close.reason
+
+
+async def test_the_server_keeps_serving_after_a_failed_connection(daphne_url):
+    await _close_after(daphne_url, b"\xc3\x28", text=True)
+    async with websockets.connect(daphne_url) as ws:
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
+
+
+class EchoingWorker(FakeWorker):
+    """A worker that quotes an unknown verb back in full, as the reference worker does."""
+
+    def handle(self, method, path, body):
+        if method == "POST" and path.startswith("/post/relay/"):
+            frame = json.loads(json.loads(body)["message"])
+            if frame[0] not in ("EVENT", "REQ", "CLOSE"):
+                self.requests.append((method, path))
+                return PeerResponse(
+                    200, {}, json.dumps(["NOTICE", f"unsupported: {frame[0]} is not supported"]).encode()
+                )
+        return super().handle(method, path, body)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_huge_unknown_verb_is_not_echoed_back_in_full(monkeypatch, settings):
+    settings.HYPERTUNA_POLL_INTERVAL_MS = 50
+    peer = "2" * 64
+    pool = {peer: EchoingWorker()}
+    monkeypatch.setattr(RelayConsumer, "transport_factory", staticmethod(lambda: FakeTransport(pool)))
+    monkeypatch.setattr(Runtime, "ensure_started", lambda self: None)
+    key = hex_key()
+    await database_sync_to_async(register)(key, [peer])
+    issued = await database_sync_to_async(services.issue_token)(relay_key=key, relay_auth_token="auth")
+    communicator = WebsocketCommunicator(gateway_application, f"/{key}?token={issued.token}")
+    assert (await communicator.connect())[0]
+    verb = "V" * 130_000  # the 131 KB of the report, under the 128 KiB frame limit
+    await communicator.send_to(json.dumps([verb, "x"]))
+    notice = json.loads(await communicator.receive_from(timeout=5))
+    assert notice[0] == "NOTICE"
+    assert notice[1].startswith("unsupported: VVVV")
+    assert len(notice[1]) <= NOTICE_MAX_CHARS + 1 and notice[1].endswith("…")
+    await communicator.send_to(json.dumps(["PING"]))
+    short = json.loads(await communicator.receive_from(timeout=5))
+    assert short == ["NOTICE", "unsupported: PING is not supported"]
+    await communicator.disconnect()
