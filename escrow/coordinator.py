@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import math
 import threading
@@ -117,7 +118,7 @@ class EscrowCoordinator:
         request_ttl: int = 300,
         clock: Callable[[], float] = time.time,
         pinned_verify_key: bytes | None = None,
-        confirm_interval: float = 10.0,
+        confirm_interval: float = 3.0,
         refusal_pause: float = 5.0,
         answer_within: float | None = None,
     ) -> None:
@@ -137,6 +138,7 @@ class EscrowCoordinator:
         # background and its lease serves the next write); None waits for the escrow's answer.
         self._answer_within = answer_within
         self._acquiring: dict[str, asyncio.Future[LeaseHandle | None]] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
         metrics.leases_active.set_function(self.vault.count)
 
     @property
@@ -201,6 +203,7 @@ class EscrowCoordinator:
         metrics.unlock_requests_total.labels(result.status).inc()
         if result.lease is not None:
             self._schedule_expiry(result.lease)
+            self._watch(result.lease)
         logger.info(
             "escrow lease request",
             extra={
@@ -232,6 +235,9 @@ class EscrowCoordinator:
         return True
 
     def shutdown(self) -> None:
+        for task in list(self._watchers.values()):
+            with contextlib.suppress(RuntimeError):  # its loop may be gone already (interpreter exit)
+                task.cancel()
         self.vault.clear("shutdown")
 
     # --- Internals -----------------------------------------------------------------------------------------
@@ -294,6 +300,27 @@ class EscrowCoordinator:
         except StaleLease:
             return LeaseResult("error", detail="stale-fence")
         return LeaseResult("granted", lease=_handle(entry))
+
+    def _watch(self, lease: LeaseHandle) -> None:
+        """Confirm a held lease every ``confirm_interval`` seconds while it is in the vault, writes or not, so
+        an escrow-side end (the worker came back, an operator revoked) wipes it here within one interval."""
+        previous = self._watchers.pop(lease.lease_id, None)
+        if previous is not None:
+            previous.cancel()
+        self._watchers[lease.lease_id] = asyncio.get_running_loop().create_task(
+            self._watch_loop(lease), name=f"escrow-lease-watch-{lease.lease_id[:8]}"
+        )
+
+    async def _watch_loop(self, lease: LeaseHandle) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self._confirm_interval)
+                entry = self.vault.get(lease.relay_key)
+                if entry is None or entry.lease_id != lease.lease_id:
+                    return
+                await self._confirm(entry)
+        finally:
+            self._watchers.pop(lease.lease_id, None)
 
     async def _confirm(self, entry: VaultEntry) -> None:
         """Ask the escrow whether the lease still stands, at most every ``confirm_interval`` seconds.

@@ -332,3 +332,26 @@ async def test_a_slow_escrow_never_holds_a_write_longer_than_answer_within():
     assert await coordinator.ensure_write_lease("ab" * 32) is None
     assert time.monotonic() - started < 0.5
     assert escrow.calls == 1
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_an_escrow_side_revocation_wipes_the_lease_here_within_one_interval_without_any_write(
+    certs, escrow_url, deposited
+):
+    import asyncio
+
+    worker, _, relay_key = deposited
+    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror, confirm_interval=0.3)
+    assert await coordinator.ensure_write_lease(relay_key) is not None
+    secret = coordinator.vault.get(relay_key).writer_secret
+    await sync_to_async(worker.heartbeat)(relay_key)  # the worker is back: the escrow revokes the lease
+    for _ in range(40):
+        if coordinator.vault.get(relay_key) is None:
+            break
+        await asyncio.sleep(0.1)
+    assert coordinator.vault.get(relay_key) is None
+    assert bytes(secret) == bytes(len(secret))  # wiped
+    await asyncio.sleep(0.5)
+    assert not coordinator._watchers  # the watch ended with the lease
+    coordinator.shutdown()
