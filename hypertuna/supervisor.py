@@ -3,11 +3,19 @@
 Starts the bridge (Node: Hyperswarm pool on a loopback testnet), the web process (Daphne), Celery (worker
 with embedded beat) and the bridge event consumer; waits until the gateway answers ``/ready``; then starts
 a reference worker hosting a demo relay, which registers itself and obtains a client token, and prints a
-ready ``ws://`` URL. Ctrl-C (SIGINT/SIGTERM) stops the whole group cleanly, and so does the death of any
-member (a half-running gateway is worse than a stopped one).
+ready ``ws://`` URL. Ctrl-C (SIGINT/SIGTERM) stops the whole group cleanly.
 
-On the embedded default it also creates what a first run needs and keeps it in ``var/``: a registration
-secret, a Django secret key and an operator account, each generated once and reused afterwards.
+A member that exits is restarted after a backoff that doubles with each crash (1 s up to 30 s); one that
+crashes ``GIVE_UP_AFTER`` times without running ``STABLE_SECONDS`` in between is given up on loudly and the
+group stops with exit code 1 (a gateway without its web process or bridge is worse than a stopped one). The
+demo worker is the exception: a worker going offline is the case the gateway exists for, so its exit is
+reported and the gateway keeps serving the demo relay from its replica. When the bridge restarts on the
+local testnet (which the bridge hosts) the demo worker is restarted with it, so it finds the new testnet.
+
+On the embedded default it also creates what a first run needs and keeps it in ``var/`` (mode 0600): a
+registration secret, a Django secret key and an operator account, each generated once and reused
+afterwards. The operator password is printed once, when the account is created; later starts point to
+its file. Secrets reach child processes through the environment, never their command line (``ps``).
 """
 
 from __future__ import annotations
@@ -22,11 +30,17 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 10
+FIRST_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 30.0
+# A member that ran this long since its last start counts as healthy again: its crash count restarts.
+STABLE_SECONDS = 60.0
+GIVE_UP_AFTER = 5
 
 
 @dataclass
@@ -37,11 +51,24 @@ class Member:
     env: dict[str, str] | None = None
     # Output is read line by line (and echoed) so that markers such as the demo token can be picked up.
     watch: bool = False
+    # "restart" (with backoff, give up after repeated crashes: the group stops) or "report" (an exit is
+    # logged and the member stays stopped; the group goes on).
+    on_exit: str = "restart"
+    # Restarted whenever the named member restarts (the demo worker with the bridge hosting its testnet).
+    follows: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None)
     markers: dict[str, dict[str, object]] = field(default_factory=dict)
     marker_seen: threading.Event = field(default_factory=threading.Event)
+    crashes: int = 0
+    started_at: float = 0.0
+    restart_at: float | None = None
+    gone: bool = False
+    _env: dict[str, str] = field(default_factory=dict)
 
     def start(self, env: dict[str, str]) -> None:
+        self._env = env
+        self.started_at = time.monotonic()
+        self.restart_at = None
         # Own session per member: Ctrl-C reaches the supervisor, which then stops each in order. Node
         # members also get a stdin pipe and exit when it closes, so they never outlive the supervisor.
         self.process = subprocess.Popen(
@@ -53,12 +80,15 @@ class Member:
             stdout=subprocess.PIPE if self.watch else None,
         )
         if self.watch:
-            threading.Thread(target=self._pump, daemon=True).start()
+            threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
         print(f"[supervisor] started {self.name} (pid {self.process.pid})", flush=True)
 
-    def _pump(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        for raw in self.process.stdout:
+    def restart(self) -> None:
+        self.start(self._env)
+
+    def _pump(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
             marker, _, payload = line.partition(" ")
             if marker.startswith("HYPERTUNA_") and payload.startswith("{"):
@@ -95,7 +125,10 @@ def prepare_environment(var_dir: Path) -> dict[str, str]:
 
 
 def ensure_operator(env: dict[str, str], var_dir: Path) -> str | None:
-    """Create an ``admin`` superuser with a generated password when no superuser exists yet."""
+    """Create an ``admin`` superuser with a generated password when no superuser exists yet.
+
+    Returns the password only when the account was created by this call (it is shown once); afterwards it
+    stays in ``var/admin-password`` (0600) and is never printed again."""
     password_file = var_dir / "admin-password"
     code = (
         "from django.contrib.auth import get_user_model;"
@@ -105,7 +138,7 @@ def ensure_operator(env: dict[str, str], var_dir: Path) -> str | None:
     )
     result = subprocess.run([sys.executable, "-c", f"import django;django.setup();{code}"], env=env, cwd=BASE_DIR)
     if result.returncode == 0:
-        return password_file.read_text().strip() if password_file.exists() else None
+        return None
     password = _persisted_secret(password_file, 12)
     create = (
         "import django;django.setup();"
@@ -182,6 +215,98 @@ def stop_all(members: list[Member]) -> None:
             member.process.wait()
 
 
+def demo_member(env: dict[str, str], var_dir: Path, base: str) -> Member:
+    """The reference worker hosting the demo relay, registering with ``base``."""
+    return Member(
+        "demo-worker",
+        [
+            "node",
+            "src/worker/main.mjs",
+            "--bootstrap-file",
+            env["HYPERTUNA_SWARM_BOOTSTRAP_FILE"],
+            "--storage",
+            str(var_dir / "demo-worker"),
+            "--gateway-url",
+            base,
+            "--name",
+            "demo",
+            "--requires-auth",
+            "--issue-token",
+            "--blind-peer",
+            "gateway",
+            # The demo worker escrows a dedicated gateway writer, so the relay stays writable under a
+            # lease when the worker is stopped (see the README's escrow section).
+            "--gateway-writer",
+            "--escrow-url",
+            env["HYPERTUNA_ESCROW_URL"],
+            "--escrow-ca",
+            str(var_dir / "escrow" / "pki" / "ca.pem"),
+            "--escrow-cert",
+            str(var_dir / "escrow" / "pki" / "worker.pem"),
+            "--escrow-key",
+            str(var_dir / "escrow" / "pki" / "worker-key.pem"),
+        ],
+        cwd=BASE_DIR / "bridge",
+        # The registration secret travels in the environment (HYPERTUNA_WORKER_SECRET), not in ``ps``.
+        env={**env, "HYPERTUNA_WORKER_SECRET": env["HYPERTUNA_REGISTRATION_SECRET"]},
+        watch=True,
+        on_exit="report",
+        # On the local testnet the bridge hosts the DHT bootstrap: a restarted bridge has a new one.
+        follows=None if env.get("HYPERTUNA_SWARM_BOOTSTRAP") else "bridge",
+    )
+
+
+class Supervisor:
+    """Restarts members that exit (see the module docstring for the policy). ``tick`` is one pass; it
+    returns an exit code once the group must stop, else None."""
+
+    def __init__(self, members: list[Member], *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.members = members
+        self.clock = clock
+
+    def tick(self) -> int | None:
+        now = self.clock()
+        for member in list(self.members):
+            if member.gone or member.process is None:
+                continue
+            if member.restart_at is not None:
+                if now >= member.restart_at:
+                    self._restart(member)
+                continue
+            code = member.process.poll()
+            if code is None:
+                continue
+            if member.on_exit == "report":
+                member.gone = True
+                print(
+                    f"[supervisor] {member.name} exited with {code}; not restarted, the gateway keeps serving",
+                    flush=True,
+                )
+                continue
+            if now - member.started_at >= STABLE_SECONDS:
+                member.crashes = 0
+            member.crashes += 1
+            if member.crashes >= GIVE_UP_AFTER:
+                print(
+                    f"[supervisor] GIVING UP: {member.name} exited with {code}, its {member.crashes}th crash in a "
+                    f"row (each within {STABLE_SECONDS:.0f} s of starting); stopping the group",
+                    flush=True,
+                )
+                return code or 1
+            delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (member.crashes - 1))
+            member.restart_at = now + delay
+            print(f"[supervisor] {member.name} exited with {code}; restarting in {delay:.0f} s", flush=True)
+        return None
+
+    def _restart(self, member: Member) -> None:
+        member.restart()
+        for follower in self.members:
+            if follower.follows == member.name and follower.process is not None and not follower.gone:
+                print(f"[supervisor] restarting {follower.name} with {member.name}", flush=True)
+                stop_all([follower])
+                follower.restart()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the Hypertuna Gateway (web + celery) as one group.")
     parser.add_argument("--host", default=os.environ.get("HYPERTUNA_HOST", "127.0.0.1"))
@@ -248,40 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             env=escrow_env,
         ),
     ]
-    demo = Member(
-        "demo-worker",
-        [
-            "node",
-            "src/worker/main.mjs",
-            "--bootstrap-file",
-            env["HYPERTUNA_SWARM_BOOTSTRAP_FILE"],
-            "--storage",
-            str(var_dir / "demo-worker"),
-            "--gateway-url",
-            base,
-            "--secret",
-            env["HYPERTUNA_REGISTRATION_SECRET"],
-            "--name",
-            "demo",
-            "--requires-auth",
-            "--issue-token",
-            "--blind-peer",
-            "gateway",
-            # The demo worker escrows a dedicated gateway writer, so the relay stays writable under a
-            # lease when the worker is stopped (see the README's escrow section).
-            "--gateway-writer",
-            "--escrow-url",
-            env["HYPERTUNA_ESCROW_URL"],
-            "--escrow-ca",
-            str(var_dir / "escrow" / "pki" / "ca.pem"),
-            "--escrow-cert",
-            str(var_dir / "escrow" / "pki" / "worker.pem"),
-            "--escrow-key",
-            str(var_dir / "escrow" / "pki" / "worker-key.pem"),
-        ],
-        cwd=BASE_DIR / "bridge",
-        watch=True,
-    )
+    demo = demo_member(env, var_dir, base)
 
     stopping = False
 
@@ -302,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if stopping else 1
     demo_url = None
     if not args.no_demo:
-        demo.start(env)
+        demo.start(demo.env or env)
         members.append(demo)
         deadline = time.monotonic() + 120
         while "HYPERTUNA_WORKER_TOKEN" not in demo.markers and time.monotonic() < deadline and not stopping:
@@ -317,7 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\n"
         f"  Hypertuna Gateway is ready at {base}\n"
-        f"    admin:    {base}/admin/  (user admin{', password ' + password if password else ''})\n"
+        f"    admin:    {base}/admin/  (user admin, password "
+        + (
+            f"{password} (shown once; also in {var_dir / 'admin-password'})"
+            if password
+            else f"in {var_dir / 'admin-password'}"
+        )
+        + ")\n"
         f"    API docs: {base}/api/docs/\n"
         f"    metrics:  {base}/metrics   health: {base}/health   ready: {base}/ready\n"
         f"    worker registration secret: {var_dir / 'registration-secret'}\n"
@@ -328,15 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     exit_code = 0
+    supervisor = Supervisor(members)
     while not stopping:
-        for member in members:
-            assert member.process is not None
-            code = member.process.poll()
-            if code is not None:
-                print(f"[supervisor] {member.name} exited with {code}; stopping the group", flush=True)
-                exit_code = code or 1
-                stopping = True
-                break
+        code = supervisor.tick()
+        if code is not None:
+            exit_code = code
+            break
         time.sleep(0.5)
     print("[supervisor] stopping", flush=True)
     stop_all(members)
