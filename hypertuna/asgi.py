@@ -20,6 +20,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from hypertuna.daphne_tuning import tune_daphne  # noqa: E402
+from hypertuna.outage import WebSocketOutageGuard  # noqa: E402
 from relays.middleware import RelayAuthMiddleware  # noqa: E402
 from relays.routing import websocket_urlpatterns  # noqa: E402
 
@@ -28,6 +29,7 @@ tune_daphne()
 application = ProtocolTypeRouter(
     {
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": RelayAuthMiddleware(URLRouter(websocket_urlpatterns)),
+        # Redis unreachable: a NOTICE and close 1013, never an HTTP 500 or a bare 1011 (hypertuna/outage.py).
+        "websocket": WebSocketOutageGuard(RelayAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

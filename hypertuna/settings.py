@@ -107,6 +107,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so its process_exception sees a view's Redis failure first: JSON 503 + Retry-After.
+    "hypertuna.outage.RedisOutageMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 

@@ -7,6 +7,7 @@ every node) and usage accounting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from functools import partial
 from typing import Any
@@ -63,8 +64,19 @@ class RelayConsumer(AsyncWebsocketConsumer):
     session: GatewaySession | None = None
     fallback: ReplicaFallback | None = None
     group: str | None = None
+    _released = False
     # The way to reach workers; tests substitute an in-memory transport.
     transport_factory = staticmethod(bridge_transport)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # A failure of the channel layer (Redis gone) ends the consumer without ``disconnect``: release the
+        # session here; ``hypertuna.outage.WebSocketOutageGuard`` tells the client (NOTICE, close 1013).
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.disconnect(CLOSE_GATEWAY_ERROR)
+            raise
 
     async def connect(self) -> None:
         auth: GatewayAuth = self.scope["gateway"]
@@ -147,6 +159,9 @@ class RelayConsumer(AsyncWebsocketConsumer):
         self.session.enqueue(text_data)
 
     async def disconnect(self, code: int) -> None:
+        if self._released:
+            return
+        self._released = True
         if self.fallback is not None:
             runtime().drop_fallback(self.fallback)
         if self.session is not None:
