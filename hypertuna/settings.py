@@ -157,7 +157,9 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis with a pool that waits for a free connection instead of failing a burst of
+            # handshakes (hypertuna/channel_layer.py).
+            "BACKEND": "hypertuna.channel_layer.GatewayChannelLayer",
             # The layer blocks on BZPOPMIN for seconds at a time; redis-py 8 sets a default socket timeout
             # that is shorter, which would fail every idle receive. No socket timeout, as redis-py 7 had;
             # a dead connection is still detected by TCP keepalive and health checks.
@@ -168,6 +170,7 @@ if REDIS_URL:
                         "socket_timeout": None,
                         "socket_keepalive": True,
                         "health_check_interval": 30,
+                        "max_connections": env.int("HYPERTUNA_CHANNEL_POOL_SIZE", 100, min_value=4, max_value=10000),
                     }
                 ],
                 "prefix": env.str("HYPERTUNA_CHANNEL_PREFIX", "hypertuna"),

@@ -1,9 +1,11 @@
-"""Redis down and back, on a private ``redis-server`` this test starts, stops and starts again (never the
-machine's shared one): the APIs answer JSON 503 with Retry-After, WebSockets get a NOTICE and close 1013,
-and everything works again once Redis is back."""
+"""Redis down and back, and a burst of connections, on a private ``redis-server`` this test starts, stops
+and starts again (never the machine's shared one): the APIs answer JSON 503 with Retry-After, WebSockets get
+a NOTICE and close 1013, everything works again once Redis is back, and 300 simultaneous connects all open
+and leave no stale group member behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -11,6 +13,7 @@ import subprocess
 import time
 
 import pytest
+import redis
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -18,7 +21,9 @@ from channels.testing import WebsocketCommunicator
 from hypertuna.asgi import application
 from relays import services
 from relays.consumers import RelayConsumer
+from relays.models import Relay
 from relays.runtime import Runtime
+from relays.services import relay_group
 from tests.conftest import hex_key, make_registration, signed
 from tests.relays.fakes import FakeTransport, FakeWorker
 from tests.relays.test_consumer import register
@@ -76,7 +81,7 @@ def redis_backed(settings, monkeypatch):
         }
         settings.CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "BACKEND": "hypertuna.channel_layer.GatewayChannelLayer",
                 "CONFIG": {"hosts": [{"address": server.url, "socket_timeout": None}], "prefix": "outage"},
             }
         }
@@ -159,3 +164,25 @@ async def test_an_open_socket_gets_a_notice_and_1013_when_redis_goes_and_new_one
         await again.disconnect()
     assert first[0] in ("NOTICE", "EOSE") and "try again later" not in first[1]
     await again.disconnect()
+
+
+BURST = 300
+
+
+async def test_a_burst_of_connects_all_open_and_a_mass_disconnect_leaves_no_stale_group_member(redis_backed):
+    key = hex_key()
+    await database_sync_to_async(register)(key, [PEER])
+    issued = await database_sync_to_async(services.issue_token)(relay_key=key, relay_auth_token="auth")
+    relay_id = await database_sync_to_async(lambda: Relay.objects.get(relay_key=key).id)()
+    clients = [WebsocketCommunicator(application, f"/{key}?token={issued.token}") for _ in range(BURST)]
+    results = await asyncio.gather(*(c.connect(timeout=60) for c in clients))
+    assert all(connected for connected, _ in results)
+    # Every socket is a working session: none was told to come back later.
+    await asyncio.gather(*(c.send_to(json.dumps(["REQ", "s", {"kinds": [1]}])) for c in clients))
+    firsts = await asyncio.gather(*(c.receive_from(timeout=60) for c in clients))
+    assert not [f for f in firsts if "try again later" in f]
+    group_key = f"outage:group:{relay_group(relay_id)}".encode()
+    store = redis.Redis.from_url(redis_backed.url)
+    assert store.zcard(group_key) == BURST
+    await asyncio.gather(*(c.disconnect() for c in clients))
+    assert store.zcard(group_key) == 0
