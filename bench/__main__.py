@@ -1,7 +1,8 @@
 """``make bench``: every benchmark of the repository, one run, ratios printed.
 
 Sections: routing (gateway hop vs direct bridge call) and replicas (replica REQ latency and sync
-throughput beside a Python relay from PyPI on the same data). ``python -m bench routing`` runs one.
+throughput beside a Python relay from PyPI on the same data), burst (2,000 simultaneous WebSocket connects over a
+Redis channel layer: errors and stale group members). ``python -m bench routing`` runs one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"routing", "replicas"}
+    wanted = set(argv) or {"routing", "replicas", "burst"}
     if "routing" in wanted:
         from bench import routing_bench
 
@@ -24,6 +25,12 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         replica_bench.main([]) if hasattr(replica_bench, "main") else print(replica_bench.run())
         print(f"  (replicas section took {time.monotonic() - started:.0f} s)", flush=True)
+    if "burst" in wanted:
+        from bench import burst_bench
+
+        started = time.monotonic()
+        print(burst_bench.report(burst_bench.run()))
+        print(f"  (burst section took {time.monotonic() - started:.0f} s)", flush=True)
     return 0
 
 
