@@ -13,8 +13,8 @@ Entry hash (encoder version 1)::
                  {"v":1,"seq","at" (integer microseconds since the Unix epoch, UTC),"action","actor",
                   "relay","lease","deposit","reason","details"}
 
-Triggers (migration 0002) refuse UPDATE and DELETE of audit rows and checkpoints. A database superuser can
-still disable them and rewrite the chain consistently; the signed checkpoints, exported as files outside
+Triggers refuse UPDATE and DELETE (migration 0002) and, on Postgres, TRUNCATE (0003) of audit rows and
+checkpoints. A database superuser can still disable them and rewrite the chain consistently; the signed checkpoints, exported as files outside
 the database, are what exposes that: ``verify`` checks every checkpoint's signature and that the chain
 still has the signed hash at the signed position.
 """

@@ -42,6 +42,26 @@ def _clean_cache() -> Any:
     cache.clear()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _flush_past_the_audit_truncate_guard() -> Any:
+    """The test runner empties a Postgres database with one TRUNCATE of every table, which the escrow audit
+    log's TRUNCATE guard (a trigger) refuses; the flush switches triggers off for its transaction, as only a
+    superuser can (the guard binds the application role)."""
+    try:
+        from django.db.backends.postgresql.operations import DatabaseOperations
+    except ImportError:  # no Postgres driver: SQLite runs only
+        yield
+        return
+    original = DatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self: Any, sql_list: list[str]) -> None:
+        original(self, ["SET LOCAL session_replication_role = replica", *sql_list])
+
+    DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
+    yield
+    DatabaseOperations.execute_sql_flush = original  # type: ignore[method-assign]
+
+
 @pytest.fixture(scope="session")
 def js_vectors() -> dict[str, Any]:
     return json.loads((FIXTURES / "js-compat.json").read_text(encoding="utf-8"))

@@ -99,6 +99,52 @@ def test_database_refuses_update_and_delete(chain):
     assert AuditEntry.objects.count() == len(chain)
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "TRUNCATE escrow_auditentry",
+        "TRUNCATE escrow_auditcheckpoint",
+        "TRUNCATE escrow_auditentry RESTART IDENTITY CASCADE",
+        "TRUNCATE escrow_audithead, escrow_auditverification, escrow_auditentry CASCADE",
+        "TRUNCATE ONLY escrow_auditcheckpoint",
+    ],
+)
+def test_database_refuses_truncate(chain, statement):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE (DELETE is refused above)")
+    audit.create_checkpoint()
+    checkpoints = AuditCheckpoint.objects.count()
+    assert checkpoints >= 1
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(statement)
+    assert AuditEntry.objects.count() == len(chain)
+    assert AuditCheckpoint.objects.count() == checkpoints
+    assert audit.verify(record=False).ok
+
+
+def test_truncate_guard_binds_everyone_but_a_superuser(chain):
+    """The guard is a trigger: switching triggers off (superuser-only) is what gets past it, as for 0002."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if not cursor.fetchone()[0]:
+            pytest.skip("needs a superuser connection")
+        cursor.execute("CREATE ROLE escrow_app_probe NOLOGIN")
+        cursor.execute("GRANT ALL ON escrow_auditentry TO escrow_app_probe")
+    with pytest.raises(DatabaseError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL ROLE escrow_app_probe")
+        cursor.execute("SET LOCAL session_replication_role = replica")
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL ROLE escrow_app_probe")
+        cursor.execute("TRUNCATE escrow_auditentry")
+    assert AuditEntry.objects.count() == len(chain)
+    with triggers_bypassed(), connection.cursor() as cursor:
+        cursor.execute("TRUNCATE escrow_auditentry")
+    assert AuditEntry.objects.count() == 0
+    assert not audit.verify(record=False).ok
+
+
 def test_edited_row_is_detected_and_named(chain):
     with triggers_bypassed():
         AuditEntry.objects.filter(seq=3).update(reason="policy-satisfied-by-operator")
