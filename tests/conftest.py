@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,25 @@ def _flush_past_the_audit_truncate_guard() -> Any:
     DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
     yield
     DatabaseOperations.execute_sql_flush = original  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _nothing_left_listening(tmp_path_factory: Any) -> Any:
+    """Torn down last: fail the run if a process it started (a descendant, or one naming the run's temporary
+    directory) still listens on a TCP or Unix socket, and kill those processes."""
+    from tests.e2e.harness import listening_leftovers
+
+    markers = [f"{tmp_path_factory.getbasetemp()}{os.sep}"]
+    yield
+    deadline = time.monotonic() + 5  # a stopped group's last members may take a moment to go
+    while (leftovers := listening_leftovers(markers, os.getpid())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for leftover in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(leftover.pid, signal.SIGKILL)
+    assert not leftovers, "processes of this run still listening at its end (killed now):\n" + "\n".join(
+        f"  pid {item.pid} {item.command[:200]}: {', '.join(item.listening)}" for item in leftovers
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,12 @@
 """Real processes for end-to-end tests: bridge (Node), Daphne, the bridge event consumer, Celery and
 reference workers, on 127.0.0.1 only, each with a bounded start-up time and killed at teardown.
 
+Each process leads its own process group and dies with the test process even when that is killed
+(SIGTERM, SIGKILL) and no teardown runs: the leader gets SIGKILL from the kernel when its spawning thread
+dies (``PR_SET_PDEATHSIG``), and a small reaper process, which learns every group as it is spawned, kills the
+whole groups (children of the leaders too) once the test process is gone. ``listening_leftovers`` finds
+processes of a run still listening after it.
+
 The stack gets its own database (a fresh Postgres database when ``DATABASE_URL`` points at Postgres, a
 temporary SQLite file otherwise) and its own Redis key prefixes, so it never touches the unit tests' data.
 """
@@ -8,6 +14,7 @@ temporary SQLite file otherwise) and its own Redis key prefixes, so it never tou
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -33,6 +40,101 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+PR_SET_PDEATHSIG = 1
+
+# The reaper: reads "+<pgid>" / "-<pgid>" lines from a pipe only this process writes; at end of file (this
+# process is gone, however it died) it sends SIGTERM to every group still registered, then SIGKILL.
+_REAPER_SCRIPT = """
+import os, signal, sys, time
+groups, buffer = set(), b""
+with os.fdopen(int(sys.argv[1]), "rb", buffering=0) as pipe:
+    while chunk := pipe.read(4096):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\\n")
+        for line in lines:
+            (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+
+def alive(group):
+    try:
+        os.killpg(group, 0)
+        return True
+    except OSError:
+        return False
+
+for group in groups:
+    if alive(group):
+        os.killpg(group, signal.SIGTERM)
+deadline = time.monotonic() + 3
+while any(alive(group) for group in groups) and time.monotonic() < deadline:
+    time.sleep(0.05)
+for group in groups:
+    if alive(group):
+        os.killpg(group, signal.SIGKILL)
+"""
+_reaper_lock = threading.Lock()
+_reaper_pipe: dict[int, int] = {}  # owner pid -> write end (a forked child must not reuse its parent's)
+
+
+def _reaper_write(line: str) -> None:
+    with _reaper_lock:
+        fd = _reaper_pipe.get(os.getpid())
+        if fd is None:
+            read_end, fd = os.pipe()  # both ends close-on-exec: only the reaper gets the read end
+            subprocess.Popen(
+                [sys.executable, "-c", _REAPER_SCRIPT, str(read_end)],
+                pass_fds=(read_end,),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the others
+            )
+            os.close(read_end)
+            _reaper_pipe[os.getpid()] = fd
+        try:
+            os.write(fd, f"{line}\n".encode())
+        except BrokenPipeError:  # the reaper is gone (killed from outside): the next spawn starts another
+            os.close(fd)
+            del _reaper_pipe[os.getpid()]
+            if line.startswith("+"):
+                raise
+
+
+def _dies_with_spawning_thread(parent_pid: int | None) -> Any:
+    """``preexec_fn``: SIGKILL when the spawning thread dies (Linux), exit at once if it already has."""
+
+    def preexec() -> None:
+        if parent_pid is None:
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+def spawn(
+    name: str, argv: list[str], *, cwd: Path, env: dict[str, str], log_dir: Path, stdin: Any = subprocess.PIPE
+) -> Proc:
+    """Start ``argv`` as the leader of a new process group tied to this process (see the module doc)."""
+    # The parent-death signal follows the spawning *thread*: from a short-lived thread it would kill the
+    # process when that thread ends, so only processes spawned on the main thread get it (the reaper
+    # covers every process either way).
+    on_main_thread = threading.current_thread() is threading.main_thread() and sys.platform.startswith("linux")
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_dies_with_spawning_thread(os.getpid() if on_main_thread else None),
+    )
+    _reaper_write(f"+{process.pid}")
+    proc = Proc(name, process, log_dir / f"{name}.log")
+    threading.Thread(target=proc.pump, daemon=True).start()
+    return proc
 
 
 @dataclass
@@ -92,6 +194,10 @@ class Proc:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
+        # The group may outlive its leader (children it started): kill what is left, then forget it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        _reaper_write(f"-{self.process.pid}")
 
 
 def _database_url(tmp: Path) -> tuple[str, Any]:
@@ -164,18 +270,7 @@ class Stack:
         self.env.pop("PYTEST_CURRENT_TEST", None)
 
     def _spawn(self, name: str, argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> Proc:
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env or self.env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        proc = Proc(name, process, self.tmp / f"{name}.log")
-        threading.Thread(target=proc.pump, daemon=True).start()
-        return proc
+        return spawn(name, argv, cwd=cwd, env=env or self.env, log_dir=self.tmp)
 
     def _start_escrow(self) -> None:
         """The escrow role beside the gateway: private CA, own SQLite database, mTLS listener."""
@@ -322,6 +417,73 @@ class Stack:
                 text = proc.log_path.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {proc.name} ---\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+def _listening_sockets() -> dict[str, str]:
+    """Inode -> address of every listening TCP and Unix socket of this network namespace."""
+    found: dict[str, str] = {}
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    found[fields[9]] = f"{table} port {int(fields[1].rsplit(':', 1)[1], 16)}"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[3], 16) & 0x10000:  # __SO_ACCEPTCON: a listening Unix socket
+                found[fields[6]] = f"unix {fields[7] if len(fields) > 7 else '(anonymous)'}"
+    return found
+
+
+def _proc_text(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    for _ in range(64):
+        stat = _proc_text(pid, "stat")
+        if not stat:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+@dataclass
+class Leftover:
+    pid: int
+    command: str
+    listening: list[str]
+
+
+def listening_leftovers(markers: list[str], root_pid: int | None = None) -> list[Leftover]:
+    """Processes still listening that belong to a run: descendants of ``root_pid`` (not itself), or whose
+    command line or environment names one of ``markers`` (the run's temporary directories)."""
+    sockets = _listening_sockets()
+    leftovers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (os.getpid(), root_pid):
+            continue
+        pid = int(entry.name)
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        listening = [sockets[link[8:-1]] for link in links if link.startswith("socket:[") and link[8:-1] in sockets]
+        if not listening:
+            continue
+        command = _proc_text(pid, "cmdline").strip()
+        text = command + " " + _proc_text(pid, "environ")
+        if any(marker in text for marker in markers) or (root_pid is not None and _descends_from(pid, root_pid)):
+            leftovers.append(Leftover(pid, command, listening))
+    return leftovers
 
 
 def node_available() -> bool:
