@@ -14,9 +14,9 @@ Entry hash (encoder version 1)::
                   "relay","lease","deposit","reason","details"}
 
 Triggers refuse UPDATE and DELETE (migration 0002) and, on Postgres, TRUNCATE (0003) of audit rows and
-checkpoints. A database superuser can still disable them and rewrite the chain consistently; the signed checkpoints, exported as files outside
-the database, are what exposes that: ``verify`` checks every checkpoint's signature and that the chain
-still has the signed hash at the signed position.
+checkpoints. A database superuser can still disable them and rewrite the chain consistently; the signed
+checkpoints, exported as files outside the database, are what exposes that: ``verify`` checks every
+checkpoint's signature and that the chain still has the signed hash at the signed position.
 """
 
 from __future__ import annotations
