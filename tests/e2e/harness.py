@@ -75,6 +75,7 @@ for group in groups:
 """
 _reaper_lock = threading.Lock()
 _reaper_pipe: dict[int, int] = {}  # owner pid -> write end (a forked child must not reuse its parent's)
+_reapers: list[subprocess.Popen[bytes]] = []  # kept, so no "still running" warning when one is collected
 
 
 def _reaper_write(line: str) -> None:
@@ -82,13 +83,14 @@ def _reaper_write(line: str) -> None:
         fd = _reaper_pipe.get(os.getpid())
         if fd is None:
             read_end, fd = os.pipe()  # both ends close-on-exec: only the reaper gets the read end
-            subprocess.Popen(
+            reaper = subprocess.Popen(
                 [sys.executable, "-c", _REAPER_SCRIPT, str(read_end)],
                 pass_fds=(read_end,),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the others
             )
             os.close(read_end)
+            _reapers.append(reaper)
             _reaper_pipe[os.getpid()] = fd
         try:
             os.write(fd, f"{line}\n".encode())
