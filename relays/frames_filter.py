@@ -72,7 +72,9 @@ class WorkerFrame:
 def relay_not_loaded(frames: list[str]) -> bool:
     """Whether a worker's whole answer is "this relay is not loaded here (yet)": nothing a client should
     see; the message goes to another peer or the replica, and the worker is asked again later."""
-    return bool(frames) and all(read_frame(f).is_relay_not_loaded for f in frames)
+    # Checked on every worker reply: the substring test keeps the common answer from being parsed here too
+    # (the session parses each frame once more when it relays it).
+    return bool(frames) and all(RELAY_NOT_LOADED_PREFIX in f and read_frame(f).is_relay_not_loaded for f in frames)
 
 
 def read_frame(text: str) -> WorkerFrame:

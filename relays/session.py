@@ -313,7 +313,7 @@ class GatewaySession:
         return await self._inflight.run(peer, request)
 
     def peer_changed(self, peer: str, *, up: bool) -> None:
-        """A worker peer of this relay became unreachable or reachable again (any gateway node saw it).
+        """A worker peer of this relay became unreachable or reachable again, as this node's bridge saw it.
 
         Gone: requests in flight to it fail now and the poll loop fails over at once (another peer, or the
         replica). Back: a socket served by the replica returns to it, re-opening its subscriptions there.
