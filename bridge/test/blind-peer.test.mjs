@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
+import { stopStack } from './helpers/bridge-stack.mjs'
 import { TestRpcClient, ndjson } from './helpers/rpc-client.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 import { signEvent, randomSecretKeyHex } from '../src/worker/nostr.mjs'
@@ -57,13 +58,7 @@ describe('blind peer in the bridge: a worker mirrors, goes away, and its events 
     ready = await worker.ready
   })
 
-  after(async () => {
-    if (rpc) rpc.close()
-    await stopProcess(worker)
-    await stopProcess(bridge)
-    if (gateway) await gateway.close()
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
+  after(() => stopStack({ rpc, worker, bridge, gateway, dir }))
 
   it('advertises the blind peer in the handshake and status', async () => {
     assert.equal(bp.enabled, true)

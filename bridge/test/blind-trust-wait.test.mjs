@@ -4,8 +4,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import HypercoreId from 'hypercore-id-encoding'
-import { stopProcess, waitFor } from './helpers/procs.mjs'
-import { startBridge, startWorker } from './helpers/bridge-stack.mjs'
+import { waitFor } from './helpers/procs.mjs'
+import { startBridge, startWorker, stopStack } from './helpers/bridge-stack.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 
 const SECRET = 'blind-trust-wait-secret'
@@ -35,13 +35,7 @@ describe('add requests that arrive before trust are held, then admitted', { time
     ready = await worker.ready
   })
 
-  after(async () => {
-    if (rpc) rpc.close()
-    await stopProcess(worker)
-    await stopProcess(bridge)
-    if (gateway) await gateway.close()
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
+  after(() => stopStack({ rpc, worker, bridge, gateway, dir }))
 
   it('holds the untrusted requests without storing or refusing anything', async () => {
     await waitFor(async () => (await rpc.call('blindPeer.status')).heldAddRequests > 0, { timeoutMs: 30_000, what: 'a held add-core' })

@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawnReady, stopProcess, waitFor } from './helpers/procs.mjs'
+import { stopStack } from './helpers/bridge-stack.mjs'
 import { TestRpcClient, ndjson } from './helpers/rpc-client.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 import crypto from 'hypercore-crypto'
@@ -49,13 +50,7 @@ describe('leased writes: the bridge appends as the gateway writer while the work
     await rpc.call('blindPeer.trust', { peerKey: ready.swarmPublicKey })
   })
 
-  after(async () => {
-    if (rpc) rpc.close()
-    await stopProcess(worker)
-    await stopProcess(bridge)
-    if (gateway) await gateway.close()
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
+  after(() => stopStack({ rpc, worker, bridge, gateway, dir }))
 
   it('the worker creates a gateway writer and writes its key pair to a 0600 file', async () => {
     const st = fs.statSync(writerFile)

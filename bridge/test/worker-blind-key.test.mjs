@@ -4,8 +4,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import HypercoreId from 'hypercore-id-encoding'
-import { stopProcess, waitFor } from './helpers/procs.mjs'
-import { startBridge, startWorker } from './helpers/bridge-stack.mjs'
+import { waitFor } from './helpers/procs.mjs'
+import { startBridge, startWorker, stopStack } from './helpers/bridge-stack.mjs'
 import { startFakeGateway } from './helpers/fake-gateway.mjs'
 
 const SECRET = 'blind-key-test-secret'
@@ -34,13 +34,7 @@ describe('a real-like worker mirrors with a blind-peering key that is not its sw
     bpHex = HypercoreId.decode(ready.blindPeeringPublicKey).toString('hex')
   })
 
-  after(async () => {
-    if (rpc) rpc.close()
-    await stopProcess(worker)
-    await stopProcess(bridge)
-    if (gateway) await gateway.close()
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
+  after(() => stopStack({ rpc, worker, bridge, gateway, dir }))
 
   it('announces the blind-peering key in its swarm registration, distinct from its swarm key', async () => {
     assert.notEqual(bpHex, ready.swarmPublicKey)

@@ -1,5 +1,6 @@
+import fs from 'node:fs'
 import path from 'node:path'
-import { spawnReady } from './procs.mjs'
+import { spawnReady, stopProcess } from './procs.mjs'
 import { TestRpcClient } from './rpc-client.mjs'
 
 /**
@@ -35,4 +36,14 @@ export function startWorker ({ dir, swarmFile = path.join(dir, 'swarm.json'), ga
     '--secret', secret,
     ...args
   ], { marker: 'HYPERTUNA_WORKER_READY' })
+}
+
+
+/** Stop what a suite started (any of them may be missing if its setup failed) and remove its directory. */
+export async function stopStack ({ rpc, worker, bridge, gateway, dir }) {
+  if (rpc) rpc.close()
+  await stopProcess(worker)
+  await stopProcess(bridge)
+  if (gateway) await gateway.close()
+  fs.rmSync(dir, { recursive: true, force: true })
 }
