@@ -412,6 +412,16 @@ class Stack:
         with contextlib.suppress(Exception):
             self._drop_db()
 
+    def operator_get(self, path: str, operator: tuple[str, str]) -> dict[str, Any]:
+        """GET an operator API ``path`` (a ``?query`` included), signed as ``operator`` (key id, secret)."""
+        from hypertuna import reqsign
+
+        bare, _, query = path.partition("?")
+        header = reqsign.sign("GET", bare, query=query, kid=operator[0], secret=operator[1])
+        request = urllib.request.Request(self.base_url + path, headers={reqsign.HEADER: header})
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return json.loads(response.read())
+
     def log_tail(self, lines: int = 40) -> str:
         parts = []
         for proc in self.procs + self.workers:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 
 import pytest
 import websockets
 from coincurve import PrivateKey
 
-from hypertuna import reqsign
 from hypertuna.nostr import sign_event
+from replicas.keys import normalize_core_key
 from tests.e2e.test_replicas import OPERATOR, sync
 
 
@@ -40,25 +39,17 @@ def worker(stack):
     return stack.start_worker("reallike", "--real-worker-mode", "--blind-peer", "gateway")
 
 
-def _z32_to_hex(value: str) -> str:
-    alphabet = "ybndrfg8ejkmcpqxot1uwisza345h769"
-    bits = "".join(format(alphabet.index(ch), "05b") for ch in value)
-    return int(bits[:256], 2).to_bytes(32, "big").hex()
-
-
 def _replica_row(stack, relay_key: str) -> dict | None:
-    path, query = "/api/blind-peer/replicas", "cores=true"
-    header = reqsign.sign("GET", path, query=query, kid=OPERATOR[0], secret=OPERATOR[1])
-    request = urllib.request.Request(f"{stack.base_url}{path}?{query}", headers={reqsign.HEADER: header})
-    with urllib.request.urlopen(request, timeout=15) as response:
-        rows = json.loads(response.read())["replicas"]
+    rows = stack.operator_get("/api/blind-peer/replicas?cores=true", OPERATOR)["replicas"]
     return next((r for r in rows if r["relayKey"] == relay_key), None)
 
 
 def test_relay_cores_from_the_registration_create_the_replica(stack, worker):
     ready = worker.markers["HYPERTUNA_WORKER_READY"]
     relay_key, view_key = ready["relayKey"], ready["relay"]["viewKey"]
-    assert ready["blindPeeringPublicKey"] and _z32_to_hex(ready["blindPeeringPublicKey"]) != ready["swarmPublicKey"]
+    assert (
+        ready["blindPeeringPublicKey"] and normalize_core_key(ready["blindPeeringPublicKey"]) != ready["swarmPublicKey"]
+    )
     deadline = time.monotonic() + 60
     row = _replica_row(stack, relay_key)
     while row is None or row["viewCoreKey"] != view_key:
@@ -72,7 +63,7 @@ def test_relay_cores_from_the_registration_create_the_replica(stack, worker):
 def test_mirror_is_admitted_by_the_announced_key_and_the_worker_stays_alive(stack, worker):
     ready = worker.markers["HYPERTUNA_WORKER_READY"]
     relay_key = ready["relayKey"]
-    blind_key = _z32_to_hex(ready["blindPeeringPublicKey"])
+    blind_key = normalize_core_key(ready["blindPeeringPublicKey"])
     deadline = time.monotonic() + 90
     while True:
         assert worker.process.poll() is None, f"the worker died\n{stack.log_tail()}"

@@ -8,13 +8,11 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import websockets
 from coincurve import PrivateKey
 
-from hypertuna import reqsign
 from hypertuna.nostr import Event, Filter, apply_query, sign_event
 from tests.e2e.harness import ROOT
 
@@ -37,10 +35,7 @@ def stack(tmp_path_factory):
 
 
 def operator_get(stack, path: str) -> dict:
-    header = reqsign.sign("GET", path, kid=OPERATOR[0], secret=OPERATOR[1])
-    request = urllib.request.Request(stack.base_url + path, headers={reqsign.HEADER: header})
-    with urllib.request.urlopen(request, timeout=15) as response:
-        return json.loads(response.read())
+    return stack.operator_get(path, OPERATOR)
 
 
 def sync(stack, relay_key: str) -> bool:

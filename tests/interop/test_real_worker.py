@@ -12,27 +12,17 @@ import asyncio
 import contextlib
 import json
 import time
-import urllib.request
 from datetime import timedelta
 
 import pytest
 import websockets
 from coincurve import PrivateKey
 
-from hypertuna import reqsign
 from hypertuna.nostr import Event, Filter, apply_query, sign_event
 from tests.interop.conftest import OPERATOR
 
 OWNER = PrivateKey()
 OWNER_HEX = OWNER.public_key_xonly.format().hex()
-
-
-def operator_get(stack, path: str) -> dict:
-    bare, _, query = path.partition("?")
-    header = reqsign.sign("GET", bare, query=query, kid=OPERATOR[0], secret=OPERATOR[1])
-    request = urllib.request.Request(stack.base_url + path, headers={reqsign.HEADER: header})
-    with urllib.request.urlopen(request, timeout=15) as response:
-        return json.loads(response.read())
 
 
 async def _recv(ws, timeout: float = 20.0):
@@ -187,7 +177,7 @@ def test_1_registered_by_npub_identifier_key(stack, workers):
 
 
 def _replica_row(stack, relay_key: str) -> dict | None:
-    rows = operator_get(stack, "/api/blind-peer/replicas?cores=true")["replicas"]
+    rows = stack.operator_get("/api/blind-peer/replicas?cores=true", OPERATOR)["replicas"]
     return next((r for r in rows if r["relayKey"] == relay_key), None)
 
 
