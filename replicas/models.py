@@ -64,6 +64,13 @@ class MirrorCore(models.Model):
     # announced (see selectors.mirror_freshness), and since when it has been behind, if it is.
     caught_up_at = models.DateTimeField(null=True, blank=True)
     behind_since = models.DateTimeField(null=True, blank=True)
+    # Escrow evidence: the length a connected owner announced at its last observed contact, and when. Only
+    # a live observation sets these (never a bridge re-scan or restart), so they never look fresher than
+    # the owner's real last contact.
+    announced_length = models.PositiveBigIntegerField(
+        default=0, help_text="length the owner announced at its last observed contact"
+    )
+    announced_at = models.DateTimeField(null=True, blank=True, help_text="the owner's last observed contact")
     removed_at = models.DateTimeField(null=True, blank=True)
     removal_reason = models.CharField(max_length=200, blank=True)
 
@@ -130,6 +137,9 @@ class ReplicaEvent(models.Model):
     created_at = models.BigIntegerField()
     json = models.TextField()
     seq = models.PositiveBigIntegerField(default=0, help_text="view block it was read from")
+    pending = models.BooleanField(
+        default=False, help_text="written under a gateway lease; not yet read back from the relay's view"
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["replica", "eid"], name="replica_event_once")]
