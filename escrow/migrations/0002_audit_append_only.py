@@ -1,8 +1,8 @@
 """Database-level protection of the audit log: UPDATE and DELETE of audit rows and checkpoints fail.
 
-Postgres: row triggers raise; TRUNCATE must be revoked from the application role (see the runbook), since
-a TRUNCATE trigger would also block the test runner's flush. SQLite (the embedded default): row triggers
-abort. Neither stops a database superuser, which is why signed checkpoints are exported outside it.
+Postgres: row triggers raise (TRUNCATE is refused by the statement trigger of 0003). SQLite (the embedded
+default): row triggers abort. Neither stops a database superuser, which is why signed checkpoints are
+exported outside it.
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ def _audit_triggers(request: Any) -> Any:
 
     Transactional tests end with a flush, which on SQLite is a DELETE the triggers would abort; the
     triggers are removed just before it (this fixture is torn down before pytest-django's flush) and put
-    back by the next test. Postgres flushes with TRUNCATE, which row triggers do not see.
+    back by the next test. On Postgres the flush's TRUNCATE runs with ``session_replication_role = replica``
+    (``tests/conftest.py``), which switches the triggers off for that statement only.
     """
     marker = request.node.get_closest_marker("django_db")
     if marker is None:
