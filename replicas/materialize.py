@@ -11,6 +11,11 @@ transaction.
 - a kind-5 deletion stores tombstones: ``e`` tags hide that id if its author is the deleter and it is not
   itself a deletion (also when the target arrives later); ``a`` tags hide versions of the deleter's
   coordinate created at or before the deletion. Deletions themselves stay visible.
+
+**Pending rows.** An event the gateway wrote under an escrow lease is materialized at once with
+``pending=True`` (``replicas.pending``), under the same rules. When the view later delivers that event, its
+row is not inserted again: it is flipped to ``pending=False`` and given its view ``seq``. Live delivery is by
+``created_at``/id, not by ``seq``, so the flip sends nothing twice.
 """
 
 from __future__ import annotations
@@ -102,9 +107,12 @@ def _delete_rows(replica: Replica, q: Q) -> int:
 
 
 def materialize_events(
-    replica: Replica, items: Iterable[tuple[int, Event]], *, raw_deletes: Iterable[bytes] = ()
+    replica: Replica, items: Iterable[tuple[int, Event]], *, raw_deletes: Iterable[bytes] = (), pending: bool = False
 ) -> tuple[int, int]:
     """Apply events to the replica (see the module docstring for the rules). Returns (inserted, removed).
+
+    ``pending``: the events were written under a lease and not read from the view (rows are marked so);
+    otherwise rows of these events that were stored pending are marked linearized at their view ``seq``.
 
     The caller holds the replica row lock (``select_for_update``) inside a transaction, so no other
     sync of this relay interleaves between the reads of heads/tombstones and the writes below.
@@ -122,9 +130,16 @@ def materialize_events(
         return 0, removed
 
     eids = [bytes.fromhex(i) for i in by_id]
-    existing = {
-        bytes(e) for e in ReplicaEvent.objects.filter(replica=replica, eid__in=eids).values_list("eid", flat=True)
-    }
+    stored = [
+        (bytes(e), was_pending)
+        for e, was_pending in ReplicaEvent.objects.filter(replica=replica, eid__in=eids).values_list("eid", "pending")
+    ]
+    existing = {eid for eid, _ in stored}
+    if not pending:
+        # The view now holds events the gateway wrote under a lease: same row, now linearized (one UPDATE per
+        # row; only this gateway's own writes are ever pending, a handful per batch).
+        for eid in (eid for eid, was_pending in stored if was_pending):
+            ReplicaEvent.objects.filter(replica=replica, eid=eid).update(pending=False, seq=by_id[eid.hex()][0])
     tombstones = {
         (bytes(t), bytes(p))
         for t, p in ReplicaDeletion.objects.filter(replica=replica, target__in=eids).values_list("target", "pubkey")
@@ -202,7 +217,7 @@ def materialize_events(
         to_insert.append(event)
 
     seqs = {event_id: seq for event_id, (seq, _) in by_id.items()}
-    _insert_rows(replica.pk, to_insert, seqs)
+    _insert_rows(replica.pk, to_insert, seqs, pending=pending)
 
     # Deletions last, so they also hide what this very batch inserted.
     for event in (e for e in to_insert if e.kind == DELETION_KIND):
@@ -210,7 +225,7 @@ def materialize_events(
     return len(to_insert), removed
 
 
-_EVENT_COLUMNS = ("replica_id", "eid", "pubkey", "kind", "created_at", "json", "seq")
+_EVENT_COLUMNS = ("replica_id", "eid", "pubkey", "kind", "created_at", "json", "seq", "pending")
 _TAG_COLUMNS = ("event_id", "replica_id", "name", "value", "eid", "pubkey", "kind", "created_at")
 
 
@@ -227,7 +242,7 @@ def _bulk_insert(cursor: Any, table: str, columns: tuple[str, ...], rows: list[A
         cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({placeholders})", rows)  # noqa: S608
 
 
-def _insert_rows(replica_id: int, events: list[Event], seqs: dict[str, int]) -> None:
+def _insert_rows(replica_id: int, events: list[Event], seqs: dict[str, int], *, pending: bool = False) -> None:
     """Insert event and tag rows in bulk (the ORM's per-object SQL compilation cost more than the
     database work at sync batch sizes). The caller has excluded existing ids under the replica
     lock, so plain inserts cannot conflict; the unique constraints still guard against a bug."""
@@ -247,6 +262,7 @@ def _insert_rows(replica_id: int, events: list[Event], seqs: dict[str, int]) -> 
                     e.created_at,
                     e.to_json(),
                     seqs[e.id],
+                    pending,
                 )
                 for e in events
             ],
