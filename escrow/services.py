@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,10 +29,12 @@ from django.utils import timezone
 
 from escrow import audit, crypto, metrics, wire
 from escrow.conf import current_policy, signature_window
+from escrow.evidence import UnlockRequest, policy_snapshot
+from escrow.evidence import parse_unlock as parse_unlock  # the unlock view parses with it
+from escrow.evidence import relay_key_param as _relay
 from escrow.keystore import escrow_keys
 from escrow.models import Deposit, IdempotencyRecord, Lease, WorkerBinding
-from escrow.policy import DepositFacts, Evidence, Snapshot, decide
-from hypertuna.compat.relaykeys import normalize_relay_key
+from escrow.policy import decide
 from hypertuna.exceptions import ApiError
 
 logger = logging.getLogger(__name__)
@@ -441,13 +442,6 @@ def revoke_lease_by_id(*, lease_id: str, actor: str, reason: str, now: datetime 
     return revoke(relay_key=lease.relay_key, actor=actor, reason=reason, lease_id=str(lease.id), now=now)
 
 
-def _relay(value: object) -> str:
-    relay_key = normalize_relay_key(value)
-    if relay_key is None:
-        raise ApiError("invalid-relay-key", "relayKey must be a 64-hex key or an npub…:name identifier.")
-    return relay_key
-
-
 def _uuid(value: object) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
@@ -456,43 +450,6 @@ def _uuid(value: object) -> uuid.UUID:
 
 
 # --- Unlock and renew --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UnlockRequest:
-    relay_key: str
-    session_public_key: bytes
-    healthy_peers: int | None
-    mirror_fresh_at: datetime | None
-    ttl: int | None
-
-
-def parse_unlock(body: object) -> UnlockRequest:
-    if not isinstance(body, dict):
-        raise ApiError("invalid-request", "Body must be a JSON object.")
-    try:
-        session = crypto.b64decode(body.get("sessionPublicKey"), field="sessionPublicKey", length=crypto.KEY_BYTES)
-    except crypto.CryptoError as exc:
-        raise ApiError(exc.code, str(exc)) from None
-    evidence = body.get("evidence") or {}
-    if not isinstance(evidence, dict):
-        raise ApiError("invalid-request", "evidence must be an object.")
-    healthy = evidence.get("healthyPeers")
-    if healthy is not None and (isinstance(healthy, bool) or not isinstance(healthy, int) or healthy < 0):
-        raise ApiError("invalid-request", "evidence.healthyPeers must be a non-negative integer.")
-    fresh = evidence.get("mirrorFreshAt")
-    if fresh is not None and (isinstance(fresh, bool) or not isinstance(fresh, int | float) or fresh < 0):
-        raise ApiError("invalid-request", "evidence.mirrorFreshAt must be Unix seconds.")
-    ttl = body.get("ttl")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
-        raise ApiError("invalid-request", "ttl must be a positive integer (seconds).")
-    return UnlockRequest(
-        relay_key=_relay(body.get("relayKey")),
-        session_public_key=session,
-        healthy_peers=healthy,
-        mirror_fresh_at=datetime.fromtimestamp(fresh, tz=UTC) if fresh is not None else None,
-        ttl=ttl,
-    )
 
 
 def _latest_deposit(relay_key: str) -> Deposit | None:
@@ -561,21 +518,8 @@ def _unlock_locked(
         )
         return "active", {"leaseId": str(active.id), "expiresAt": _ts(active.expires_at)}
     deposit_row = _latest_deposit(relay_key) if binding is not None else None
-    snapshot = Snapshot(
-        now=now,
-        policy=policy,
-        deposit=DepositFacts(
-            state=deposit_row.state,
-            expires_at=deposit_row.expires_at,
-            allow_gateway_writes=deposit_row.allow_gateway_writes,
-            policy_version=deposit_row.policy_version,
-            sealed_to_current_key=deposit_row.escrow_key_id == keys.key_id,
-        )
-        if deposit_row is not None
-        else None,
-        worker_last_seen_at=binding.last_seen_at if binding else None,
-        rotation_required=binding.rotation_required if binding else False,
-        evidence=Evidence(healthy_peers=request.healthy_peers, mirror_fresh_at=request.mirror_fresh_at),
+    snapshot = policy_snapshot(
+        request, policy=policy, binding=binding, deposit=deposit_row, escrow_key_id=keys.key_id, now=now
     )
     decision = decide(snapshot)
     inputs = snapshot.as_audit()

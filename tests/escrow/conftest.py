@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from escrow import crypto, selectors, services, worker_client
 from escrow.keystore import forget_loaded_keys
+from escrow.policy import MirrorEvidence
 
 _triggers = importlib.import_module("escrow.migrations.0002_audit_append_only")
 
@@ -156,15 +157,24 @@ def unlock(
     *,
     healthy: int | None = 0,
     mirror_age: float | None = 10,
+    announced: int = 5,
+    mirrored: int = 5,
     ttl: int | None = None,
     session: crypto.SessionKeypair | None = None,
 ) -> tuple[dict[str, Any], crypto.SessionKeypair]:
+    """An unlock whose mirror evidence says the gateway last saw the worker ``mirror_age`` seconds ago,
+    announcing length ``announced``, and holds ``mirrored`` (``mirror_age=None``: no mirror evidence)."""
     session = session or crypto.generate_session_keypair()
+    mirror = (
+        MirrorEvidence(clock.now - timedelta(seconds=mirror_age), announced, mirrored)
+        if mirror_age is not None
+        else None
+    )
     request = services.UnlockRequest(
         relay_key=relay_key,
         session_public_key=session.public,
         healthy_peers=healthy,
-        mirror_fresh_at=None if mirror_age is None else clock.now - timedelta(seconds=mirror_age),
+        mirror=mirror,
         ttl=ttl,
     )
     return services.unlock(request=request, requester="gateway:test-gateway", now=clock.now), session

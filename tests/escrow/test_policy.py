@@ -23,8 +23,14 @@ GOOD = p.Snapshot(
     ),
     worker_last_seen_at=NOW - timedelta(seconds=91),
     rotation_required=False,
-    evidence=p.Evidence(healthy_peers=0, mirror_fresh_at=NOW - timedelta(seconds=5)),
+    evidence=p.Evidence(healthy_peers=0, mirror=p.MirrorEvidence(NOW - timedelta(seconds=5), 12, 12)),
 )
+
+
+def with_mirror(announced_at=NOW - timedelta(seconds=5), announced=12, mirrored=12, **changes):
+    """GOOD with other mirror evidence (and other snapshot fields)."""
+    mirror = p.MirrorEvidence(announced_at, announced, mirrored)
+    return replace(GOOD, evidence=replace(GOOD.evidence, mirror=mirror), **changes)
 
 
 @pytest.mark.parametrize("module", ["escrow.policy", "escrow.crypto", "escrow.wire", "escrow.worker_client"])
@@ -50,17 +56,13 @@ def test_grant_when_every_rule_passes():
         (replace(GOOD, rotation_required=True), p.ROTATION_REQUIRED),
         (replace(GOOD, worker_last_seen_at=NOW - timedelta(seconds=89)), p.WORKER_HEARTBEAT_RECENT),
         (replace(GOOD, worker_last_seen_at=NOW + timedelta(minutes=5)), p.WORKER_HEARTBEAT_RECENT),
-        (replace(GOOD, evidence=p.Evidence(healthy_peers=None, mirror_fresh_at=NOW)), p.PEER_EVIDENCE_MISSING),
-        (replace(GOOD, evidence=p.Evidence(healthy_peers=1, mirror_fresh_at=NOW)), p.PEERS_REPORTED_HEALTHY),
-        (replace(GOOD, evidence=p.Evidence(healthy_peers=0, mirror_fresh_at=None)), p.MIRROR_EVIDENCE_MISSING),
-        (
-            replace(GOOD, evidence=p.Evidence(healthy_peers=0, mirror_fresh_at=NOW + timedelta(seconds=30))),
-            p.MIRROR_EVIDENCE_INVALID,
-        ),
-        (
-            replace(GOOD, evidence=p.Evidence(healthy_peers=0, mirror_fresh_at=NOW - timedelta(seconds=121))),
-            p.MIRROR_STALE,
-        ),
+        (replace(GOOD, evidence=replace(GOOD.evidence, healthy_peers=None)), p.PEER_EVIDENCE_MISSING),
+        (replace(GOOD, evidence=replace(GOOD.evidence, healthy_peers=1)), p.PEERS_REPORTED_HEALTHY),
+        (replace(GOOD, evidence=replace(GOOD.evidence, mirror=None)), p.MIRROR_EVIDENCE_MISSING),
+        (with_mirror(NOW + timedelta(seconds=30)), p.MIRROR_EVIDENCE_INVALID),
+        (with_mirror(announced=13, mirrored=12), p.MIRROR_INCOMPLETE),
+        # Last seen by the gateway 121 s before the worker's last signed contact (NOW - 91 s).
+        (with_mirror(NOW - timedelta(seconds=91 + 121)), p.MIRROR_STALE),
     ],
 )
 def test_each_rule_refuses_alone(snapshot, reason):
@@ -68,13 +70,76 @@ def test_each_rule_refuses_alone(snapshot, reason):
 
 
 def test_boundaries_are_inclusive_where_documented():
-    # Exactly N seconds of silence is enough; exactly M seconds of mirror age is still fresh.
-    at_edge = replace(
-        GOOD,
-        worker_last_seen_at=NOW - timedelta(seconds=90),
-        evidence=p.Evidence(healthy_peers=0, mirror_fresh_at=NOW - timedelta(seconds=120)),
-    )
+    # Exactly N seconds of silence is enough; a gap of exactly M seconds between the gateway's last
+    # observation and the worker's last signed contact is still fresh; a mirror holding exactly what was
+    # announced is complete.
+    at_edge = with_mirror(NOW - timedelta(seconds=90 + 120), worker_last_seen_at=NOW - timedelta(seconds=90))
     assert p.decide(at_edge).granted
+    assert p.decide(with_mirror(NOW + p.FUTURE_SKEW)).granted
+
+
+def test_a_complete_mirror_stays_eligible_for_the_whole_outage():
+    # The worker left (last signed contact) right after the gateway saw it; ten times mirror_max_age later
+    # the mirror is still exactly as complete as it was: granted. Measuring against "now" would refuse.
+    left = NOW - timedelta(seconds=10 * POLICY.mirror_max_age)
+    assert p.decide(with_mirror(left - timedelta(seconds=3), worker_last_seen_at=left)).granted
+
+
+def test_a_mirror_behind_when_the_worker_left_is_refused_however_fresh_the_report():
+    assert p.decide(with_mirror(NOW, announced=100, mirrored=99)).reasons == (p.MIRROR_INCOMPLETE,)
+
+
+def test_mirrored_beyond_announced_is_complete():
+    # The blind peer may hold more than the worker announced at its last observed contact (later blocks
+    # arrived from the worker before it went away): that is not a reason to refuse.
+    assert p.decide(with_mirror(announced=10, mirrored=25)).granted
+
+
+def test_gateway_contact_after_the_workers_last_escrow_contact_is_fresh():
+    assert p.decide(with_mirror(NOW - timedelta(seconds=2))).granted  # gap -89 s
+
+
+def test_without_an_escrow_last_seen_the_deposit_creation_is_the_workers_contact():
+    created = NOW - timedelta(hours=2)
+    deposit = replace(GOOD.deposit, created_at=created)
+    fresh = with_mirror(created - timedelta(seconds=60), worker_last_seen_at=None, deposit=deposit)
+    assert p.decide(fresh).granted
+    stale = with_mirror(created - timedelta(seconds=121), worker_last_seen_at=None, deposit=deposit)
+    assert p.decide(stale).reasons == (p.MIRROR_STALE,)
+
+
+def test_older_mirror_fresh_at_form_has_no_lengths_and_counts_as_complete():
+    legacy = replace(GOOD, evidence=replace(GOOD.evidence, mirror=p.MirrorEvidence(NOW - timedelta(seconds=100))))
+    assert p.decide(legacy).granted
+    stale = p.MirrorEvidence(NOW - timedelta(seconds=91 + 121))
+    assert p.decide(replace(legacy, evidence=replace(legacy.evidence, mirror=stale))).reasons == (p.MIRROR_STALE,)
+
+
+@pytest.mark.parametrize(
+    ("announced", "mirrored"),
+    [
+        (True, 12),  # bools are ints in Python: not a length
+        (12, False),
+        (12.0, 12),
+        (12, 12.5),
+        (-1, 0),
+        (12, -3),
+        (2**53, 2**53),  # beyond what the bridge can observe
+        (10**30, 12),
+        ("12", 12),
+        (12, None),  # one length without the other
+        (None, 12),
+    ],
+)
+def test_forged_or_malformed_lengths_are_invalid_evidence(announced, mirrored):
+    decision = p.decide(with_mirror(announced=announced, mirrored=mirrored))
+    assert decision.reasons == (p.MIRROR_EVIDENCE_INVALID,)
+
+
+def test_forged_future_announcement_is_invalid_not_fresh():
+    # A gateway cannot make a stale mirror look fresh by dating its observation in the future.
+    forged = with_mirror(NOW + p.FUTURE_SKEW + timedelta(seconds=1), worker_last_seen_at=NOW - timedelta(hours=5))
+    assert p.decide(forged).reasons == (p.MIRROR_EVIDENCE_INVALID,)
 
 
 def test_every_failed_reason_is_listed_in_stable_order():
@@ -86,7 +151,7 @@ def test_every_failed_reason_is_listed_in_stable_order():
         ),
         worker_last_seen_at=NOW,
         rotation_required=True,
-        evidence=p.Evidence(healthy_peers=2, mirror_fresh_at=NOW - timedelta(hours=1)),
+        evidence=p.Evidence(healthy_peers=2, mirror=p.MirrorEvidence(NOW - timedelta(hours=1), 5, 4)),
     )
     decision = p.decide(worst)
     assert not decision.granted
@@ -97,6 +162,7 @@ def test_every_failed_reason_is_listed_in_stable_order():
         p.ROTATION_REQUIRED,
         p.WORKER_HEARTBEAT_RECENT,
         p.PEERS_REPORTED_HEALTHY,
+        p.MIRROR_INCOMPLETE,
         p.MIRROR_STALE,
     )
 
@@ -114,6 +180,15 @@ def test_audit_view_of_the_snapshot_has_the_inputs():
         "depositState": "active",
         "workerSilenceSeconds": 91.0,
         "healthyPeers": 0,
-        "mirrorAgeSeconds": 5.0,
+        "mirrorAnnouncedAt": (NOW - timedelta(seconds=5)).timestamp(),
+        "mirrorAnnouncedLength": 12,
+        "mirrorMirroredLength": 12,
+        "workerLastContactAt": (NOW - timedelta(seconds=91)).timestamp(),
+        "mirrorGapSeconds": -86.0,
         "rotationRequired": False,
     }
+
+
+def test_audit_view_records_malformed_lengths_as_given():
+    inputs = with_mirror(announced=True, mirrored=1.5).as_audit()
+    assert (inputs["mirrorAnnouncedLength"], inputs["mirrorMirroredLength"]) == ("True", "1.5")

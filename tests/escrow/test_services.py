@@ -123,8 +123,10 @@ def test_every_policy_reason_reachable_through_the_service(worker, clock, settin
         "peers-reported-healthy": {"healthy": 1},
         "peer-evidence-missing": {"healthy": None},
         "mirror-evidence-missing": {"mirror_age": None},
-        "mirror-stale": {"mirror_age": 121},
+        # The gateway last saw the worker 121 s before the worker's last signed contact (its deposit).
+        "mirror-stale": {"mirror_age": SILENCE + 121},
         "mirror-evidence-invalid": {"mirror_age": -60},
+        "mirror-incomplete": {"announced": 9, "mirrored": 8},
     }
     for reason, kwargs in cases.items():
         with pytest.raises(ApiError) as excinfo:
@@ -134,6 +136,60 @@ def test_every_policy_reason_reachable_through_the_service(worker, clock, settin
     with pytest.raises(ApiError) as excinfo:
         unlock(clock, worker.relay_key)
     assert refused(excinfo) == ["policy-version-not-acknowledged"]
+
+
+def test_a_mirror_complete_when_the_worker_left_stays_eligible_for_the_whole_outage(worker, clock):
+    worker.deposit()
+    left_at = clock.now
+    clock.advance(10 * 120)  # ten times mirror_max_age after the worker's last contact
+    grant, _ = unlock(clock, worker.relay_key, mirror_age=10 * 120, announced=40, mirrored=40)
+    assert grant["fence"] == 1
+    inputs = AuditEntry.objects.get(action="unlock-granted").details["inputs"]
+    assert inputs["mirrorAnnouncedAt"] == left_at.timestamp()
+    assert inputs["workerLastContactAt"] == left_at.timestamp()
+    assert (inputs["mirrorAnnouncedLength"], inputs["mirrorMirroredLength"], inputs["mirrorGapSeconds"]) == (40, 40, 0)
+
+
+def test_a_mirror_behind_when_the_worker_left_is_refused_and_the_audit_shows_why(worker, clock):
+    worker.deposit()
+    clock.advance(SILENCE)
+    with pytest.raises(ApiError) as excinfo:
+        unlock(clock, worker.relay_key, mirror_age=SILENCE, announced=41, mirrored=40)
+    assert refused(excinfo) == ["mirror-incomplete"]
+    inputs = AuditEntry.objects.get(action="unlock-refused").details["inputs"]
+    assert (inputs["mirrorAnnouncedLength"], inputs["mirrorMirroredLength"]) == (41, 40)
+
+
+def test_unlock_body_mirror_evidence_is_parsed_strictly():
+    base = {"relayKey": "ab" * 32, "sessionPublicKey": base64.b64encode(bytes(32)).decode()}
+
+    def parse(**evidence):
+        return services.parse_unlock({**base, "evidence": {"healthyPeers": 0, **evidence}}).mirror
+
+    good = {"announcedAt": 1_700_000_000, "announcedLength": 7, "mirroredLength": 9}
+    assert (parse(mirror=good).announced_length, parse(mirror=good).mirrored_length) == (7, 9)
+    # The older form: a time, no lengths (taken as complete); the new form wins when both are sent.
+    legacy = parse(mirrorFreshAt=1_700_000_000)
+    assert legacy.announced_at.timestamp() == 1_700_000_000 and legacy.announced_length is None
+    assert parse(mirror=good, mirrorFreshAt=5).announced_at.timestamp() == 1_700_000_000
+    assert parse() is None
+    for field, value in [
+        ("announcedLength", True),
+        ("announcedLength", 7.0),
+        ("mirroredLength", -1),
+        ("mirroredLength", 2**53),
+        ("mirroredLength", "9"),
+        ("announcedAt", 10**20),
+        ("announcedAt", -1),
+        ("announcedAt", False),
+        ("announcedLength", None),
+    ]:
+        with pytest.raises(ApiError) as excinfo:
+            parse(mirror={**good, field: value})
+        assert excinfo.value.code == "invalid-request" and excinfo.value.status_code == 400, (field, value)
+    for bad in ([good], "fresh", 0):
+        with pytest.raises(ApiError):
+            parse(mirror=bad)
 
 
 def test_deposit_expiry_refuses_unlock(worker, clock):
