@@ -12,9 +12,15 @@ The WebSocket fallback path calls, when an EVENT must be written and no peer is 
 
 ``ensure_write_lease`` returns a ``LeaseHandle`` (identifiers, fence, expiry; no secret), or raises
 ``LeasePending`` when a new lease is not there within ``answer_within`` (the write is answered "retry" at
-once, the request continues in the background). It reuses an
-unexpired lease from the vault, renews it when less than a third of its lifetime is left, and otherwise
-requests a new one with a fresh X25519 session key. Concurrent callers for one relay share one request.
+once, the request continues in the background). It reuses an unexpired lease from the vault without asking
+the escrow anything, and otherwise requests a new one with a fresh X25519 session key. Concurrent callers
+for one relay share one request.
+
+A write never waits for the escrow beyond ``answer_within``: confirming and renewing a held lease happen in
+its watcher, in the background (every ``confirm_interval`` s it asks whether the lease still stands, and
+renews it when a third of its lifetime is left while ``renew_while`` says the relay still needs it). Whoever
+must act on a grant or a renewal (the bridge's leased writer opens the relay as a writer at once, and passes
+a new expiry on) subscribes with ``on_grant``.
 
 Evidence sent with an unlock: the caller's healthy peer count and the mirror freshness from
 ``replicas.selectors.mirror_freshness(relay_key)``. That selector belongs to the replicas app; it is
@@ -129,7 +135,6 @@ class EscrowCoordinator:
         self._clock = clock
         self._verify_key = pinned_verify_key
         self._confirm_interval = confirm_interval
-        self._confirmed_at: dict[str, float] = {}
         self._refusal_pause = refusal_pause
         self._pause_until: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -139,11 +144,40 @@ class EscrowCoordinator:
         self._answer_within = answer_within
         self._acquiring: dict[str, asyncio.Future[LeaseHandle | None]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._grant_listeners: list[Callable[[LeaseHandle], None]] = []
+        self._still_needed: Callable[[str], bool] | None = None
         metrics.leases_active.set_function(self.vault.count)
 
     @property
     def enabled(self) -> bool:
         return self.client is not None
+
+    @property
+    def answer_within(self) -> float | None:
+        """How long a write may wait for a lease before it is answered "retry" (None: no bound)."""
+        return self._answer_within
+
+    def pending(self, relay_key: str) -> LeasePending:
+        """The "retry in N s" answer for a write that cannot be served within ``answer_within`` (the one place
+        that figure is computed)."""
+        return LeasePending(relay_key, retry_after=max(1, math.ceil(self._answer_within or 1)))
+
+    def on_grant(self, callback: Callable[[LeaseHandle], None]) -> None:
+        """Call ``callback(handle)`` on the event loop whenever a lease is granted or renewed here."""
+        self._grant_listeners.append(callback)
+
+    def renew_while(self, predicate: Callable[[str], bool]) -> None:
+        """The watcher renews a relay's lease only while ``predicate(relay_key)`` (sync, may use the ORM) is
+        true, e.g. while the relay still has no healthy worker. Without one it always renews; the escrow
+        refuses a renewal once the worker is back anyway."""
+        self._still_needed = predicate
+
+    def _granted(self, lease: LeaseHandle) -> None:
+        for callback in list(self._grant_listeners):
+            try:
+                callback(lease)
+            except Exception:
+                logger.exception("escrow: a lease grant listener failed", extra={"relay_key": lease.relay_key})
 
     def _lock_for(self, relay_key: str) -> asyncio.Lock:
         with self._locks_guard:
@@ -152,17 +186,12 @@ class EscrowCoordinator:
     # --- Public API --------------------------------------------------------------------------------------
 
     async def ensure_write_lease(self, relay_key: str, *, healthy_peers: int = 0) -> LeaseHandle | None:
-        """A usable write lease for ``relay_key``, requesting or renewing one if needed; None if refused."""
+        """A usable write lease for ``relay_key``, requesting one if needed; None if refused. A held lease is
+        returned at once (its watcher confirms and renews it in the background)."""
         self.vault.sweep()
         entry = self.vault.get(relay_key)
         if entry is not None:
-            await self._confirm(entry)
-            entry = self.vault.get(relay_key)
-        if entry is not None:
-            await self._maybe_renew(entry)
-            entry = self.vault.get(relay_key)
-            if entry is not None:
-                return _handle(entry)
+            return _handle(entry)
         if not self.enabled:
             return None
         if self._answer_within is None:
@@ -175,7 +204,7 @@ class EscrowCoordinator:
         try:
             return await asyncio.wait_for(asyncio.shield(pending), self._answer_within)
         except TimeoutError:
-            raise LeasePending(relay_key, retry_after=max(1, math.ceil(self._answer_within))) from None
+            raise self.pending(relay_key) from None
 
     async def _acquire(self, relay_key: str, healthy_peers: int) -> LeaseHandle | None:
         async with self._lock_for(relay_key):
@@ -204,6 +233,7 @@ class EscrowCoordinator:
         if result.lease is not None:
             self._schedule_expiry(result.lease)
             self._watch(result.lease)
+            self._granted(result.lease)
         logger.info(
             "escrow lease request",
             extra={
@@ -319,20 +349,22 @@ class EscrowCoordinator:
                 if entry is None or entry.lease_id != lease.lease_id:
                     return
                 await self._confirm(entry)
+                entry = self.vault.get(lease.relay_key)
+                if entry is None or entry.lease_id != lease.lease_id:
+                    return
+                if self._renewal_due(entry) and await self._needed(entry.relay_key):
+                    await self._renew(entry)
         finally:
             self._watchers.pop(lease.lease_id, None)
 
     async def _confirm(self, entry: VaultEntry) -> None:
-        """Ask the escrow whether the lease still stands, at most every ``confirm_interval`` seconds.
+        """Ask the escrow whether the lease still stands (the watcher does, every ``confirm_interval`` s).
 
         This bounds how long the gateway can keep writing after the escrow revoked the lease (a worker
         came back, an operator revoked): one interval. If the escrow cannot be reached the lease is kept
         until its own expiry, which is the hard bound.
         """
         if self.client is None:
-            return
-        now = self._clock()
-        if now - self._confirmed_at.get(entry.lease_id, entry.stored_at) < self._confirm_interval:
             return
         try:
             status = await asyncio.to_thread(self.client.request, "GET", f"/escrow/relays/{entry.relay_key}")
@@ -341,16 +373,24 @@ class EscrowCoordinator:
         current = status.get("lease") or {}
         if current.get("leaseId") != entry.lease_id:
             self.vault.drop(entry.relay_key, "revoked-at-escrow")
-            self._confirmed_at.pop(entry.lease_id, None)
-            return
-        self._confirmed_at[entry.lease_id] = now
 
-    async def _maybe_renew(self, entry: VaultEntry) -> None:
-        if self.client is None:
-            return
-        remaining = entry.expires_at - self._clock()
+    def _renewal_due(self, entry: VaultEntry) -> bool:
+        """Less than a third of the lease's lifetime is left."""
         lifetime = max(entry.expires_at - entry.stored_at, 1.0)
-        if remaining > lifetime / 3:
+        return entry.expires_at - self._clock() <= lifetime / 3
+
+    async def _needed(self, relay_key: str) -> bool:
+        if self._still_needed is None:
+            return True
+        try:
+            return bool(await sync_to_async(self._still_needed, thread_sensitive=True)(relay_key))
+        except Exception:
+            # Cannot tell (database briefly away): renew; the escrow refuses once a worker is back.
+            logger.warning("escrow: could not tell whether a lease is still needed", exc_info=True)
+            return True
+
+    async def _renew(self, entry: VaultEntry) -> None:
+        if self.client is None:
             return
         try:
             renewed = await asyncio.to_thread(
@@ -365,6 +405,9 @@ class EscrowCoordinator:
             return  # keep using the lease until its own expiry
         self.vault.update_expiry(entry.relay_key, entry.lease_id, float(renewed["expiresAt"]))
         self._schedule_expiry(_handle(entry), at=float(renewed["expiresAt"]))
+        current = self.vault.get(entry.relay_key)
+        if current is not None and current.lease_id == entry.lease_id:
+            self._granted(_handle(current))
 
     def _schedule_expiry(self, lease: LeaseHandle, at: float | None = None) -> None:
         """Wipe the secret at (early) expiry even if nobody touches the vault again."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from datetime import timedelta
 
@@ -104,22 +105,88 @@ async def test_automatic_requests_pause_after_a_refusal_but_manual_ones_do_not(c
     assert await sync_to_async(AuditEntry.objects.count)() == audited + 3
 
 
+class Recording:
+    """The escrow client, recording the paths the coordinator asks for."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.paths: list[str] = []
+
+    def request(self, method, path, body=None):
+        self.paths.append(path)
+        return self.inner.request(method, path, body)
+
+
+async def wait_for(condition, *, within=5.0):
+    import asyncio
+
+    for _ in range(int(within / 0.05)):
+        if condition():
+            return True
+        await asyncio.sleep(0.05)
+    return condition()
+
+
 @pytest.mark.urls("escrow.service_urls")
 @pytest.mark.django_db(transaction=True)
-async def test_worker_return_ends_the_gateway_lease_at_renewal(certs, escrow_url, deposited):
-    worker, _, relay_key = deposited
-    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+async def test_a_held_lease_serves_writes_without_asking_the_escrow_even_when_renewal_is_due(
+    certs, escrow_url, deposited
+):
+    _, _, relay_key = deposited
+    client = Recording(certs.client(escrow_url, certs.gateway))
+    coordinator = EscrowCoordinator(client, mirror_freshness=fresh_mirror, confirm_interval=60)
     lease = await coordinator.ensure_write_lease(relay_key)
     assert lease is not None
-    worker.heartbeat(relay_key)  # the escrow revokes the lease (rotation)
-    # Jump to the renewal point: the renew is refused, so the local copy goes too.
+    asked = len(client.paths)
     entry = coordinator.vault.get(relay_key)
-    secret = entry.writer_secret
-    entry.stored_at = entry.expires_at - 300
-    coordinator._clock = lambda: entry.expires_at - 60
-    assert await coordinator.ensure_write_lease(relay_key) is None
-    assert coordinator.vault.get(relay_key) is None
-    assert bytes(secret) == bytes(len(secret))  # wiped
+    coordinator._clock = lambda: entry.expires_at - 60  # a third of the lifetime is left
+    for _ in range(5):
+        assert await coordinator.ensure_write_lease(relay_key) == lease
+    assert client.paths[asked:] == []  # no confirm, no renew on the write path
+    coordinator.shutdown()
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_the_watcher_renews_in_the_background_without_any_write_and_tells_listeners(certs, escrow_url, deposited):
+    _, _, relay_key = deposited
+    client = Recording(certs.client(escrow_url, certs.gateway))
+    now = [1_000.0]
+    coordinator = EscrowCoordinator(client, mirror_freshness=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
+    heard = []
+    coordinator.on_grant(heard.append)
+    asked = []
+    coordinator.renew_while(lambda key: asked.append(key) or True)
+    lease = await coordinator.ensure_write_lease(relay_key)
+    assert lease is not None and heard == [lease]  # the grant itself
+    entry = coordinator.vault.get(relay_key)
+    now[0] = entry.stored_at + (entry.expires_at - entry.stored_at) / 2  # not due yet
+    await asyncio.sleep(0.35)
+    assert "/escrow/renew" not in client.paths
+    now[0] = entry.expires_at - (entry.expires_at - entry.stored_at) / 4  # due
+    assert await wait_for(lambda: "/escrow/renew" in client.paths)
+    assert asked and asked[0] == relay_key
+    assert await wait_for(lambda: len(heard) >= 2)
+    renewed = heard[1]
+    assert (renewed.lease_id, renewed.fence) == (lease.lease_id, lease.fence)
+    assert renewed.expires_at == int(coordinator.vault.get(relay_key).expires_at)
+    coordinator.shutdown()
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
+async def test_the_watcher_does_not_renew_while_the_relay_no_longer_needs_the_lease(certs, escrow_url, deposited):
+    _, _, relay_key = deposited
+    client = Recording(certs.client(escrow_url, certs.gateway))
+    now = [1_000.0]
+    coordinator = EscrowCoordinator(client, mirror_freshness=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
+    coordinator.renew_while(lambda key: False)  # a healthy worker serves the relay again
+    assert await coordinator.ensure_write_lease(relay_key) is not None
+    entry = coordinator.vault.get(relay_key)
+    now[0] = entry.expires_at - 30
+    assert await wait_for(lambda: client.paths.count(f"/escrow/relays/{relay_key}") >= 3)  # the watcher runs
+    assert "/escrow/renew" not in client.paths
+    coordinator.shutdown()
 
 
 @pytest.mark.urls("escrow.service_urls")
