@@ -6,6 +6,10 @@ it says so: HTTP requests that need the cache (registrations, tokens, rate-limit
 ``service-unavailable`` with ``Retry-After``; a WebSocket whose channel-layer link breaks gets a NOTICE and
 close 1013 ("try again later"); a new handshake is accepted only to be told the same and closed with 1013.
 Nothing caches a failure: the next request after Redis returns uses a fresh connection.
+
+The database going away (a Postgres restart or failover) is answered the same way over HTTP: JSON 503
+``service-unavailable`` with Retry-After instead of a 500 page; Django's connection health checks
+(``CONN_HEALTH_CHECKS``) replace the broken connections once it is back.
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ def is_redis_outage(exc: BaseException | None) -> bool:
     return False
 
 
+def is_database_outage(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is the database being unreachable or its connection broken (not a bad query)."""
+    from django.db import InterfaceError, OperationalError
+
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
 def _warn(where: str, exc: BaseException) -> None:
     """One warning per 10 s at most: an outage fails every request, the log needs one line."""
     global _last_warning
@@ -48,12 +59,14 @@ def _warn(where: str, exc: BaseException) -> None:
     if now - _last_warning >= 10:
         _last_warning = now
         logger.warning(
-            "redis unreachable; answering 503/1013 until it is back", extra={"where": where, "error": str(exc)}
+            "redis or database unreachable; answering 503/1013 until it is back",
+            extra={"where": where, "error": str(exc)},
         )
 
 
 class RedisOutageMiddleware:
-    """Django middleware: a request that failed because Redis is down answers JSON 503 with Retry-After."""
+    """Django middleware: a request that failed because Redis or the database is down answers JSON 503 with
+    Retry-After."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -62,13 +75,14 @@ class RedisOutageMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not is_redis_outage(exception):
+        if is_redis_outage(exception):
+            message = "The gateway's shared state store is unreachable; retry soon."
+        elif is_database_outage(exception):
+            message = "The gateway's database is unreachable; retry soon."
+        else:
             return None
         _warn(request.path, exception)
-        response = JsonResponse(
-            {"error": "service-unavailable", "message": "The gateway's shared state store is unreachable; retry soon."},
-            status=503,
-        )
+        response = JsonResponse({"error": "service-unavailable", "message": message}, status=503)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
