@@ -7,9 +7,12 @@ every node) and usage accounting.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from functools import partial
+import time
+from dataclasses import replace
+from functools import cached_property, partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -25,11 +28,13 @@ from relays.fallback import ReplicaFallback
 from relays.health import tracker
 from relays.middleware import GatewayAuth, Rejection
 from relays.runtime import forwarded_messages, runtime
-from relays.services import relay_group
+from relays.services import VerifiedToken, relay_group
 from relays.session import GatewaySession
 from relays.session_config import CLOSE_GATEWAY_ERROR, CLOSE_NO_PEERS, SessionConfig
+from relays.tokens import refreshed_successor
 
 CLOSE_TOKEN_REVOKED = 4403
+CLOSE_TOKEN_EXPIRED = 4403
 # A NOTICE is a line for a human. Workers may quote what a client sent (a 131 KB unknown verb, for one);
 # the gateway passes at most this many characters of a NOTICE on, so a client cannot use the relay as a
 # mirror that amplifies what it sends.
@@ -60,11 +65,22 @@ def bridge_transport() -> BridgePeerTransport:
     return BridgePeerTransport(get_bridge())
 
 
+def carry_on(token: VerifiedToken) -> VerifiedToken | None:
+    """The refresh a socket of the expired ``token`` answers to from now on (its live connection moves
+    there), or None."""
+    successor = refreshed_successor(token)
+    if successor is not None:
+        usage.connection_closed(token.token_id)
+        usage.connection_opened(successor.token_id)
+    return successor
+
+
 class RelayConsumer(AsyncWebsocketConsumer):
     session: GatewaySession | None = None
     fallback: ReplicaFallback | None = None
     group: str | None = None
     _released = False
+    _token_watch: asyncio.Task[None] | None = None
     # The way to reach workers; tests substitute an in-memory transport.
     transport_factory = staticmethod(bridge_transport)
 
@@ -103,6 +119,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
         self.session = self._open_session(auth)
         await self.accept()
         self.session.start()
+        if auth.token is not None:
+            self._token_watch = asyncio.create_task(self._watch_token())
 
     def _open_session(self, auth: GatewayAuth) -> GatewaySession:
         assert auth.relay is not None
@@ -133,7 +151,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
         return session
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.session is None or self.session.closed:
+        if self.session is None or self.session.closed or not await self._token_in_force():
             return
         if text_data is None:
             await self.send(notice_frame("invalid: binary frames are not supported; send JSON text"))
@@ -162,6 +180,9 @@ class RelayConsumer(AsyncWebsocketConsumer):
         if self._released:
             return
         self._released = True
+        if self._token_watch is not None and self._token_watch is not asyncio.current_task():
+            self._token_watch.cancel()
+            await asyncio.wait({self._token_watch})
         if self.fallback is not None:
             runtime().drop_fallback(self.fallback)
         if self.session is not None:
@@ -175,16 +196,54 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
     async def token_revoked(self, event: dict[str, Any]) -> None:
         """Channel-layer message from ``services.revoke_tokens`` (any gateway node)."""
+        # Under the token lock: a revocation of the refresh this socket is moving to is judged after the move.
+        async with self._token_lock:
+            token = self.scope["gateway"].token
+            if token is None or (self.session is not None and self.session.closed):
+                return
+            if token.token_id not in event["token_ids"] and token.sequence > event["through_sequence"]:
+                return
+            reason = {"reason": event["reason"], "sequence": event["through_sequence"]}
+            await self._end_for_token(json.dumps(["TOKEN", "REVOKED", reason]), CLOSE_TOKEN_REVOKED)
+
+    @cached_property
+    def _token_lock(self) -> asyncio.Lock:
+        return asyncio.Lock()
+
+    async def _watch_token(self) -> None:
+        """One timer per socket: sleeps until the token expires (server clock), then again until the refresh
+        that carried the socket on expires, and so on."""
+        while await self._token_in_force():
+            token = self.scope["gateway"].token
+            await asyncio.sleep(max(0.0, token.expires_at / 1000 - time.time()))
+
+    async def _token_in_force(self) -> bool:
+        """Whether the socket may still be served. Once its token has expired the socket carries on under the
+        newest refresh of that token if one outlives it; otherwise it gets ``["TOKEN","EXPIRED",…]`` and is
+        closed with 4403."""
         token = self.scope["gateway"].token
-        if token is None:
-            return
-        if token.token_id not in event["token_ids"] and token.sequence > event["through_sequence"]:
-            return
-        frame = json.dumps(["TOKEN", "REVOKED", {"reason": event["reason"], "sequence": event["through_sequence"]}])
-        await self.send(frame)
+        if token is None or token.expires_at > time.time() * 1000:
+            return True
+        async with self._token_lock:
+            token = self.scope["gateway"].token
+            if self.session is None or self.session.closed:
+                return False
+            if token.expires_at > time.time() * 1000:
+                return True
+            successor = await database_sync_to_async(carry_on)(token)
+            if successor is not None:
+                self.scope["gateway"] = replace(self.scope["gateway"], token=successor)
+                return True
+            detail = {"reason": "expired", "expiresAt": token.expires_at}
+            await self._end_for_token(json.dumps(["TOKEN", "EXPIRED", detail]), CLOSE_TOKEN_EXPIRED)
+            return False
+
+    async def _end_for_token(self, frame: str, code: int) -> None:
+        # The session stops first, so no relay frame follows the TOKEN frame.
         if self.session is not None:
             await self.session.stop()
-        await self.close(code=CLOSE_TOKEN_REVOKED)
+        await self.send(frame)
+        await self.close(code=code)
 
     async def _publish_accepted(self, event: Event) -> None:
         if self.group:

@@ -122,12 +122,27 @@ def resolve_path(path: str) -> str | None:
     return resolved
 
 
-def token_active(token_id: int) -> bool:
-    """Whether a token verified a moment ago is still neither revoked nor superseded."""
-    row = RelayToken.objects.select_related("relay").filter(pk=token_id).first()
+def _token_in_force(row: RelayToken | None) -> bool:
     return (
         row is not None and row.state == RelayToken.State.ACTIVE and row.sequence > row.relay.revoked_through_sequence
     )
+
+
+def token_active(token_id: int) -> bool:
+    """Whether a token verified a moment ago is still neither revoked nor superseded."""
+    return _token_in_force(RelayToken.objects.select_related("relay").filter(pk=token_id).first())
+
+
+def token_refreshed_to(token_id: int) -> RelayToken | None:
+    """The newest token of the refresh chain that starts after ``token_id``, if it is still in force (active,
+    not revoked, of the same relay); None when the token was never refreshed or its last refresh is not."""
+    start = RelayToken.objects.filter(pk=token_id).values_list("relay_id", flat=True).first()
+    newest = None
+    current = token_id
+    # One indexed query per refresh since the socket last looked: a socket re-checks at each expiry.
+    while (row := RelayToken.objects.select_related("relay").filter(refreshed_from_id=current).first()) is not None:
+        newest, current = row, row.pk
+    return newest if newest is not None and newest.relay_id == start and _token_in_force(newest) else None
 
 
 def live_relay_count() -> int:

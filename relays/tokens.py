@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,14 +14,18 @@ from django.utils import timezone
 from hypertuna.compat import decode_token, encode_token, normalize_relay_key, token_digest
 from hypertuna.compat.relaykeys import HEX64
 from hypertuna.compat.tokens import TokenError
+from hypertuna.env import env
 from hypertuna.exceptions import ApiError
-from relays import metrics, usage
+from relays import metrics, selectors, usage
 from relays.models import Relay, RelayToken
 from relays.signing import broadcast, now_ms, registration_secret, relay_group
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SCOPE = "relay-access"
+# The shortest lifetime a token may be issued or refreshed with. The variable can only lower it: it exists so
+# that a test stack can watch a token expire on a live socket within seconds.
+MIN_TTL = env.int("HYPERTUNA_TOKEN_MIN_TTL", 30, min_value=1, max_value=30)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,8 @@ def _ttl(ttl_seconds: Any) -> int:
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, (int, float)):
         raise ApiError("invalid-ttl", "ttlSeconds must be a number of seconds.")
     ttl = int(ttl_seconds)
-    if not 30 <= ttl <= settings.HYPERTUNA_TOKEN_MAX_TTL:
-        raise ApiError("invalid-ttl", f"ttlSeconds must be between 30 and {settings.HYPERTUNA_TOKEN_MAX_TTL}.")
+    if not MIN_TTL <= ttl <= settings.HYPERTUNA_TOKEN_MAX_TTL:
+        raise ApiError("invalid-ttl", f"ttlSeconds must be between {MIN_TTL} and {settings.HYPERTUNA_TOKEN_MAX_TTL}.")
     return ttl
 
 
@@ -238,6 +242,26 @@ def refresh_token(*, relay_key: Any, token: Any, ttl_seconds: Any = None, now: d
         raise
     metrics.token_refresh_total.labels(result="success").inc()
     return issued
+
+
+def refreshed_successor(token: VerifiedToken, *, now: datetime | None = None) -> VerifiedToken | None:
+    """What a live socket opened with ``token`` answers to once ``token`` expires: the newest refresh of it
+    that is still in force and outlives it (same claims, its own id, sequence and expiry), or None, when the
+    socket must close. A socket never needs the new token string: refreshing before expiry is enough.
+    """
+    row = selectors.token_refreshed_to(token.token_id)
+    if row is None:
+        return None
+    expires_ms = round(row.expires_at.timestamp() * 1000)
+    if expires_ms <= max(token.expires_at, now_ms(now or timezone.now())):
+        return None
+    payload = {
+        **token.payload,
+        "expiresAt": expires_ms,
+        "sequence": row.sequence,
+        "issuedAt": round(row.issued_at.timestamp() * 1000),
+    }
+    return replace(token, token_id=row.pk, sequence=row.sequence, expires_at=expires_ms, payload=payload)
 
 
 @dataclass(frozen=True)
