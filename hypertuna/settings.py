@@ -73,6 +73,9 @@ try:
     HYPERTUNA_MAX_FRAME_BYTES = env.int("HYPERTUNA_MAX_FRAME_BYTES", 131072, min_value=1024, max_value=16 * 1024 * 1024)
     HYPERTUNA_MAX_QUEUED_FRAMES = env.int("HYPERTUNA_MAX_QUEUED_FRAMES", 64, min_value=1, max_value=10000)
     HYPERTUNA_RELAY_ALIASES = env.list("HYPERTUNA_RELAY_ALIASES")
+    # Lifetime of a socket's channel-group membership: every open socket re-adds itself four times per
+    # lifetime (relays.runtime), so a membership whose disconnect was lost lapses within it.
+    HYPERTUNA_CHANNEL_GROUP_EXPIRY = env.int("HYPERTUNA_CHANNEL_GROUP_EXPIRY", 300, min_value=4, max_value=86400)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -174,6 +177,7 @@ if REDIS_URL:
                     }
                 ],
                 "prefix": env.str("HYPERTUNA_CHANNEL_PREFIX", "hypertuna"),
+                "group_expiry": HYPERTUNA_CHANNEL_GROUP_EXPIRY,
             },
         }
     }
@@ -181,7 +185,12 @@ if REDIS_URL:
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"visibility_timeout": 3600}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "hypertuna"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"group_expiry": HYPERTUNA_CHANNEL_GROUP_EXPIRY},
+        }
+    }
     _broker_dir = VAR_DIR / "celery-broker"
     for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from hypertuna.bridge import BridgeClient, BridgeError, BridgeTimeout, BridgeUnavailable
 from hypertuna.bridge.probe import probe
+from relays.bridge_outage import BridgeDown
 from relays.forwarding import PeerError, PeerResponse, PeerStream
 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BridgeClient] = weakref.WeakKeyDictionary()
@@ -23,11 +24,9 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BridgeClient] = w
 # ``peer.disconnected`` reasons that do not mean the worker is gone: the gateway's own disconnect, or a newer
 # connection of the same worker replacing this one.
 BENIGN_CLOSES = frozenset({"manual-destroy", "duplicate-replacement"})
+# How long a restarted bridge (empty worker pool) is given to reach each worker it is asked to dial again.
+REDIAL_TIMEOUT_MS = 30_000
 _UNREACHABLE = {"peer-unavailable", "peer-timeout", "peer-closed", "connect-timeout", "handshake-timeout"}
-
-
-class BridgeDown(PeerError):
-    """The local bridge itself is not answering: no peer can be reached through this node."""
 
 
 def get_bridge() -> BridgeClient:

@@ -10,6 +10,10 @@
   blind-peer trust of its relays is pushed before the answer, so its mirror is accepted at once.
 - The blind-peer trust table (``relays.blind_trust``) is reconciled with the bridge on every
   (re)connection and every ``RECONCILE_INTERVAL_S``: a bridge restart or a missed push heals.
+- On every (re)connection the bridge is also asked to dial every peer that live relays' fresh signed
+  registrations list (healthy or not): a restarted bridge knows no worker, and nothing else would dial a
+  worker no client is using. Each peer it reaches is reported ``peer.connected`` (healthy again), and the
+  worker sees the gateway again (its swarm registration, its mirror).
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
 
 from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeEvent, BridgeTimeout
 from hypertuna.compat.relaykeys import HEX64
 from relays import blind_trust, selectors, services
-from relays.bridge import BENIGN_CLOSES
+from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS
+from relays.models import Peer, Relay
 from replicas import events as replica_events
 from replicas.keys import normalize_core_key
 
@@ -128,6 +136,44 @@ async def handle(client: BridgeClient, event: BridgeEvent) -> None:
         await answer_register(client, data)
     elif event.name == "bridge.reconnected":
         await _reconcile_quietly(client)
+        _redial_in_background(client)
+
+
+_redials: set[asyncio.Task[int]] = set()
+
+
+def _redial_in_background(client: BridgeClient) -> None:
+    """Dial without holding up the events (a dial can take ``REDIAL_TIMEOUT_MS``); one round at a time."""
+    if _redials:
+        return
+    task = asyncio.ensure_future(redial(client))
+    _redials.add(task)
+    task.add_done_callback(_redials.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def peers_to_dial() -> list[str]:
+    """Swarm keys of the peers listed by a signed registration of a live relay within the registration TTL."""
+    now = timezone.now()
+    rows = Peer.objects.filter(
+        active=True,
+        last_seen_at__gte=now - timedelta(seconds=settings.HYPERTUNA_REGISTRATION_TTL),
+        relay__status=Relay.Status.ACTIVE,
+        relay__expires_at__gt=now,
+    ).values_list("peer_key", flat=True)
+    return sorted({key for key in rows if HEX64.match(key)})
+
+
+async def redial(client: BridgeClient) -> int:
+    """Ask the bridge to dial (and keep) every registered peer; returns how many it reached."""
+    peers = await sync_to_async(peers_to_dial)()
+    results = await asyncio.gather(
+        *(client.peer_connect(peer, timeout_ms=REDIAL_TIMEOUT_MS) for peer in peers), return_exceptions=True
+    )
+    reached = sum(not isinstance(r, BaseException) for r in results)
+    if peers:
+        logger.info("dialled registered workers", extra={"peers": len(peers), "reached": reached})
+    return reached
 
 
 async def _reconcile_quietly(client: BridgeClient) -> None:
@@ -145,6 +191,7 @@ async def run(client: BridgeClient, *, stop: asyncio.Event) -> None:
                 await client.connect()
             async with client.events(*TOPICS) as events:
                 await _reconcile_quietly(client)
+                _redial_in_background(client)
                 reconciled_at = time.monotonic()
                 while not stop.is_set():
                     if time.monotonic() - reconciled_at >= RECONCILE_INTERVAL_S:

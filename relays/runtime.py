@@ -1,5 +1,17 @@
-"""Per-process runtime of the WebSocket gateway: the session registry, worker push delivery, and the
-periodic usage flush. Started lazily by the first connection in each event loop."""
+"""Per-process runtime of the WebSocket gateway: the session registry, worker push delivery, the periodic
+usage flush, and the refresh of this node's channel-group memberships. Started lazily by the first
+connection in each event loop.
+
+Bridge restarts: the bridge client reconnects on its own (``hypertuna.bridge``). When it loses the bridge,
+every session here is told (a NOTICE; the socket stays open, see ``relays.bridge_outage``). When it is back,
+the restarted bridge knows no worker yet: the runtime dials the workers its sessions use, then lets each
+session re-open its subscriptions there.
+
+Group memberships: a membership whose ``group_discard`` was lost (a consumer cancelled mid-disconnect in a
+mass disconnect) must not stay in the relay's group forever. The channel layer drops memberships older than
+``HYPERTUNA_CHANNEL_GROUP_EXPIRY``; the runtime re-adds this node's open sockets four times per expiry, so
+only the lost ones lapse.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +22,12 @@ import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from prometheus_client import Counter, Gauge
 
+from hypertuna.bridge import BridgeClient
 from relays import usage
-from relays.bridge import BENIGN_CLOSES, get_bridge
+from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS, get_bridge
 from relays.fallback import LeaseWriter, ReplicaFallback
 from relays.session import GatewaySession
 
@@ -33,6 +47,10 @@ class Runtime:
         self.fallbacks: dict[str, set[ReplicaFallback]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: LeaseWriter | None = None
+        # channel name -> (channel layer, group, the consumer's task) of each open socket of this node.
+        self.memberships: dict[str, tuple[Any, str, asyncio.Task[Any] | None]] = {}
+        self.bridge_up = True
+        self._restore: asyncio.Task[None] | None = None
 
     def fallback_for(self, relay_key: str) -> ReplicaFallback:
         """A fallback for one socket of ``relay_key``, linked to this node's other sockets of the relay."""
@@ -59,6 +77,7 @@ class Runtime:
         self._tasks = [
             asyncio.create_task(self._deliver_pushes(), name="gateway-push-delivery"),
             asyncio.create_task(self._flush_usage(), name="gateway-usage-flush"),
+            asyncio.create_task(self._refresh_groups(), name="gateway-group-refresh"),
         ]
 
     def add(self, session: GatewaySession) -> None:
@@ -69,26 +88,91 @@ class Runtime:
         self.sessions.pop(session.connection_key, None)
         active_sessions.set(len(self.sessions))
 
+    def joined(self, layer: Any, group: str, channel: str) -> None:
+        """A socket of this node joined ``group`` (called from its consumer's task): its membership is kept
+        fresh while that task runs, so a consumer cancelled before it could leave is no longer refreshed."""
+        self.memberships[channel] = (layer, group, asyncio.current_task())
+
+    def left(self, channel: str) -> None:
+        self.memberships.pop(channel, None)
+
+    async def refresh_groups(self) -> int:
+        """Re-add every live membership of this node (one round); returns how many were refreshed."""
+        refreshed = 0
+        for channel, (layer, group, task) in list(self.memberships.items()):
+            if task is not None and task.done():
+                del self.memberships[channel]  # the consumer is gone without leaving: let the membership lapse
+                continue
+            await layer.group_add(group, channel)
+            refreshed += 1
+        return refreshed
+
+    async def _refresh_groups(self) -> None:
+        while True:
+            await asyncio.sleep(settings.HYPERTUNA_CHANNEL_GROUP_EXPIRY / 4)
+            try:
+                await self.refresh_groups()
+            except Exception as exc:  # the layer is down: the next round tries again
+                logger.warning("group membership refresh failed", extra={"error": str(exc)})
+
     async def _deliver_pushes(self) -> None:
         """Route what this node's bridge reports to this node's sessions: frames that workers push (message
-        type 2) to the session holding that connection key, and a worker connection closing or opening to
-        every session of its relays (node-local on purpose: it is this node's bridge the sessions use)."""
+        type 2) to the session holding that connection key, a worker connection closing or opening to
+        every session of its relays (node-local on purpose: it is this node's bridge the sessions use), and
+        the bridge itself going away or coming back to every session."""
         client = get_bridge()
         while True:
             try:
                 if not client.connected:
                     await client.connect()
                 async with client.events(*BRIDGE_TOPICS) as events:
+                    if not self.bridge_up:  # connected again after a failed (re)connect of this loop
+                        self._bridge_back(client)
                     async for event in events:
                         if event.name == "peer.wsframe":
                             self.deliver(event.data)
+                        elif event.name == "bridge.disconnected":
+                            await self.bridge_lost()
+                        elif event.name == "bridge.reconnected":
+                            self._bridge_back(client)
                         else:
                             self.peer_changed(event.name, event.data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.warning("push delivery interrupted", extra={"error": str(exc)})
+                if not client.connected:
+                    await self.bridge_lost()
                 await asyncio.sleep(1.0)
+
+    async def bridge_lost(self) -> None:
+        if self._restore is not None:
+            self._restore.cancel()
+        if self.bridge_up:
+            logger.warning("lost the bridge; client sockets stay open while it reconnects")
+        self.bridge_up = False
+        await self._tell_sessions(up=False)
+
+    def _bridge_back(self, client: BridgeClient) -> None:
+        if self._restore is None or self._restore.done():
+            self._restore = asyncio.create_task(self._redial_then_resume(client), name="gateway-bridge-restore")
+
+    async def _redial_then_resume(self, client: BridgeClient) -> None:
+        """A restarted bridge has an empty worker pool: dial the workers this node's sessions use (at once,
+        each within ``REDIAL_TIMEOUT_MS``), then let the sessions re-open their subscriptions there (a worker
+        still unreachable then is handled as any unreachable worker: another peer, the replica, or 1013)."""
+        peers = {s.current_peer for s in self.sessions.values()} - {None}
+        results = await asyncio.gather(
+            *(client.peer_connect(peer, timeout_ms=REDIAL_TIMEOUT_MS) for peer in peers if peer), return_exceptions=True
+        )
+        failed = sum(isinstance(r, BaseException) for r in results)
+        logger.info("bridge is back; sessions resume", extra={"workers": len(peers), "unreachable": failed})
+        self.bridge_up = True
+        await self._tell_sessions(up=True)
+
+    async def _tell_sessions(self, *, up: bool) -> None:
+        sessions = list(self.sessions.values())
+        await asyncio.gather(*(s.bridge_changed(up=up) for s in sessions), return_exceptions=True)
 
     def peer_changed(self, name: str, data: dict[str, Any]) -> None:
         peer = str(data.get("peerKey") or "")

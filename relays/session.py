@@ -51,9 +51,11 @@ from hypertuna.nostr import (
     unsupported_frame,
     verify_event,
 )
+from relays.bridge_outage import BRIDGE_BACK_NOTICE, BRIDGE_DOWN_NOTICE, BridgeDown, outage_reply
 from relays.forwarding import PeerError, PeerTransport, poll_relay, post_relay
 from relays.frames_filter import accepted_event, read_frame, relay_not_loaded, worker_frames_dropped
 from relays.inflight import InFlight
+from relays.peer_rotation import PeerRotation
 from relays.poll_schedule import PollSchedule
 from relays.session_config import (
     CLOSE_AUTH_REJECTED,
@@ -99,9 +101,7 @@ class GatewaySession:
         self._on_forward = on_forward
         # Called once per EVENT a worker accepted through this socket: the gateway-side live fan-out.
         self._on_accepted = on_accepted
-        self._peers = list(peers)
-        self._failed: set[str] = set()
-        self._current: str | None = self._peers[0] if self._peers else None
+        self._rotation = PeerRotation(peers)
         self._subscriptions = Subscriptions()
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self.config.max_queued_frames)
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,16 +118,29 @@ class GatewaySession:
         self._inflight = InFlight()
         # True while the fallback (replica) serves this socket because no worker could.
         self._on_fallback = False
+        # This node's bridge is away (see relays.bridge_outage); back: re-open the subscriptions on the worker.
+        self._bridge_down = False
+        self._resume = False
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     @property
     def current_peer(self) -> str | None:
-        return self._current
+        return self._rotation.current
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def bridge_changed(self, *, up: bool) -> None:
+        """This node's bridge went away (the client is told; nothing counts against the workers) or is back
+        (the client is told; the poll loop re-opens the subscriptions on the worker)."""
+        if up == (not self._bridge_down):
+            return
+        self._bridge_down = not up
+        self._resume = up
+        self._wake.set()
+        await self.send(notice_frame(BRIDGE_BACK_NOTICE if up else BRIDGE_DOWN_NOTICE))
 
     def start(self) -> None:
         self._tasks = [
@@ -254,8 +267,9 @@ class GatewaySession:
         """The frames answering ``raw``, and whether a worker gave them (not the fallback, not an error)."""
         tried: set[str] = set()
         last_error = "No peers available"
-        while True:
-            peer = self._pick_peer(exclude=tried)
+        down = self._bridge_down
+        while not down:
+            peer = self._rotation.pick(exclude=tried)
             if peer is None:
                 break
             tried.add(peer)
@@ -267,6 +281,9 @@ class GatewaySession:
                     # not a failure of the peer; this message goes elsewhere and the worker is asked again.
                     last_error = "the relay host is still starting"
                     continue
+            except BridgeDown:
+                down = True
+                break
             except PeerError as exc:
                 last_error = str(exc)
                 if exc.status is not None and exc.status < 500 and exc.status != 404:
@@ -281,10 +298,12 @@ class GatewaySession:
             if self._on_forward:
                 self._on_forward(self.relay_key)
             await self.health.peer_ok(peer, (time.monotonic() - started) * 1000)
-            if peer != self._current:
+            if peer != self._rotation.current:
                 just_sent = message.subscription_id if isinstance(message, ReqMessage) else None
                 await self._switch_to(peer, replay=True, skip=just_sent)
             return frames, True
+        if down:
+            return await outage_reply(message, raw, self.fallback), False
         if self.fallback is not None and isinstance(message, (EventMessage, ReqMessage, CloseMessage)):
             served = await self.fallback.handle(message, raw)
             if served is not None:
@@ -318,36 +337,21 @@ class GatewaySession:
         Gone: requests in flight to it fail now and the poll loop fails over at once (another peer, or the
         replica). Back: a socket served by the replica returns to it, re-opening its subscriptions there.
         """
-        if peer not in self._peers:
+        if not self._rotation.mark(peer, up=up):
             return
         logger.debug(
             "worker peer changed",
             extra={"relay": self.relay_key, "peer": peer[:16], "up": up, "fallback": self._on_fallback},
         )
-        if up:
-            self._failed.discard(peer)
-            if self._on_fallback:
-                self._wake.set()
-            return
-        self._failed.add(peer)
-        self._inflight.abort(peer)
-        if peer == self._current:
+        if not up:
+            self._inflight.abort(peer)
+        if self._on_fallback if up else peer == self._rotation.current:
             self._wake.set()
 
     # --- peers ------------------------------------------------------------------------------------
 
-    def _pick_peer(self, exclude: set[str]) -> str | None:
-        ordered = self._peers
-        if self._current in ordered:
-            i = ordered.index(self._current)
-            ordered = ordered[i:] + ordered[:i]
-        for peer in ordered:
-            if peer not in exclude and peer not in self._failed:
-                return peer
-        return None
-
     async def _peer_failed(self, peer: str, reason: str) -> None:
-        self._failed.add(peer)
+        self._rotation.failed.add(peer)
         await self.health.peer_failed(peer, reason)
         logger.info("peer failed for session", extra={"relay": self.relay_key, "peer": peer[:16], "reason": reason})
         await self._reload_peers()
@@ -357,12 +361,10 @@ class GatewaySession:
         if self._refresh_peers is None:
             return
         with contextlib.suppress(Exception):
-            fresh = await self._refresh_peers()
-            self._failed &= set(self._peers) - (set(fresh) - set(self._peers))
-            self._peers = list(fresh)
+            self._rotation.refresh(await self._refresh_peers())
 
     async def _switch_to(self, peer: str, *, replay: bool, skip: str | None = None) -> bool:
-        previous, self._current = self._current, peer
+        previous, self._rotation.current = self._rotation.current, peer
         self._poll_failures = 0
         if previous is not None and previous != peer:
             self.stats.failovers += 1
@@ -413,7 +415,10 @@ class GatewaySession:
             if self._closed:
                 return
             try:
-                needs_failover = self._current is None or self._current in self._failed or self._on_fallback
+                if self._bridge_down:
+                    await self._poll_fallback(loop.time())
+                    continue
+                needs_failover = self._rotation.stuck() or self._on_fallback or self._resume
                 if needs_failover and not await self._failover_for_poll():
                     await self._poll_fallback(loop.time())
                     continue
@@ -427,7 +432,7 @@ class GatewaySession:
                 self._schedule.polled(loop.time())
 
     async def _poll_once(self) -> None:
-        peer = self._current
+        peer = self._rotation.current
         if peer is None:
             return
         self.stats.polls += 1
@@ -440,6 +445,8 @@ class GatewaySession:
                 auth_token=self.auth_token,
                 timeout=self.config.poll_timeout,
             )
+        except BridgeDown:
+            return  # not the worker's failure: the bridge's return re-opens the subscriptions
         except PeerError as exc:
             self._poll_failures += 1
             if self._poll_failures >= self.config.poll_failures_before_failover or exc.unreachable:
@@ -472,11 +479,12 @@ class GatewaySession:
         await self._close(CLOSE_AUTH_REJECTED, "Authentication rejected by the relay host")
 
     async def _failover_for_poll(self) -> bool:
-        peer = self._pick_peer(exclude=set())
+        self._resume = False
+        peer = self._rotation.pick(exclude=set())
         if peer is None and self._on_fallback:
             # Served by the replica: a worker may be back (a socket opened while all were away knows none).
             await self._reload_peers()
-            peer = self._pick_peer(exclude=set())
+            peer = self._rotation.pick(exclude=set())
         if peer is None:
             if self.fallback is not None:
                 self._on_fallback = True

@@ -249,7 +249,8 @@ class BridgeClient:
         call_timeout: float = 30.0,
         reconnect: bool = True,
         backoff_initial: float = 0.2,
-        backoff_max: float = 10.0,
+        # A local socket: retrying every couple of seconds costs nothing and finds a restarted bridge at once.
+        backoff_max: float = 2.0,
         event_queue_size: int = 10_000,
     ) -> None:
         if not socket_path and not tcp:

@@ -1,0 +1,110 @@
+"""A session while this node's bridge is away and after it is back: the socket stays open, the client is told,
+nothing counts against the workers, and the subscriptions are re-opened on the worker afterwards."""
+
+from __future__ import annotations
+
+import json
+
+from relays.bridge_outage import BRIDGE_BACK_NOTICE, BRIDGE_DOWN_NOTICE, BridgeDown
+from relays.runtime import Runtime
+from tests.relays.fakes import FakeTransport, FakeWorker, RecordingHealth
+from tests.relays.test_session import Client, event, make_session
+
+
+class BridgeSwitch(FakeTransport):
+    """The fake workers behind a bridge that can be killed: while it is down every request fails like
+    ``relays.bridge`` fails them (``BridgeDown``)."""
+
+    def __init__(self, workers: dict[str, FakeWorker]) -> None:
+        super().__init__(workers)
+        self.down = False
+
+    async def request(self, peer_key, method, path, *, headers, body, timeout):
+        if self.down:
+            raise BridgeDown("gateway bridge unavailable")
+        return await super().request(peer_key, method, path, headers=headers, body=body, timeout=timeout)
+
+
+def session_on(bridge: BridgeSwitch, client: Client, health: RecordingHealth):
+    session = make_session(bridge.workers, client, health=health)
+    session.transport = bridge
+    return session
+
+
+async def test_socket_survives_a_bridge_outage_and_resumes_its_subscription():
+    worker = FakeWorker()
+    bridge = BridgeSwitch({"p1": worker})
+    client, health = Client(), RecordingHealth()
+    session = session_on(bridge, client, health)
+    session.start()
+    session.enqueue(json.dumps(["REQ", "live", {"kinds": [1]}]))
+    await client.wait_for(lambda f: ["EOSE", "live"] in f)
+
+    bridge.down = True
+    await session.bridge_changed(up=False)
+    assert client.frames[-1] == ["NOTICE", BRIDGE_DOWN_NOTICE]
+    refused = event("while the bridge is away")
+    session.enqueue(json.dumps(["EVENT", refused]))
+    session.enqueue(json.dumps(["REQ", "late", {"kinds": [1]}]))
+    await client.wait_for(lambda f: any(x[0] == "CLOSED" and x[1] == "late" for x in f))
+    ok = next(f for f in client.frames if f[0] == "OK")
+    assert ok[:3] == ["OK", refused["id"], False] and ok[3].startswith("error:") and "try again" in ok[3]
+    closed = next(f for f in client.frames if f[0] == "CLOSED")
+    assert closed[2].startswith("error:") and "try again" in closed[2]
+
+    # The worker lost the connection's subscriptions with the bridge (a restarted bridge is a new connection).
+    worker.subs.clear()
+    bridge.down = False
+    await session.bridge_changed(up=True)
+    assert ["NOTICE", BRIDGE_BACK_NOTICE] in client.frames
+    await client.wait_for(lambda f: "live" in {s for subs in worker.subs.values() for s in subs})
+    after = event("after the bridge is back", created_at=1_700_000_100)
+    worker.events.append(after)
+    await client.wait_for(lambda f: ["EVENT", "live", after] in f)
+
+    assert client.closed is None
+    assert health.failed == []
+    assert session.current_peer == "p1"
+    assert "late" not in {s for subs in worker.subs.values() for s in subs}, "a refused REQ must not be re-opened"
+    assert worker.events == [after], "the refused EVENT never reached the worker"
+    await session.stop()
+
+
+async def test_a_request_failing_on_the_lost_bridge_is_not_the_workers_fault():
+    """The bridge fails a request before the runtime has told the session (the loss is seen by the call
+    first): the client still gets a retry answer, the socket stays, and no worker is reported failed."""
+    bridge = BridgeSwitch({"p1": FakeWorker(), "p2": FakeWorker()})
+    bridge.down = True
+    client, health = Client(), RecordingHealth()
+    session = session_on(bridge, client, health)
+    session.start()
+    ev = event("too early")
+    session.enqueue(json.dumps(["EVENT", ev]))
+    await client.wait_for(lambda f: any(x[0] == "OK" for x in f))
+    assert client.frames[0][:3] == ["OK", ev["id"], False] and "try again" in client.frames[0][3]
+    assert client.closed is None and health.failed == []
+    await session.stop()
+
+
+class FakeBridgeClient:
+    def __init__(self) -> None:
+        self.dialled: list[str] = []
+
+    async def peer_connect(self, peer_key: str, *, timeout_ms: int | None = None) -> dict:
+        self.dialled.append(peer_key)
+        return {"peerKey": peer_key}
+
+
+async def test_runtime_tells_sessions_and_redials_their_workers_before_they_resume():
+    worker = FakeWorker()
+    bridge = BridgeSwitch({"p1": worker})
+    client = Client()
+    session = session_on(bridge, client, RecordingHealth())
+    rt = Runtime()
+    rt.add(session)
+    await rt.bridge_lost()
+    assert client.frames == [["NOTICE", BRIDGE_DOWN_NOTICE]] and not rt.bridge_up
+    fake = FakeBridgeClient()
+    await rt._redial_then_resume(fake)  # type: ignore[arg-type]
+    assert fake.dialled == ["p1"]
+    assert rt.bridge_up and client.frames[-1] == ["NOTICE", BRIDGE_BACK_NOTICE]
