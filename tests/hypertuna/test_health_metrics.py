@@ -118,3 +118,24 @@ def test_metrics_endpoint_serves_the_new_gauges(client, no_escrow):
     text = client.get("/metrics").content.decode()
     assert 'gateway_dependency_up{component="database"} 1.0' in text
     assert 'gateway_replicas{state="ready"} 0.0' in text
+
+
+def test_a_certificate_without_a_role_scrapes_the_escrow_metrics(tmp_path):
+    """What the monitoring profile's Prometheus presents to the escrow (deploy/README.md, "Monitoring")."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from escrow.transport import client_context
+
+    certs = make_pki(tmp_path / "pki")
+    context = client_context(ca=str(certs.ca.cert), cert=str(certs.no_role.cert), key=str(certs.no_role.key))
+    with escrow_listener(certs) as url:
+        parts = urlsplit(url)
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=10, context=context)
+        try:
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            body = response.read().decode()
+        finally:
+            connection.close()
+    assert response.status == 200 and "escrow_leases_active" in body
