@@ -22,9 +22,10 @@ renews it when a third of its lifetime is left while ``renew_while`` says the re
 must act on a grant or a renewal (the bridge's leased writer opens the relay as a writer at once, and passes
 a new expiry on) subscribes with ``on_grant``.
 
-Evidence sent with an unlock: the caller's healthy peer count and the mirror freshness from
-``replicas.selectors.mirror_freshness(relay_key)``. That selector belongs to the replicas app; it is
-imported lazily and, until it exists (ImportError/AttributeError), the coordinator sends no mirror
+Evidence sent with an unlock: the caller's healthy peer count and the mirror evidence from
+``replicas.selectors.mirror_evidence(relay_key)`` (the worker's last observed contact, the length it
+announced then, the length mirrored). That selector belongs to the replicas app; it is imported lazily
+and, when it is missing (ImportError/AttributeError) or has nothing, the coordinator sends no mirror
 evidence, which the escrow policy refuses (``mirror-evidence-missing``): fail closed.
 
 A 409 ``lease-active`` for a lease this process does not hold means another gateway node holds it; this
@@ -99,15 +100,24 @@ class LeaseResult:
         }
 
 
-def _mirror_freshness_sync(relay_key: str) -> datetime | None:
+def _mirror_evidence_sync(relay_key: str) -> dict[str, int] | None:
+    """``evidence.mirror`` for an unlock (``escrow/WIRE.md``) from ``replicas.selectors.mirror_evidence``;
+    None (no mirror evidence: refused) when the selector is absent or answers nothing usable."""
     try:
         from replicas import selectors as replica_selectors
 
-        selector = replica_selectors.mirror_freshness
+        selector = replica_selectors.mirror_evidence
     except (ImportError, AttributeError):
         return None
     result = selector(relay_key)
-    return result if isinstance(result, datetime) else None
+    if not isinstance(result, dict) or not isinstance(result.get("announcedAt"), datetime):
+        return None
+    # Whole seconds rounded down: the observation is never reported as later than it was.
+    return {
+        "announcedAt": math.floor(result["announcedAt"].timestamp()),
+        "announcedLength": int(result["announcedLength"]),
+        "mirroredLength": int(result["mirroredLength"]),
+    }
 
 
 def _handle(entry: VaultEntry) -> LeaseHandle:
@@ -120,7 +130,7 @@ class EscrowCoordinator:
         client: EscrowClient | None,
         *,
         vault: LeaseVault | None = None,
-        mirror_freshness: Callable[[str], datetime | None] = _mirror_freshness_sync,
+        mirror_evidence: Callable[[str], dict[str, int] | None] = _mirror_evidence_sync,
         request_ttl: int = 300,
         clock: Callable[[], float] = time.time,
         pinned_verify_key: bytes | None = None,
@@ -130,7 +140,7 @@ class EscrowCoordinator:
     ) -> None:
         self.client = client
         self.vault = vault or LeaseVault(clock=clock)
-        self._mirror_freshness = mirror_freshness
+        self._mirror_evidence = mirror_evidence
         self._request_ttl = request_ttl
         self._clock = clock
         self._verify_key = pinned_verify_key
@@ -227,8 +237,8 @@ class EscrowCoordinator:
     async def request_lease(self, relay_key: str, *, healthy_peers: int, requested_by: str) -> LeaseResult:
         if self.client is None:
             return LeaseResult("disabled", detail="HYPERTUNA_ESCROW_URL is not configured")
-        mirror_at = await sync_to_async(self._mirror_freshness, thread_sensitive=True)(relay_key)
-        result = await asyncio.to_thread(self._request_lease_sync, relay_key, healthy_peers, mirror_at, requested_by)
+        mirror = await sync_to_async(self._mirror_evidence, thread_sensitive=True)(relay_key)
+        result = await asyncio.to_thread(self._request_lease_sync, relay_key, healthy_peers, mirror, requested_by)
         metrics.unlock_requests_total.labels(result.status).inc()
         if result.lease is not None:
             self._schedule_expiry(result.lease)
@@ -280,13 +290,13 @@ class EscrowCoordinator:
         return self._verify_key
 
     def _request_lease_sync(
-        self, relay_key: str, healthy_peers: int, mirror_at: datetime | None, requested_by: str
+        self, relay_key: str, healthy_peers: int, mirror: dict[str, int] | None, requested_by: str
     ) -> LeaseResult:
         assert self.client is not None
         session = crypto.generate_session_keypair()
         evidence: dict[str, Any] = {"healthyPeers": healthy_peers}
-        if mirror_at is not None:
-            evidence["mirrorFreshAt"] = int(mirror_at.timestamp())
+        if mirror is not None:
+            evidence["mirror"] = mirror
         body = {
             "relayKey": relay_key,
             "sessionPublicKey": crypto.b64encode(session.public),

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -85,6 +85,31 @@ class MirrorBehindFilter(admin.SimpleListFilter):
         return queryset
 
 
+class MirrorEvidenceFilter(admin.SimpleListFilter):
+    """The escrow's mirror evidence per core: was everything the owner announced at its last observed
+    contact mirrored (``mirror-incomplete`` otherwise)?"""
+
+    title = "escrow mirror evidence"
+    parameter_name = "evidence"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("complete", "Complete at the owner's last contact"),
+            ("incomplete", "Behind what the owner announced"),
+            ("none", "No contact observed"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[MirrorCore]) -> QuerySet[MirrorCore]:
+        announced = queryset.filter(announced_at__isnull=False)
+        if self.value() == "complete":
+            return announced.filter(mirrored_length__gte=F("announced_length"))
+        if self.value() == "incomplete":
+            return announced.filter(mirrored_length__lt=F("announced_length"))
+        if self.value() == "none":
+            return queryset.filter(announced_at__isnull=True)
+        return queryset
+
+
 @admin.register(MirrorCore)
 class MirrorCoreAdmin(admin.ModelAdmin):
     list_display = (
@@ -99,6 +124,8 @@ class MirrorCoreAdmin(admin.ModelAdmin):
         "priority",
         "mirrored_length",
         "remote_length",
+        "announced_length",
+        "announced_at",
         "last_activity_at",
     )
     list_filter = (
@@ -106,6 +133,7 @@ class MirrorCoreAdmin(admin.ModelAdmin):
         "core_type",
         "announce",
         MirrorBehindFilter,
+        MirrorEvidenceFilter,
         "reported_by_worker",
         "declared_by_registration",
     )

@@ -148,6 +148,10 @@ def record_mirror_progress(*, data: dict[str, Any], now: datetime | None = None)
 
     ``contiguousLength`` (else ``length``) is what the blind peer holds; ``remoteLength`` is the owner's
     length as seen on the wire. Unknown cores are ignored (the ``mirror.added`` event creates them).
+
+    ``livePeers`` > 0 says the owner was connected when ``remoteLength`` was read: the report is an
+    announcement (``_note_announcement``). A report without it (a bridge re-scan at start, a replay, an
+    older bridge) is storage, not contact, and never touches the announcement.
     """
     now = now or timezone.now()
     core_key = normalize_core_key(data.get("coreKey"))
@@ -156,12 +160,15 @@ def record_mirror_progress(*, data: dict[str, Any], now: datetime | None = None)
     length = _int_field(data, "length", 0) or 0
     contiguous = _int_field(data, "contiguousLength", length)
     remote = _int_field(data, "remoteLength", 0) or 0
+    live_peers = _int_field(data, "livePeers", 0) or 0
     observed_at = _timestamp_ms(data, "updatedAt", now)
     with transaction.atomic():
         core = MirrorCore.objects.select_for_update().filter(core_key=core_key).first()
         if core is None:
             return None
         _apply_core_lengths(core, mirrored=contiguous, remote=remote, at=observed_at)
+        if live_peers > 0:
+            _note_announcement(core, length=remote, at=observed_at)
         core.last_activity_at = max(core.last_activity_at, observed_at)
         core.save()
         link_view_core(core, observed_at)
@@ -180,6 +187,17 @@ def _apply_core_lengths(core: MirrorCore, *, mirrored: int | None, remote: int |
         core.caught_up_at = max(core.caught_up_at, at) if core.caught_up_at else at
     elif core.behind_since is None:
         core.behind_since = at
+
+
+def _note_announcement(core: MirrorCore, *, length: int, at: datetime) -> None:
+    """The owner's contact: the length it announced and when (both clamped by the caller to ``now``).
+
+    Neither moves back: a late or replayed report cannot make the last contact look older or shorter,
+    and nothing but a contact moves them forward, so they never look fresher than the owner's real last
+    contact (escrow evidence, see ``selectors.mirror_evidence``).
+    """
+    core.announced_length = max(core.announced_length, length)
+    core.announced_at = max(core.announced_at, at) if core.announced_at else at
 
 
 # --- worker metadata ------------------------------------------------------------------------------
@@ -266,7 +284,9 @@ def record_worker_metadata(*, payload: Any, signature: Any, now: datetime | None
             core.reported_by_worker = True
             core.last_activity_at = now
             if length is not None:
+                # A signed push naming a length is a contact from the owner itself.
                 _apply_core_lengths(core, mirrored=None, remote=length, at=now)
+                _note_announcement(core, length=length, at=now)
             core.save()
             link_view_core(core, now)
         replica_for(relay_key, public_identifier)

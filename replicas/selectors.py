@@ -1,4 +1,4 @@
-"""Reads: NIP-01 REQ answers from the materialized replica, readiness, mirror freshness, summaries.
+"""Reads: NIP-01 REQ answers from the materialized replica, readiness, mirror evidence, summaries.
 
 ``query_events`` answers the initial query of a REQ in SQL with exactly the result of
 ``hypertuna.nostr.apply_query`` over the replica's visible events (property-tested): per filter the
@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -251,35 +251,44 @@ aquery_events = sync_to_async(query_events)
 thread; never call the ORM from the event loop)."""
 
 
-# --- readiness and freshness ----------------------------------------------------------------------
+# --- readiness and mirror evidence ----------------------------------------------------------------------
 
 
-def mirror_freshness(relay_key: str) -> datetime | None:
-    """When the relay's mirrored view last caught up with the worker's announced length.
+class MirrorEvidence(TypedDict):
+    """The escrow's mirror evidence for one relay (wire form in ``escrow/WIRE.md``)."""
 
-    The view core(s) of the relay are considered (the blind peer's contiguous length against the
-    longest length the worker announced). If the mirror is caught up now, this is the latest time that
-    was confirmed (``caught_up_at``); if it is behind, the blind peer holds everything the worker had
-    announced up to ``behind_since`` — the answer is the later of the two known instants. ``None``: no
-    view core is mirrored for the relay, or it never caught up. The escrow coordinator compares
-    ``now - mirror_freshness`` with its ``mirrorFreshnessMaxLagMs``.
+    announcedAt: datetime
+    announcedLength: int
+    mirroredLength: int
+
+
+def mirror_evidence(relay_key: str) -> MirrorEvidence | None:
+    """The owner's last observed contact for the relay's view, and what the blind peer holds of it.
+
+    Among the relay's active ``autobase-view`` cores, the one announced most recently: when its owner was
+    last observed (``announced_at``: a live bridge report or a signed metadata push), the length it
+    announced then, and the blind peer's contiguous length of that core now. ``None`` when no view core
+    of the relay was ever announced. The escrow judges it against the worker's last signed contact, not
+    the clock: complete (mirrored ≥ announced) and observed close enough to the worker's last contact.
     """
-    cores = list(
-        MirrorCore.objects.filter(relay_key=relay_key, core_type="autobase-view", state=MirrorCore.State.ACTIVE).values(
-            "caught_up_at", "behind_since", "mirrored_length", "remote_length"
+    core = (
+        MirrorCore.objects.filter(
+            relay_key=relay_key,
+            core_type="autobase-view",
+            state=MirrorCore.State.ACTIVE,
+            announced_at__isnull=False,
         )
+        .order_by("-announced_at", "core_key")
+        .values("announced_at", "announced_length", "mirrored_length")
+        .first()
     )
-    best: datetime | None = None
-    for core in cores:
-        if core["mirrored_length"] >= core["remote_length"]:
-            moment = core["caught_up_at"]
-        else:
-            # Behind: fresh as of the moment it fell behind (everything before was held), but only if it
-            # had ever caught up.
-            moment = core["behind_since"] if core["caught_up_at"] is not None else None
-        if moment is not None and (best is None or moment > best):
-            best = moment
-    return best
+    if core is None:
+        return None
+    return {
+        "announcedAt": core["announced_at"],
+        "announcedLength": core["announced_length"],
+        "mirroredLength": core["mirrored_length"],
+    }
 
 
 def has_replica(relay_key: str) -> bool:
@@ -319,11 +328,15 @@ def replica_as_dict(
         "events": replica.event_count,
         "consecutiveFailures": replica.consecutive_failures,
         "lastError": replica.last_error or None,
-        "mirrorFreshness": _iso(mirror_freshness(replica.relay_key)),
+        "mirrorEvidence": _evidence_as_dict(mirror_evidence(replica.relay_key)),
     }
     if cores is not None:
         out["cores"] = [core_as_dict(c) for c in cores]
     return out
+
+
+def _evidence_as_dict(evidence: MirrorEvidence | None) -> dict[str, Any] | None:
+    return None if evidence is None else {**evidence, "announcedAt": _iso(evidence["announcedAt"])}
 
 
 def core_as_dict(core: MirrorCore) -> dict[str, Any]:
@@ -342,6 +355,8 @@ def core_as_dict(core: MirrorCore) -> dict[str, Any]:
         "lastActivityAt": _iso(core.last_activity_at),
         "caughtUpAt": _iso(core.caught_up_at),
         "behindSince": _iso(core.behind_since),
+        "announcedLength": core.announced_length,
+        "announcedAt": _iso(core.announced_at),
     }
 
 

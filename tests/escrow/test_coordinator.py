@@ -23,7 +23,8 @@ from tests.escrow.mtls import escrow_listener, make_pki
 
 
 def fresh_mirror(relay_key):
-    return timezone.now() - timedelta(seconds=5)
+    # The gateway saw the worker 5 s ago, and its mirror holds everything the worker announced then.
+    return {"announcedAt": int(timezone.now().timestamp()) - 5, "announcedLength": 3, "mirroredLength": 3}
 
 
 def unlock_count(result: str) -> float:
@@ -59,7 +60,7 @@ def make_coordinator(certs, url, **kwargs) -> EscrowCoordinator:
 @pytest.mark.django_db(transaction=True)
 async def test_ensure_write_lease_obtains_opens_and_reuses(certs, escrow_url, deposited):
     _, writer, relay_key = deposited
-    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+    coordinator = make_coordinator(certs, escrow_url, mirror_evidence=fresh_mirror)
     before = unlock_count("granted")
     lease = await coordinator.ensure_write_lease(relay_key, healthy_peers=0)
     assert lease is not None and lease.fence == 1 and lease.writer_public_key == writer.public.hex()
@@ -76,7 +77,7 @@ async def test_ensure_write_lease_obtains_opens_and_reuses(certs, escrow_url, de
 @pytest.mark.django_db(transaction=True)
 async def test_refusal_without_mirror_evidence_leaves_the_relay_read_only(certs, escrow_url, deposited):
     _, _, relay_key = deposited
-    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=lambda relay_key: None)
+    coordinator = make_coordinator(certs, escrow_url, mirror_evidence=lambda relay_key: None)
     assert await coordinator.ensure_write_lease(relay_key, healthy_peers=0) is None
     health = coordinator.vault.health()[0]
     assert health["status"] == "refused" and health["reasons"] == ["mirror-evidence-missing"]
@@ -91,7 +92,7 @@ async def test_automatic_requests_pause_after_a_refusal_but_manual_ones_do_not(c
     _, _, relay_key = deposited
     now = [1_000.0]
     coordinator = make_coordinator(
-        certs, escrow_url, mirror_freshness=lambda relay_key: None, clock=lambda: now[0], refusal_pause=5.0
+        certs, escrow_url, mirror_evidence=lambda relay_key: None, clock=lambda: now[0], refusal_pause=5.0
     )
     audited = await sync_to_async(AuditEntry.objects.count)()
     for _ in range(5):  # a client repeating EVENTs on a read-only relay
@@ -134,7 +135,7 @@ async def test_a_held_lease_serves_writes_without_asking_the_escrow_even_when_re
 ):
     _, _, relay_key = deposited
     client = Recording(certs.client(escrow_url, certs.gateway))
-    coordinator = EscrowCoordinator(client, mirror_freshness=fresh_mirror, confirm_interval=60)
+    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror, confirm_interval=60)
     lease = await coordinator.ensure_write_lease(relay_key)
     assert lease is not None
     asked = len(client.paths)
@@ -152,7 +153,7 @@ async def test_the_watcher_renews_in_the_background_without_any_write_and_tells_
     _, _, relay_key = deposited
     client = Recording(certs.client(escrow_url, certs.gateway))
     now = [1_000.0]
-    coordinator = EscrowCoordinator(client, mirror_freshness=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
+    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
     heard = []
     coordinator.on_grant(heard.append)
     asked = []
@@ -179,7 +180,7 @@ async def test_the_watcher_does_not_renew_while_the_relay_no_longer_needs_the_le
     _, _, relay_key = deposited
     client = Recording(certs.client(escrow_url, certs.gateway))
     now = [1_000.0]
-    coordinator = EscrowCoordinator(client, mirror_freshness=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
+    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
     coordinator.renew_while(lambda key: False)  # a healthy worker serves the relay again
     assert await coordinator.ensure_write_lease(relay_key) is not None
     entry = coordinator.vault.get(relay_key)
@@ -193,7 +194,7 @@ async def test_the_watcher_does_not_renew_while_the_relay_no_longer_needs_the_le
 @pytest.mark.django_db(transaction=True)
 async def test_release_wipes_and_revokes_at_the_escrow(certs, escrow_url, deposited):
     _, _, relay_key = deposited
-    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+    coordinator = make_coordinator(certs, escrow_url, mirror_evidence=fresh_mirror)
     lease = await coordinator.ensure_write_lease(relay_key)
     secret = coordinator.vault.get(relay_key).writer_secret
     assert await coordinator.release(relay_key, reason="worker-resync") is True
@@ -208,8 +209,8 @@ async def test_release_wipes_and_revokes_at_the_escrow(certs, escrow_url, deposi
 @pytest.mark.django_db(transaction=True)
 async def test_lease_held_by_another_node_is_not_stolen(certs, escrow_url, deposited):
     _, _, relay_key = deposited
-    node_a = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
-    node_b = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror)
+    node_a = make_coordinator(certs, escrow_url, mirror_evidence=fresh_mirror)
+    node_b = make_coordinator(certs, escrow_url, mirror_evidence=fresh_mirror)
     assert await node_a.ensure_write_lease(relay_key) is not None
     assert await node_b.ensure_write_lease(relay_key) is None
     assert node_a.vault.get(relay_key) is not None
@@ -224,7 +225,7 @@ async def test_unreachable_escrow_means_no_lease(certs, tmp_path):
         key=str(certs.gateway.key),
         timeout=2,
     )
-    coordinator = EscrowCoordinator(client, mirror_freshness=fresh_mirror)
+    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror)
     before = unlock_count("unavailable")
     assert await coordinator.ensure_write_lease("ab" * 32) is None
     assert unlock_count("unavailable") == before + 1
@@ -239,19 +240,27 @@ async def test_no_escrow_configured_means_no_lease():
 def test_missing_replicas_selector_means_no_mirror_evidence(monkeypatch):
     import replicas.selectors
 
-    monkeypatch.delattr(replicas.selectors, "mirror_freshness")  # app present, selector not (yet)
-    assert coordinator_module._mirror_freshness_sync("ab" * 32) is None
+    monkeypatch.delattr(replicas.selectors, "mirror_evidence")  # app present, selector not (yet)
+    assert coordinator_module._mirror_evidence_sync("ab" * 32) is None
     monkeypatch.setitem(sys.modules, "replicas", None)  # app absent: the import itself fails
-    assert coordinator_module._mirror_freshness_sync("ab" * 32) is None
+    assert coordinator_module._mirror_evidence_sync("ab" * 32) is None
 
 
 @pytest.mark.django_db
 def test_mirror_evidence_comes_from_the_replicas_selector(monkeypatch):
     import replicas.selectors
 
-    moment = timezone.now() - timedelta(seconds=7)
-    monkeypatch.setattr(replicas.selectors, "mirror_freshness", lambda relay_key: moment)
-    assert coordinator_module._mirror_freshness_sync("ab" * 32) == moment
+    moment = timezone.now() - timedelta(seconds=7, microseconds=600_000)
+    found = {"announcedAt": moment, "announcedLength": 12, "mirroredLength": 11}
+    monkeypatch.setattr(replicas.selectors, "mirror_evidence", lambda relay_key: found)
+    # Whole seconds, rounded down: the observation is never reported later than it was.
+    assert coordinator_module._mirror_evidence_sync("ab" * 32) == {
+        "announcedAt": int(moment.timestamp()),
+        "announcedLength": 12,
+        "mirroredLength": 11,
+    }
+    monkeypatch.setattr(replicas.selectors, "mirror_evidence", lambda relay_key: None)
+    assert coordinator_module._mirror_evidence_sync("ab" * 32) is None
 
 
 def test_default_coordinator_follows_settings(settings, certs):
@@ -385,7 +394,7 @@ async def test_a_slow_escrow_never_holds_a_write_longer_than_answer_within():
     from escrow.coordinator import LeasePending
 
     escrow = SlowDownEscrow(delay=1.0)
-    coordinator = EscrowCoordinator(escrow, mirror_freshness=fresh_mirror, answer_within=0.2, refusal_pause=30)
+    coordinator = EscrowCoordinator(escrow, mirror_evidence=fresh_mirror, answer_within=0.2, refusal_pause=30)
     started = time.monotonic()
     with pytest.raises(LeasePending) as pending:
         await coordinator.ensure_write_lease("ab" * 32)
@@ -409,7 +418,7 @@ async def test_an_escrow_side_revocation_wipes_the_lease_here_within_one_interva
     import asyncio
 
     worker, _, relay_key = deposited
-    coordinator = make_coordinator(certs, escrow_url, mirror_freshness=fresh_mirror, confirm_interval=0.3)
+    coordinator = make_coordinator(certs, escrow_url, mirror_evidence=fresh_mirror, confirm_interval=0.3)
     assert await coordinator.ensure_write_lease(relay_key) is not None
     secret = coordinator.vault.get(relay_key).writer_secret
     await sync_to_async(worker.heartbeat)(relay_key)  # the worker is back: the escrow revokes the lease

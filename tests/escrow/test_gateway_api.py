@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+import time
 
 import pytest
-from django.utils import timezone
 from rest_framework.test import APIClient
 
 from escrow import coordinator as coordinator_module
@@ -47,7 +46,8 @@ def operator_keys(settings):
 
 @pytest.fixture
 def coordinator():
-    instance = EscrowCoordinator(InProcessEscrow(), mirror_freshness=lambda key: timezone.now() - timedelta(seconds=3))
+    mirror = {"announcedAt": int(time.time()) - 3, "announcedLength": 1, "mirroredLength": 1}
+    instance = EscrowCoordinator(InProcessEscrow(), mirror_evidence=lambda key: mirror)
     previous = coordinator_module.set_coordinator(instance)
     yield instance
     coordinator_module.set_coordinator(previous)

@@ -7,15 +7,15 @@ for the writer secret, its seed and the escrow's private keys in hex, base64 (bo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
-from datetime import timedelta
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 from prometheus_client import generate_latest
 
 from escrow import audit, crypto
@@ -102,8 +102,12 @@ async def test_no_key_material_in_logs_errors_database_cache_or_metrics(certs, e
         worker = WorkerClient(certs.client(url, certs.worker), signing)
         gateway = EscrowCoordinator(
             certs.client(url, certs.gateway),
-            mirror_freshness=lambda key: timezone.now() - timedelta(seconds=1),
-            confirm_interval=0,
+            mirror_evidence=lambda key: {
+                "announcedAt": int(time.time()) - 1,
+                "announcedLength": 1,
+                "mirroredLength": 1,
+            },
+            confirm_interval=0.1,
             refusal_pause=0,
         )
 
@@ -122,6 +126,10 @@ async def test_no_key_material_in_logs_errors_database_cache_or_metrics(certs, e
             worker.deposit(relay_key, writer.secret)  # released key: must rotate
         errors.append(repr(excinfo.value.body).encode() + str(excinfo.value).encode())
         worker.heartbeat(relay_key)
+        for _ in range(50):  # the lease's watcher learns of the revocation and wipes the key
+            if gateway.vault.get(relay_key) is None:
+                break
+            await asyncio.sleep(0.1)
         assert await gateway.ensure_write_lease(relay_key) is None
         rotated = crypto.generate_signing_keypair()
         secrets["rotated writer secret"] = bytes(rotated.secret)

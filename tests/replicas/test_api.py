@@ -292,39 +292,6 @@ def test_bridge_events_are_dispatched_and_bad_ones_ignored():
     assert MirrorCore.objects.get(core_key="0a" * 32).state == "removed"
 
 
-def test_mirror_freshness_tracks_the_view_core():
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from replicas.selectors import mirror_freshness
-
-    relay_key = secrets.token_hex(32)
-    assert mirror_freshness(relay_key) is None
-    t0 = timezone.now() - timedelta(minutes=10)
-    services.record_mirror_added(data={"coreKey": "0b" * 32, "relayKey": relay_key, "type": "autobase-view"}, now=t0)
-    ms = lambda t: int(t.timestamp() * 1000)  # noqa: E731
-    services.record_mirror_progress(
-        data={"coreKey": "0b" * 32, "length": 5, "remoteLength": 5, "updatedAt": ms(t0)}, now=t0
-    )
-    assert abs((mirror_freshness(relay_key) - t0).total_seconds()) < 0.01
-    t1 = t0 + timedelta(minutes=1)
-    services.record_mirror_progress(
-        data={"coreKey": "0b" * 32, "length": 5, "remoteLength": 8, "updatedAt": ms(t1)}, now=t1
-    )
-    t2 = t1 + timedelta(minutes=5)
-    services.record_mirror_progress(
-        data={"coreKey": "0b" * 32, "length": 6, "remoteLength": 8, "updatedAt": ms(t2)}, now=t2
-    )
-    # Still behind: fresh as of when it fell behind, not as of the latest activity.
-    assert abs((mirror_freshness(relay_key) - t1).total_seconds()) < 0.01
-    t3 = t2 + timedelta(minutes=1)
-    services.record_mirror_progress(
-        data={"coreKey": "0b" * 32, "length": 8, "remoteLength": 8, "updatedAt": ms(t3)}, now=t3
-    )
-    assert abs((mirror_freshness(relay_key) - t3).total_seconds()) < 0.01
-
-
 def test_mirror_action_task_records_the_bridge_answer_or_the_final_failure(monkeypatch):
     from hypertuna.bridge import BridgeUnavailable
     from replicas import tasks
