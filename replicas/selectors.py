@@ -279,16 +279,14 @@ def mirror_evidence(relay_key: str) -> MirrorEvidence | None:
             announced_at__isnull=False,
         )
         .order_by("-announced_at", "core_key")
-        .values("announced_at", "announced_length", "mirrored_length")
+        .only("announced_at", "announced_length", "mirrored_length")
         .first()
     )
-    if core is None:
+    if core is None or core.announced_at is None:
         return None
-    return {
-        "announcedAt": core["announced_at"],
-        "announcedLength": core["announced_length"],
-        "mirroredLength": core["mirrored_length"],
-    }
+    return MirrorEvidence(
+        announcedAt=core.announced_at, announcedLength=core.announced_length, mirroredLength=core.mirrored_length
+    )
 
 
 def has_replica(relay_key: str) -> bool:
