@@ -6,9 +6,15 @@
 - **EVENT** (already verified by the session) asks the escrow coordinator for a write lease, automatically
   — the coordinator sends the escrow its evidence (no healthy peer, mirror freshness) and the escrow
   decides. With a lease the bridge appends the event to the relay's Autobase as the leased gateway writer
-  (``lease.open`` once per lease, then ``lease.append`` with the fencing token) and the event is delivered
-  live to this node's other fallback subscribers of the relay. Without one the client is told the relay is
-  read-only (``OK false``, ``blocked:``).
+  (``lease.open`` once per lease, then ``lease.append`` with the fencing token), the event is materialized
+  into the replica at once as pending (``replicas.pending``: REQs on every node answer it, other nodes'
+  fallback polls deliver it live) and is delivered live to this node's other fallback subscribers of the
+  relay. Without a lease the client is told the relay is read-only (``OK false``, ``blocked:``).
+- **Bounded answer.** A write is answered within the coordinator's ``answer_within`` (plus one short step):
+  the lease request, the bridge opening the relay as a writer (started in the background as soon as a lease
+  is granted) and the append all go on in the background past it, and the client is told ``blocked: … retry
+  in N s`` with the coordinator's figure. A retry of a write that completed meanwhile is a duplicate (``OK
+  true``). An append that completes after its answer is materialized all the same.
 
 The writer secret leaves the vault only inside ``lease.open``'s request to the local bridge: it is copied
 into one base64 string for the RPC frame (Python cannot wipe that string; the vault's own buffer is wiped on
@@ -22,18 +28,19 @@ import base64
 import contextlib
 import json
 import logging
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from prometheus_client import Counter
 
-from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeError
+from hypertuna.bridge import BridgeClient, BridgeClientError
 from hypertuna.nostr import (
     CloseMessage,
+    Event,
     EventMessage,
     Filter,
     ReqMessage,
@@ -44,6 +51,9 @@ from hypertuna.nostr import (
     ok_frame,
 )
 
+if TYPE_CHECKING:
+    from escrow.coordinator import EscrowCoordinator, LeaseHandle
+
 logger = logging.getLogger(__name__)
 
 fallback_reads = Counter("gateway_relay_fallback_reads_total", "REQs answered from a replica", ["relay"])
@@ -52,7 +62,13 @@ fallback_writes = Counter(
 )
 
 READ_ONLY = "blocked: relay is read-only while its workers are offline"
-LEASE_PENDING = "blocked: the relay's workers are offline and a write lease is being requested; retry in {} s"
+LEASE_PENDING = "blocked: the relay's workers are offline and its write lease is being prepared; retry in {} s"
+# Past the coordinator's ``answer_within``, the bridge still gets this long to open the relay or append.
+LAST_STEP_S = 0.25
+# After the bridge failed to open a lease, writes under it fail at once for this long (no open per frame).
+OPEN_RETRY_PAUSE_S = 5.0
+# Live delivery remembers this many event ids per subscription, so no path delivers one twice.
+RECENT_IDS = 1024
 
 
 def replica_available(relay_key: str) -> bool:
@@ -70,14 +86,48 @@ def replica_available(relay_key: str) -> bool:
     return available
 
 
+def relay_still_offline(relay_key: str) -> bool:
+    """Whether no healthy worker serves the relay (sync): the coordinator renews a lease only while so."""
+    from relays.selectors import live_relay
+
+    snapshot = live_relay(relay_key)
+    return snapshot is None or not snapshot.peers
+
+
+async def materialize_leased(relay_key: str, event: Event) -> None:
+    """Put an event the bridge accepted under a lease into the replica at once, marked pending.
+
+    Never raises: the event is already durable in the relay's Autobase, so a failure here (database briefly
+    away) must not turn into an error to the client or a lost write; the replica sync brings it later.
+    """
+    from replicas.pending import store_leased_event
+
+    try:
+        await sync_to_async(store_leased_event)(relay_key=relay_key, event=event)
+    except Exception:
+        logger.warning(
+            "a leased write could not be materialized; the replica sync will bring it",
+            extra={"relay": relay_key, "event_id": event.id},
+            exc_info=True,
+        )
+
+
 @dataclass
 class _Sub:
     filters: tuple[Filter, ...]
     newest: int | None = None
     seen_at_newest: set[str] = field(default_factory=set)
+    # Ids delivered lately, in order: an event both offered live by this node and found by the poll in the
+    # replica (a leased write is both) is delivered once, whichever comes first.
+    recent: dict[str, None] = field(default_factory=dict)
 
     def note(self, event_id: str, created_at: int) -> bool:
         """Record a delivered event; False if the subscription already had it."""
+        if event_id in self.recent:
+            return False
+        self.recent[event_id] = None
+        if len(self.recent) > RECENT_IDS:
+            del self.recent[next(iter(self.recent))]
         if self.newest is not None and created_at < self.newest:
             return True  # older than the poll window: only reachable through the initial answer
         if created_at == self.newest:
@@ -89,6 +139,10 @@ class _Sub:
         return True
 
 
+def _expires_ms(lease: LeaseHandle) -> int:
+    return lease.expires_at * 1000 if lease.expires_at < 10**11 else lease.expires_at
+
+
 class LeaseWriter:
     """Per-process link between the escrow vault and the bridge's leased writers."""
 
@@ -97,71 +151,168 @@ class LeaseWriter:
         # lease id → (fence, expiresAt) the bridge holds; a renewal (later expiresAt) is passed on, or the
         # bridge would close the lease at its old expiry while the escrow has extended it.
         self._opened: dict[str, tuple[int, int]] = {}
+        # lease id → (target, task) of the ``lease.open`` under way, and of the last one that failed (when).
+        self._opening: dict[str, tuple[tuple[int, int], asyncio.Task[bool]]] = {}
+        self._failed: dict[str, tuple[tuple[int, int], float]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        # Opens run one at a time: the bridge must never see two opens of one lease interleave.
         self._lock = asyncio.Lock()
-        self._hooked = False
+        self._hooked: EscrowCoordinator | None = None
 
-    def _hook_release(self, coordinator: Any) -> None:
-        if self._hooked:
+    def _hook(self, coordinator: EscrowCoordinator) -> None:
+        if self._hooked is coordinator:
             return
         loop = asyncio.get_running_loop()
 
         def released(relay_key: str, lease_id: str, reason: str) -> None:
             # Called by the vault (any thread) when a lease is revoked, expires or is released: the bridge
             # must drop its copy of the key as well.
+            self._failed.pop(lease_id, None)
             if self._opened.pop(lease_id, None) is not None:
-                loop.call_soon_threadsafe(lambda: loop.create_task(self._close(lease_id, reason)))
+                self._soon(loop, lambda: self._spawn(self._close(lease_id, reason)))
+
+        def granted(lease: LeaseHandle) -> None:
+            # A new lease (or a renewal): open the relay as a writer now, not when the next write waits for it.
+            self._soon(loop, lambda: self._start_open(coordinator, lease))
 
         coordinator.vault.on_release(released)
-        self._hooked = True
+        coordinator.on_grant(granted)
+        coordinator.renew_while(relay_still_offline)
+        self._hooked = coordinator
+
+    @staticmethod
+    def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit): nothing to do
+            loop.call_soon_threadsafe(callback)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _close(self, lease_id: str, reason: str) -> None:
         with contextlib.suppress(BridgeClientError):
             await self.client.call("lease.close", {"leaseId": lease_id, "reason": reason}, timeout_s=10)
 
-    async def append(self, relay_key: str, event: dict[str, Any]) -> str:
-        """Append under a lease; returns a result label (``accepted``, ``duplicate``, ``pending``: a lease is being
-        requested, ``readonly``, ``error``)."""
-        from escrow.coordinator import LeasePending, get_coordinator
+    def _start_open(self, coordinator: EscrowCoordinator, lease: LeaseHandle) -> asyncio.Task[bool] | None:
+        """The task opening ``lease`` on the bridge (started if needed); None when the bridge holds it."""
+        target = (lease.fence, _expires_ms(lease))
+        if self._opened.get(lease.lease_id) == target:
+            return None
+        current = self._opening.get(lease.lease_id)
+        if current is not None and current[0] == target:
+            return current[1]
+        task = self._spawn(self._open(coordinator, lease, target))
+        self._opening[lease.lease_id] = (target, task)
+        return task
+
+    async def _open(self, coordinator: EscrowCoordinator, lease: LeaseHandle, target: tuple[int, int]) -> bool:
+        try:
+            async with self._lock:
+                if self._opened.get(lease.lease_id) == target:
+                    return True
+                entry = coordinator.vault.get(lease.relay_key)
+                if entry is None or entry.lease_id != lease.lease_id:
+                    return False  # released or superseded meanwhile
+                with coordinator.vault.writer_secret(lease.relay_key) as secret:
+                    if secret is None:
+                        return False
+                    params = {
+                        "leaseId": lease.lease_id,
+                        "relayKey": lease.relay_key,
+                        "writerPublicKey": lease.writer_public_key,
+                        "writerSecretKey": base64.b64encode(secret).decode("ascii"),
+                        "fencing": lease.fence,
+                        "expiresAt": target[1],
+                    }
+                try:
+                    await self.client.call("lease.open", params, timeout_s=90)
+                except BridgeClientError as exc:
+                    self._failed[lease.lease_id] = (target, asyncio.get_running_loop().time())
+                    logger.warning(
+                        "the bridge could not open the relay for leased writes",
+                        extra={"relay": lease.relay_key, "code": getattr(exc, "code", type(exc).__name__)},
+                    )
+                    return False
+                finally:
+                    params.clear()
+                self._failed.pop(lease.lease_id, None)
+                self._opened[lease.lease_id] = target
+                return True
+        finally:
+            current = self._opening.get(lease.lease_id)
+            if current is not None and current[0] == target:
+                del self._opening[lease.lease_id]
+
+    def _open_failed_lately(self, lease: LeaseHandle) -> bool:
+        failed = self._failed.get(lease.lease_id)
+        return (
+            failed is not None
+            and failed[0] == (lease.fence, _expires_ms(lease))
+            and asyncio.get_running_loop().time() - failed[1] < OPEN_RETRY_PAUSE_S
+        )
+
+    async def append(self, relay_key: str, event: Event) -> str:
+        """Append under a lease; returns a result label (``accepted``, ``duplicate``, ``readonly``, ``error``).
+
+        Raises ``LeasePending`` (with the coordinator's retry figure) when the lease, the bridge opening the
+        relay, or the append is not done within the coordinator's ``answer_within`` plus ``LAST_STEP_S``;
+        each goes on in the background, and an append that completes later is materialized then.
+        """
+        from escrow.coordinator import get_coordinator
 
         coordinator = get_coordinator()
         if not coordinator.enabled:
             return "readonly"
-        self._hook_release(coordinator)
-        try:
-            lease = await coordinator.ensure_write_lease(relay_key, healthy_peers=0)
-        except LeasePending:
-            return "pending"
+        self._hook(coordinator)
+        loop = asyncio.get_running_loop()
+        budget = coordinator.answer_within
+        deadline = None if budget is None else loop.time() + budget
+        lease = await coordinator.ensure_write_lease(relay_key, healthy_peers=0)
         if lease is None:
             return "readonly"
-        expires_ms = lease.expires_at * 1000 if lease.expires_at < 10**11 else lease.expires_at
-        async with self._lock:
-            if self._opened.get(lease.lease_id) != (lease.fence, expires_ms):
-                with coordinator.vault.writer_secret(relay_key) as secret:
-                    if secret is None:
-                        return "readonly"
-                    params = {
-                        "leaseId": lease.lease_id,
-                        "relayKey": relay_key,
-                        "writerPublicKey": lease.writer_public_key,
-                        "writerSecretKey": base64.b64encode(secret).decode("ascii"),
-                        "fencing": lease.fence,
-                        "expiresAt": expires_ms,
-                    }
-                try:
-                    await self.client.call("lease.open", params, timeout_s=90)
-                finally:
-                    params.clear()
-                self._opened[lease.lease_id] = (lease.fence, expires_ms)
+        if deadline is not None:
+            deadline = max(deadline, loop.time() + LAST_STEP_S)
+
+        async def within(task: asyncio.Task[Any]) -> Any:
+            timeout = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                return await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                raise coordinator.pending(relay_key) from None
+
+        if self._open_failed_lately(lease):
+            return "error"
+        opening = self._start_open(coordinator, lease)
+        if opening is not None and not await within(opening):
+            return "error"
+        appending = self._spawn(self._append(lease, event))
+        try:
+            return str(await within(appending))
+        except BaseException:  # answered "retry" (or the socket went away): the append goes on regardless
+            appending.add_done_callback(lambda task: self._appended_late(relay_key, event, task))
+            raise
+
+    async def _append(self, lease: LeaseHandle, event: Event) -> str:
         try:
             appended = await self.client.call(
-                "lease.append", {"leaseId": lease.lease_id, "fencing": lease.fence, "event": event}, timeout_s=30
+                "lease.append",
+                {"leaseId": lease.lease_id, "fencing": lease.fence, "event": event.to_dict()},
+                timeout_s=30,
             )
-        except BridgeError as exc:
-            logger.warning("leased append refused", extra={"relay": relay_key, "code": exc.code})
-            if exc.code in ("lease-expired", "stale-fencing", "fencing-mismatch", "not-a-writer"):
+        except BridgeClientError as exc:
+            code = getattr(exc, "code", type(exc).__name__)
+            logger.warning("leased append refused", extra={"relay": lease.relay_key, "code": code})
+            if code in ("lease-expired", "stale-fencing", "fencing-mismatch", "not-a-writer", "not-found"):
                 self._opened.pop(lease.lease_id, None)
             return "error"
         return "duplicate" if isinstance(appended, dict) and appended.get("duplicate") else "accepted"
+
+    def _appended_late(self, relay_key: str, event: Event, task: asyncio.Task[Any]) -> None:
+        """An append answered "retry" completed after all: make it visible like any leased write."""
+        if not task.cancelled() and task.exception() is None and task.result() in ("accepted", "duplicate"):
+            self._spawn(materialize_leased(relay_key, event))
 
 
 class ReplicaFallback:
@@ -199,24 +350,30 @@ class ReplicaFallback:
         return frames
 
     async def _event(self, message: EventMessage) -> list[str]:
-        event = message.event.to_dict()
-        result = await self.writer.append(self.relay_key, event)
+        from escrow.coordinator import LeasePending
+
+        event = message.event
+        try:
+            result = await self.writer.append(self.relay_key, event)
+        except LeasePending as pending:
+            fallback_writes.labels(relay=self.relay_key, result="pending").inc()
+            return [ok_frame(event.id, False, LEASE_PENDING.format(pending.retry_after))]
         fallback_writes.labels(relay=self.relay_key, result=result).inc()
+        if result in ("accepted", "duplicate"):
+            # Also for a duplicate: the first attempt may have been answered "retry" before it was stored.
+            await materialize_leased(self.relay_key, event)
         if result == "accepted":
             for sibling in self._siblings():
-                sibling.offer(message.event.id, message.event.created_at, message.event)
-            return [ok_frame(message.event.id, True, "")]
+                sibling.offer(event.id, event.created_at, event)
+            return [ok_frame(event.id, True, "")]
         if result == "duplicate":
-            return [ok_frame(message.event.id, True, "duplicate: the relay already has this event")]
-        if result == "pending":
-            retry = math.ceil(settings.HYPERTUNA_ESCROW_ANSWER_WITHIN)
-            return [ok_frame(message.event.id, False, LEASE_PENDING.format(retry))]
+            return [ok_frame(event.id, True, "duplicate: the relay already has this event")]
         if result == "readonly":
             return [
                 notice_frame("Relay is read-only while its workers are offline"),
-                ok_frame(message.event.id, False, READ_ONLY),
+                ok_frame(event.id, False, READ_ONLY),
             ]
-        return [ok_frame(message.event.id, False, "error: the gateway could not write this event; try again")]
+        return [ok_frame(event.id, False, "error: the gateway could not write this event; try again")]
 
     def offer(self, event_id: str, created_at: int, event: Any) -> None:
         """A live event written through this node: queue it for matching subscriptions."""

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from channels.db import database_sync_to_async
@@ -33,6 +34,9 @@ KEY = PrivateKey()
 
 def signed(content: str, created_at: int) -> Event:
     return sign_event(KEY.secret, kind=1, content=content, tags=[], created_at=created_at)
+
+
+EV = {name: signed(name, 1_700_000_000 + i) for i, name in enumerate(("e1", "e2", "e3", "x"))}
 
 
 @pytest.fixture
@@ -114,7 +118,7 @@ async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch)
     appended = []
 
     async def accept(self, relay_key, event):
-        appended.append((relay_key, event["id"]))
+        appended.append((relay_key, event.id))
         return "accepted"
 
     monkeypatch.setattr(LeaseWriter, "append", accept)
@@ -129,14 +133,25 @@ async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch)
     assert await recv(writer) == ["OK", event.id, True, ""]
     assert appended == [(key, event.id)]
     assert await recv(reader) == ["EVENT", "live", event.to_dict()]
-    await reader.disconnect()
-    await writer.disconnect()
+    assert await reader.receive_nothing(timeout=0.3)  # offered live and found in the replica: delivered once
+    # Materialized at once: a new connection's REQ is answered with it.
+    late = WebsocketCommunicator(application, f"/{key}")
+    await late.connect()
+    await late.send_to(json.dumps(["REQ", "s", {"ids": [event.id]}]))
+    assert await recv(late) == ["EVENT", "s", event.to_dict()]
+    assert await recv(late) == ["EOSE", "s"]
+    for communicator in (reader, writer, late):
+        await communicator.disconnect()
 
 
 class FakeVault:
     def __init__(self):
         self.secret = bytearray(b"\x07" * 64)
         self.callbacks = []
+        self.lease_id = "lease-1"
+
+    def get(self, relay_key):
+        return SimpleNamespace(lease_id=self.lease_id)
 
     def on_release(self, callback):
         self.callbacks.append(callback)
@@ -156,27 +171,59 @@ class FakeVault:
 
 
 class FakeCoordinator:
+    """The coordinator's interface to the leased writer, holding a lease (a grant is ``grant()``)."""
+
     enabled = True
+    answer_within = 0.3
 
     def __init__(self):
         self.vault = FakeVault()
         self.fence = 3
         self.expires_at = 1_900_000_000
+        self.grant_listeners = []
+        self.renew_predicate = None
 
-    async def ensure_write_lease(self, relay_key, healthy_peers=0):
+    def handle(self, relay_key):
         from escrow.coordinator import LeaseHandle
 
-        return LeaseHandle(relay_key, "lease-1", self.fence, self.expires_at, "ab" * 32)
+        return LeaseHandle(relay_key, self.vault.lease_id, self.fence, self.expires_at, "ab" * 32)
+
+    async def ensure_write_lease(self, relay_key, healthy_peers=0):
+        return self.handle(relay_key)
+
+    def pending(self, relay_key):
+        from escrow.coordinator import LeasePending
+
+        return LeasePending(relay_key, retry_after=7)
+
+    def on_grant(self, callback):
+        self.grant_listeners.append(callback)
+
+    def renew_while(self, predicate):
+        self.renew_predicate = predicate
+
+    def grant(self, relay_key):
+        for callback in self.grant_listeners:
+            callback(self.handle(relay_key))
 
 
 class FakeBridge:
-    def __init__(self, fail_append=None, duplicate=False):
+    def __init__(self, fail_append=None, duplicate=False, fail_open=None, open_delay=0.0, append_delay=0.0):
         self.calls = []
         self.fail_append = fail_append
+        self.fail_open = fail_open
         self.duplicate = duplicate
+        self.open_delay = open_delay
+        self.append_delay = append_delay
 
     async def call(self, method, params=None, *, timeout_s=None):
         self.calls.append((method, dict(params or {})))
+        if method == "lease.open":
+            await asyncio.sleep(self.open_delay)
+            if self.fail_open:
+                raise BridgeError(self.fail_open, "refused")
+        if method == "lease.append":
+            await asyncio.sleep(self.append_delay)
         if method == "lease.append" and self.fail_append:
             raise BridgeError(self.fail_append, "refused")
         if method == "lease.append":
@@ -189,8 +236,8 @@ async def test_lease_writer_opens_once_appends_with_the_fence_and_closes_on_rele
     monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
     bridge = FakeBridge()
     writer = LeaseWriter(bridge)
-    assert await writer.append("r" * 64, {"id": "e1"}) == "accepted"
-    assert await writer.append("r" * 64, {"id": "e2"}) == "accepted"
+    assert await writer.append("r" * 64, EV["e1"]) == "accepted"
+    assert await writer.append("r" * 64, EV["e2"]) == "accepted"
     methods = [m for m, _ in bridge.calls]
     assert methods == ["lease.open", "lease.append", "lease.append"]
     opened = bridge.calls[0][1]
@@ -199,7 +246,7 @@ async def test_lease_writer_opens_once_appends_with_the_fence_and_closes_on_rele
     assert [p["fencing"] for m, p in bridge.calls if m == "lease.append"] == [3, 3]
     # A renewed lease with a new fence is opened again.
     coordinator.fence = 4
-    assert await writer.append("r" * 64, {"id": "e3"}) == "accepted"
+    assert await writer.append("r" * 64, EV["e3"]) == "accepted"
     assert [m for m, _ in bridge.calls][-2:] == ["lease.open", "lease.append"]
     # The vault releasing the lease makes the bridge drop its copy of the key.
     coordinator.vault.callbacks[0]("r" * 64, "lease-1", "revoked")
@@ -210,14 +257,14 @@ async def test_lease_writer_opens_once_appends_with_the_fence_and_closes_on_rele
 async def test_lease_writer_reports_refusals(monkeypatch):
     coordinator = FakeCoordinator()
     monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
-    assert await LeaseWriter(FakeBridge(fail_append="stale-fencing")).append("r" * 64, {"id": "x"}) == "error"
+    assert await LeaseWriter(FakeBridge(fail_append="stale-fencing")).append("r" * 64, EV["x"]) == "error"
 
     class Refusing(FakeCoordinator):
         async def ensure_write_lease(self, relay_key, healthy_peers=0):
             return None
 
     monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: Refusing())
-    assert await LeaseWriter(FakeBridge()).append("r" * 64, {"id": "x"}) == "readonly"
+    assert await LeaseWriter(FakeBridge()).append("r" * 64, EV["x"]) == "readonly"
 
 
 async def test_a_renewed_lease_reaches_the_bridge_before_its_old_expiry(monkeypatch):
@@ -227,22 +274,22 @@ async def test_a_renewed_lease_reaches_the_bridge_before_its_old_expiry(monkeypa
     monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
     bridge = FakeBridge()
     writer = LeaseWriter(bridge)
-    assert await writer.append("r" * 64, {"id": "e1"}) == "accepted"
+    assert await writer.append("r" * 64, EV["e1"]) == "accepted"
     coordinator.expires_at += 300  # renewed at the escrow, same lease and fence
-    assert await writer.append("r" * 64, {"id": "e2"}) == "accepted"
+    assert await writer.append("r" * 64, EV["e2"]) == "accepted"
     opens = [p for m, p in bridge.calls if m == "lease.open"]
     assert [(p["leaseId"], p["fencing"], p["expiresAt"]) for p in opens] == [
         ("lease-1", 3, 1_900_000_000_000),
         ("lease-1", 3, 1_900_000_300_000),
     ]
-    assert await writer.append("r" * 64, {"id": "e3"}) == "accepted"
+    assert await writer.append("r" * 64, EV["e3"]) == "accepted"
     assert len([m for m, _ in bridge.calls if m == "lease.open"]) == 2  # nothing new: no new open
 
 
 async def test_a_duplicate_under_a_lease_says_so(monkeypatch):
     coordinator = FakeCoordinator()
     monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: coordinator)
-    assert await LeaseWriter(FakeBridge(duplicate=True)).append("r" * 64, {"id": "x"}) == "duplicate"
+    assert await LeaseWriter(FakeBridge(duplicate=True)).append("r" * 64, EV["x"]) == "duplicate"
 
 
 async def test_a_write_while_the_lease_is_being_requested_is_answered_retry_at_once(monkeypatch):
@@ -253,4 +300,6 @@ async def test_a_write_while_the_lease_is_being_requested_is_answered_retry_at_o
             raise LeasePending(relay_key, retry_after=2)
 
     monkeypatch.setattr("escrow.coordinator.get_coordinator", lambda: Asking())
-    assert await LeaseWriter(FakeBridge()).append("r" * 64, {"id": "x"}) == "pending"
+    with pytest.raises(LeasePending) as pending:
+        await LeaseWriter(FakeBridge()).append("r" * 64, EV["x"])
+    assert pending.value.retry_after == 2
