@@ -31,8 +31,12 @@ async def relay_with_token(key, ttl, pool):
     return await database_sync_to_async(services.issue_token)(relay_key=key, relay_auth_token="a", ttl_seconds=ttl)
 
 
-async def refresh(key, issued, ttl):
-    return await database_sync_to_async(services.refresh_token)(relay_key=key, token=issued.token, ttl_seconds=ttl)
+async def socket_with_refresh(key, pool, ttl):
+    """A socket opened with a 1 s token, and a refresh of that token (for ``ttl`` s) made while it is open."""
+    first = await relay_with_token(key, 1, pool)
+    communicator = await connect(f"/{key}?token={first.token}")
+    second = await database_sync_to_async(services.refresh_token)(relay_key=key, token=first.token, ttl_seconds=ttl)
+    return communicator, first, second
 
 
 async def assert_served(communicator, content):
@@ -77,10 +81,7 @@ async def test_frame_after_expiry_is_refused_even_before_the_timer_fires(workers
 
 
 async def test_refresh_before_expiry_keeps_the_socket_until_the_new_expiry(workers):
-    key = "ef" * 32
-    first = await relay_with_token(key, 1, workers)
-    communicator = await connect(f"/{key}?token={first.token}")
-    second = await refresh(key, first, 2)
+    communicator, first, second = await socket_with_refresh("ef" * 32, workers, 2)
     await asyncio.sleep(1.2)
     await assert_served(communicator, "after the first expiry")
     rows = await database_sync_to_async(lambda: dict(tokens.RelayToken.objects.values_list("sequence", "pk")))()
@@ -92,9 +93,7 @@ async def test_refresh_before_expiry_keeps_the_socket_until_the_new_expiry(worke
 
 async def test_socket_answers_to_its_refresh_and_is_closed_by_its_revocation(workers):
     key = "0a" * 32
-    first = await relay_with_token(key, 1, workers)
-    communicator = await connect(f"/{key}?token={first.token}")
-    second = await refresh(key, first, 30)
+    communicator, first, second = await socket_with_refresh(key, workers, 30)
     await asyncio.sleep(1.2)
     await assert_served(communicator, "carried on")
     # The superseded token no longer speaks for the socket.
@@ -108,9 +107,7 @@ async def test_socket_answers_to_its_refresh_and_is_closed_by_its_revocation(wor
 
 async def test_refresh_revoked_before_the_old_expiry_does_not_carry_the_socket(workers):
     key = "1b" * 32
-    first = await relay_with_token(key, 1, workers)
-    communicator = await connect(f"/{key}?token={first.token}")
-    second = await refresh(key, first, 30)
+    communicator, first, second = await socket_with_refresh(key, workers, 30)
     await database_sync_to_async(services.revoke_tokens)(relay_key=key, token=second.token, reason="stolen")
     await assert_expired(communicator, first.expires_at)
 
