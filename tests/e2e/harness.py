@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -178,9 +179,7 @@ class Stack:
             check=True,
             timeout=180,
         )
-        bridge = self._spawn("bridge", ["node", "src/main.mjs"], cwd=BRIDGE_DIR)
-        self.procs.append(bridge)
-        bridge.wait_marker("HYPERTUNA_BRIDGE_READY")
+        self.start_bridge()
         self.procs.append(
             self._spawn(
                 "web",
@@ -211,6 +210,44 @@ class Stack:
             )
         self.wait_ready()
         return self
+
+    @property
+    def bridge(self) -> Proc:
+        return next(proc for proc in self.procs if proc.name == "bridge")
+
+    def start_bridge(self) -> Proc:
+        """Start the bridge (again, after ``kill_bridge``: same storage, socket and key, as a supervisor
+        restarts it) and wait until it serves its RPC."""
+        bridge = self._spawn("bridge", ["node", "src/main.mjs"], cwd=BRIDGE_DIR)
+        names = [proc.name for proc in self.procs]
+        if "bridge" in names:
+            self.procs[names.index("bridge")] = bridge
+        else:
+            self.procs.append(bridge)
+        bridge.wait_marker("HYPERTUNA_BRIDGE_READY")
+        return bridge
+
+    def kill_bridge(self) -> None:
+        """SIGKILL the bridge's process group: no clean shutdown, no goodbye to anyone."""
+        bridge = self.bridge
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(bridge.process.pid, signal.SIGKILL)
+        bridge.process.wait(timeout=10)
+
+    def start_testnet(self) -> Proc:
+        """A loopback DHT testnet of its own, for a stack whose bridge must restart while the workers keep
+        their DHT (a bridge on ``local`` hosts the testnet and takes it down with it). Call before ``start``."""
+        script = (
+            "import { startLocalTestnet } from './src/swarm/bootstrap.mjs';"
+            "const t = await startLocalTestnet();"
+            "console.log('HYPERTUNA_TESTNET_READY ' + JSON.stringify({bootstrap: t.bootstrap}));"
+            "process.stdin.on('end', () => process.exit(0)); process.stdin.resume();"
+        )
+        testnet = self._spawn("testnet", ["node", "--input-type=module", "-e", script], cwd=BRIDGE_DIR)
+        self.procs.append(testnet)
+        nodes = testnet.wait_marker("HYPERTUNA_TESTNET_READY")["bootstrap"]
+        self.env["HYPERTUNA_SWARM_BOOTSTRAP"] = ",".join(f"{n['host']}:{n['port']}" for n in nodes)
+        return testnet
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
