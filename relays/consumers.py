@@ -104,6 +104,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
             # the middleware's check is then either seen here or delivered to this socket, never lost.
             self.group = relay_group(auth.relay.id)
             await self.channel_layer.group_add(self.group, self.channel_name)
+            runtime().joined(self.channel_layer, self.group, self.channel_name)
             if auth.token and not await database_sync_to_async(selectors.token_active)(auth.token.token_id):
                 rejection = Rejection(
                     CLOSE_TOKEN_REVOKED, "Token revoked", "restricted: access token rejected (token-revoked)"
@@ -192,6 +193,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
             if token:
                 usage.connection_closed(token.token_id)
         if self.group:
+            runtime().left(self.channel_name)
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def token_revoked(self, event: dict[str, Any]) -> None:
