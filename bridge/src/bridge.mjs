@@ -105,6 +105,7 @@ export class Bridge {
         cacheSize: cfg.blindPeer.cacheSize,
         staleMs: cfg.blindPeer.staleMs,
         progressIntervalMs: cfg.blindPeer.progressIntervalMs,
+        announceIntervalMs: cfg.blindPeer.announceIntervalMs,
         trustWaitMs: cfg.blindPeer.trustWaitMs,
         logger: this.log.child('blind-peer')
       })

@@ -69,6 +69,7 @@ export function loadBridgeConfig (env = process.env, cwd = process.cwd()) {
       trustWaitMs: int(env, 'HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_WAIT_MS', 30_000, { min: 0, max: 600_000 }),
       cacheSize: int(env, 'HYPERTUNA_BRIDGE_REPLICA_CACHE', 32, { min: 1, max: 4096 }),
       progressIntervalMs: int(env, 'HYPERTUNA_BRIDGE_MIRROR_PROGRESS_MS', 1000, { min: 100 }),
+      announceIntervalMs: int(env, 'HYPERTUNA_BRIDGE_MIRROR_ANNOUNCE_MS', 10_000, { min: 100 }),
       trustRegistered: !['off', '0', 'false'].includes((env.HYPERTUNA_BRIDGE_BLIND_PEER_TRUST_REGISTERED || 'on').toLowerCase())
     },
     publicUrl: publicUrl ? publicUrl.href.replace(/\/$/, '') : null,

@@ -44,7 +44,7 @@ test('view values decode with and without the c.any tag', () => {
 test('blind-peer and lease settings come from the environment', () => {
   const base = { HYPERTUNA_BRIDGE_SOCKET: '/tmp/x.sock' }
   const d = loadBridgeConfig(base, '/tmp')
-  assert.deepEqual(d.blindPeer, { enabled: true, maxBytes: 100_000_000_000, staleMs: 7 * 24 * 3600_000, cacheSize: 32, progressIntervalMs: 1000, trustWaitMs: 30_000, trustRegistered: true })
+  assert.deepEqual(d.blindPeer, { enabled: true, maxBytes: 100_000_000_000, staleMs: 7 * 24 * 3600_000, cacheSize: 32, progressIntervalMs: 1000, announceIntervalMs: 10_000, trustWaitMs: 30_000, trustRegistered: true })
   assert.equal(d.leaseOpenTimeoutMs, 60_000)
   const s = loadBridgeConfig({ ...base, HYPERTUNA_BRIDGE_BLIND_PEER: 'off', HYPERTUNA_BRIDGE_REPLICA_CACHE: '5' }, '/tmp')
   assert.equal(s.blindPeer.enabled, false)

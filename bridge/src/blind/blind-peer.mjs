@@ -50,7 +50,7 @@ function gatedBlindPeerClass (BlindPeer, service) {
 export { BlindPeerError, decodeViewValue }
 
 export class BlindPeerService extends EventEmitter {
-  constructor ({ storageDir, bootstrap, host, seed, maxBytes, cacheSize = 32, staleMs, progressIntervalMs = 1000, trustWaitMs = 30000, logger }) {
+  constructor ({ storageDir, bootstrap, host, seed, maxBytes, cacheSize = 32, staleMs, progressIntervalMs = 1000, announceIntervalMs = 10000, trustWaitMs = 30000, logger }) {
     super()
     this.dir = path.join(storageDir, 'blind-peer')
     this.bootstrap = bootstrap
@@ -59,6 +59,7 @@ export class BlindPeerService extends EventEmitter {
     this.maxBytes = maxBytes
     this.staleMs = staleMs
     this.progressIntervalMs = progressIntervalMs
+    this.announceIntervalMs = announceIntervalMs
     this.log = logger || createLogger('blind-peer')
     this.trust = new TrustTable({ dir: this.dir, decodeKey: (value, name) => this.decodeKey(value, name) })
     this.refusals = new Map()
@@ -229,14 +230,42 @@ export class BlindPeerService extends EventEmitter {
     if (referrer) this.reader.forgetRelay(referrer)
   }
 
-  _emitProgress (coreKey, length, contiguousLength, remoteLength, force = false) {
+  /**
+   * One `mirror.progress` report. `livePeers` is how many of the core's connected peers are its owner's
+   * (see `_ownerPeers`) at the moment `remoteLength` was read: the gateway takes a report with
+   * `livePeers > 0` as the owner's contact (escrow evidence), so only a live observation may carry it;
+   * the start-up snapshot and replays never do. While the owner stays connected the report is repeated
+   * every `announceIntervalMs` even when nothing changed, so the gateway knows the owner's last contact
+   * to within that interval.
+   */
+  _emitProgress (coreKey, length, contiguousLength, remoteLength, { force = false, livePeers = 0 } = {}) {
     const remote = Math.max(remoteLength || 0, this.remoteSeen.get(coreKey) || 0)
     this.remoteSeen.set(coreKey, remote)
     const prev = this.progress.get(coreKey)
-    if (!force && prev && prev.length === length && prev.contiguousLength === contiguousLength && prev.remoteLength === remote) return
-    const data = { coreKey, length, contiguousLength, remoteLength: remote, updatedAt: Date.now() }
+    const now = Date.now()
+    const same = prev && prev.length === length && prev.contiguousLength === contiguousLength &&
+      prev.remoteLength === remote && prev.livePeers === livePeers
+    const announceDue = livePeers > 0 && prev && now - prev.updatedAt >= this.announceIntervalMs
+    if (!force && same && !announceDue) return
+    const data = { coreKey, length, contiguousLength, remoteLength: remote, livePeers, updatedAt: now }
     this.progress.set(coreKey, data)
     this.emit('mirror.progress', data)
+  }
+
+  /**
+   * How many of a core's connected peers speak for its owner: peers whose key the trust table lets add
+   * this core (the relay's registered peers and blind-peering keys, or operator-trusted keys). The
+   * bridge's own lease swarm replicates the same cores and is never the owner; neither is a stranger
+   * reading an announced core.
+   */
+  _ownerPeers (core, record) {
+    let owners = 0
+    for (const peer of core.peers) {
+      const key = peer.remotePublicKey
+      if (!key || this.trust.internal.has(hex(key))) continue
+      if (this.trust.check(key, record.key, record.referrer || null) === null) owners++
+    }
+    return owners
   }
 
   /**
@@ -254,20 +283,26 @@ export class BlindPeerService extends EventEmitter {
         const info = infos[j]
         const length = info && info.head ? info.head.length : 0
         const contiguous = info && info.hints && typeof info.hints.contiguousLength === 'number' ? info.hints.contiguousLength : length
-        this._emitProgress(hex(r.key), length, Math.min(contiguous, length), Math.max(r.length || 0, length), true)
+        // Read from storage: no peer is involved, so this is never the owner's contact (livePeers 0).
+        this._emitProgress(hex(r.key), length, Math.min(contiguous, length), Math.max(r.length || 0, length), { force: true })
       })
     }
   }
 
-  /** Throttled by the timer period: at most one report per core per tick, and only on change. */
+  /**
+   * Throttled by the timer period: at most one report per core per tick, on change, and while the
+   * owner is connected at least every `announceIntervalMs`.
+   */
   _progressTick () {
     for (const tracker of this.bp.activeReplication.values()) {
       if (!tracker.record || tracker.destroyed) continue
       const core = tracker.core
       if (!core.opened || core.closing) continue
       let remote = 0
+      // Any peer's length is a length some key holder signed, so it never overstates the owner's.
       for (const peer of core.peers) remote = Math.max(remote, peer.remoteLength || 0)
-      this._emitProgress(hex(core.key), core.length, core.contiguousLength, remote)
+      const livePeers = this._ownerPeers(core, tracker.record)
+      this._emitProgress(hex(core.key), core.length, core.contiguousLength, remote, { livePeers })
     }
   }
 
