@@ -18,6 +18,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from escrow import services
 from escrow.conf import current_policy
@@ -231,10 +232,20 @@ class AuditEntryAdmin(_ReadOnly):
         "lease_id",
         "deposit_id",
         "reason",
+        "policy_inputs",
         "details",
         "prev_hash",
         "entry_hash",
     )
+
+    @admin.display(description="policy inputs")
+    def policy_inputs(self, obj: AuditEntry) -> str:
+        """The inputs an unlock decision was judged on (each rule and its inputs: runbook, escrow §3)."""
+        inputs = obj.details.get("inputs") if isinstance(obj.details, dict) else None
+        if not isinstance(inputs, dict):
+            return "–"
+        rows = format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", sorted(inputs.items()))
+        return format_html("<table>{}</table>", rows)
 
 
 @admin.register(AuditCheckpoint)

@@ -7,6 +7,7 @@ import secrets
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 
 from escrow import audit, crypto, services
 from escrow.keystore import escrow_keys
@@ -622,3 +623,15 @@ def test_worker_revoke_after_the_deposit_expired_leaves_it_expired(worker, clock
     assert (
         "deposit-expired" in refused.value.extra["reasons"] and "deposit-revoked" not in refused.value.extra["reasons"]
     )
+
+
+def test_the_admin_shows_the_inputs_of_each_decision(worker, clock, admin_client):
+    worker.deposit()
+    clock.advance(SILENCE)
+    with pytest.raises(ApiError):
+        unlock(clock, worker.relay_key, announced=9, mirrored=8)
+    row = AuditEntry.objects.get(action="unlock-refused")
+    page = admin_client.get(reverse("admin:escrow_auditentry_change", args=[row.pk])).content.decode()
+    for key in ("mirrorAnnouncedLength", "mirrorMirroredLength", "mirrorGapSeconds", "workerLastContactAt"):
+        assert f"<th>{key}</th>" in page
+    assert "<td>9</td>" in page and "<td>8</td>" in page
