@@ -17,7 +17,11 @@ class HypertunaConfig(AppConfig):
         # ``task.delay`` uses the configured broker rather than Celery's default AMQP URL.
         from hypertuna import celery as _celery  # noqa: F401
         from hypertuna import checks as _checks  # noqa: F401
+        from hypertuna import health_metrics
         from hypertuna import schema as _schema  # noqa: F401
+
+        # Scrape-time gauges (dependency reachability, replica states, lease-written events awaiting a worker).
+        health_metrics.register_collectors()
 
         # Register every app's tasks in every process, not only in Celery workers (whose start-up is what
         # runs the lazy autodiscovery): the web process and the bridge event consumer enqueue tasks by name

@@ -148,6 +148,8 @@ class ReplicaEvent(models.Model):
             models.Index(fields=["replica", "kind", "-created_at", "eid"], name="replica_ev_kind"),
             models.Index(fields=["replica", "pubkey", "-created_at", "eid"], name="replica_ev_author"),
             models.Index(fields=["replica", "pubkey", "kind", "-created_at", "eid"], name="replica_ev_author_kind"),
+            # Lease-written events awaiting a worker are few; the scrape-time backlog gauge reads only these.
+            models.Index(fields=["replica"], condition=Q(pending=True), name="replica_ev_pending"),
         ]
 
     def __str__(self) -> str:

@@ -269,7 +269,7 @@ def test_proxy_cannot_reach_the_escrow_or_the_databases(compose):
 
 def test_only_the_proxy_and_the_escrow_publish_ports(compose):
     published = {name: s["ports"] for name, s in compose["services"].items() if s.get("ports")}
-    assert set(published) == {"proxy", "escrow"}
+    assert set(published) == {"proxy", "escrow", "grafana"}
     escrow_ports = published["escrow"]
     assert escrow_ports == ["${HYPERTUNA_ESCROW_PUBLISH:-127.0.0.1:8443}:8443"], "escrow loopback by default"
 

@@ -1,6 +1,7 @@
 """`.ci/run` (the CI entry point) runs `make lint` and `make test`, and fails when either fails.
 
-Run with stand-ins on PATH for make, pg_isready, redis-cli and psql that only record their calls."""
+Run with stand-ins on PATH for make, pg_isready, redis-cli, psql, caddy, promtool and apt-get that only record
+their calls."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ STUBS = {
     "pg_ctlcluster": 'echo "pg_ctlcluster $*" >> "$CI_CALLS"',
     "redis-server": 'echo "redis-server $*" >> "$CI_CALLS"',
     "caddy": "exit 0",
+    "promtool": "exit 0",
     "apt-get": 'echo "apt-get $*" >> "$CI_CALLS"; exit 1',
 }
 
