@@ -147,13 +147,19 @@ async def test_a_held_lease_serves_writes_without_asking_the_escrow_even_when_re
     coordinator.shutdown()
 
 
+def watched(certs, url):
+    """A coordinator whose watcher runs every 0.1 s on a settable clock, and the escrow paths it asks for."""
+    client = Recording(certs.client(url, certs.gateway))
+    now = [1_000.0]
+    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
+    return client, now, coordinator
+
+
 @pytest.mark.urls("escrow.service_urls")
 @pytest.mark.django_db(transaction=True)
 async def test_the_watcher_renews_in_the_background_without_any_write_and_tells_listeners(certs, escrow_url, deposited):
     _, _, relay_key = deposited
-    client = Recording(certs.client(escrow_url, certs.gateway))
-    now = [1_000.0]
-    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
+    client, now, coordinator = watched(certs, escrow_url)
     heard = []
     coordinator.on_grant(heard.append)
     asked = []
@@ -178,9 +184,7 @@ async def test_the_watcher_renews_in_the_background_without_any_write_and_tells_
 @pytest.mark.django_db(transaction=True)
 async def test_the_watcher_does_not_renew_while_the_relay_no_longer_needs_the_lease(certs, escrow_url, deposited):
     _, _, relay_key = deposited
-    client = Recording(certs.client(escrow_url, certs.gateway))
-    now = [1_000.0]
-    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror, confirm_interval=0.1, clock=lambda: now[0])
+    client, now, coordinator = watched(certs, escrow_url)
     coordinator.renew_while(lambda key: False)  # a healthy worker serves the relay again
     assert await coordinator.ensure_write_lease(relay_key) is not None
     entry = coordinator.vault.get(relay_key)
