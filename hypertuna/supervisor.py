@@ -41,6 +41,25 @@ MAX_BACKOFF_SECONDS = 30.0
 # A member that ran this long since its last start counts as healthy again: its crash count restarts.
 STABLE_SECONDS = 60.0
 GIVE_UP_AFTER = 5
+# Daphne drops a WebSocket whose handshake the application has not accepted within this many seconds (its own
+# default is 5): hundreds of simultaneous connects are accepted in turn, and the last must not be dropped.
+WEBSOCKET_CONNECT_TIMEOUT = 30
+
+
+def daphne_argv(python: str, host: str, port: int) -> list[str]:
+    """The web process: Daphne serving the gateway's ASGI application on ``host:port``."""
+    return [
+        python,
+        "-m",
+        "daphne",
+        "-b",
+        host,
+        "-p",
+        str(port),
+        "--websocket_connect_timeout",
+        str(WEBSOCKET_CONNECT_TIMEOUT),
+        "hypertuna.asgi:application",
+    ]
 
 
 @dataclass
@@ -331,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://{args.host}:{args.port}"
     members = [
         Member("bridge", ["node", "src/main.mjs"], cwd=BASE_DIR / "bridge", watch=True),
-        Member("web", [python, "-m", "daphne", "-b", args.host, "-p", str(args.port), "hypertuna.asgi:application"]),
+        Member("web", daphne_argv(python, args.host, args.port)),
         Member(
             "celery",
             [

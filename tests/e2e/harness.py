@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from hypertuna.supervisor import daphne_argv
 from tests.e2e.procs import (
     BRIDGE_DIR,
     ROOT,
@@ -183,7 +184,7 @@ class Stack:
         self.procs.append(
             self._spawn(
                 "web",
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "hypertuna.asgi:application"],
+                daphne_argv(sys.executable, "127.0.0.1", self.port),
             )
         )
         self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
