@@ -56,11 +56,14 @@ def private_postgres() -> Iterator[tuple[object, str]]:
             cluster.remove()
 
 
-def start_stack(tmp: Path, **kwargs) -> Stack:
+def start_stack(tmp: Path, *, testnet: bool = False, **kwargs) -> Stack:
+    """A started ``Stack`` with operator keys; ``testnet``: its own DHT testnet, so the bridge may restart."""
     need_node()
     env = {**OPERATOR_ENV, **kwargs.pop("env", {})}
     stack = Stack(tmp, env=env, **kwargs)
     try:
+        if testnet:
+            stack.start_testnet()
         return stack.start()
     except BaseException:
         stack.stop()
