@@ -60,8 +60,8 @@ class MirrorCore(models.Model):
     declared_at = models.DateTimeField(null=True, blank=True, help_text="last registration that listed it")
     first_seen_at = models.DateTimeField(default=timezone.now)
     last_activity_at = models.DateTimeField(default=timezone.now, db_index=True, help_text="last add/progress")
-    # Mirror-level freshness: the last moment the blind peer was known to hold everything the owner had
-    # announced (see selectors.mirror_freshness), and since when it has been behind, if it is.
+    # Lag bookkeeping (not escrow evidence): the last moment the blind peer was known to hold everything the
+    # owner had announced, and since when it has been behind, if it is.
     caught_up_at = models.DateTimeField(null=True, blank=True)
     behind_since = models.DateTimeField(null=True, blank=True)
     # Escrow evidence: the length a connected owner announced at its last observed contact, and when. Only

@@ -74,9 +74,18 @@ class EscrowRevokeResponse(serializers.Serializer):
     depositRevoked = serializers.CharField(allow_null=True)
 
 
+class MirrorEvidence(serializers.Serializer):
+    announcedAt = serializers.IntegerField(min_value=0, help_text="Unix seconds: the worker's last observed contact")
+    announcedLength = serializers.IntegerField(min_value=0, help_text="view length the worker announced then")
+    mirroredLength = serializers.IntegerField(min_value=0, help_text="view length the gateway's mirror holds")
+
+
 class EscrowEvidence(serializers.Serializer):
     healthyPeers = serializers.IntegerField(min_value=0)
-    mirrorFreshAt = serializers.IntegerField(required=False, help_text="Unix seconds")
+    mirror = MirrorEvidence(required=False)
+    mirrorFreshAt = serializers.IntegerField(
+        required=False, help_text="Deprecated: Unix seconds, read as mirror.announcedAt with complete lengths"
+    )
 
 
 class EscrowUnlockRequest(serializers.Serializer):

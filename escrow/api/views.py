@@ -117,19 +117,6 @@ class RevokeView(_EscrowView):
         )
 
 
-# Unix seconds the evidence may name: from the epoch to year 9999 (what a datetime can hold).
-MAX_UNIX_SECONDS = 253402300799
-
-
-def _check_mirror_fresh_at(body: Any) -> None:
-    """Refuse a ``mirrorFreshAt`` no datetime can hold (it used to overflow into a 500); the service checks
-    the rest of the request."""
-    evidence = body.get("evidence") if isinstance(body, dict) else None
-    fresh = evidence.get("mirrorFreshAt") if isinstance(evidence, dict) else None
-    if isinstance(fresh, int | float) and not isinstance(fresh, bool) and not 0 <= fresh <= MAX_UNIX_SECONDS:
-        raise ApiError("invalid-request", "evidence.mirrorFreshAt must be Unix seconds (0 to 253402300799).")
-
-
 class UnlockView(_EscrowView):
     permission_classes = [role_permission("gateway")]
 
@@ -139,7 +126,6 @@ class UnlockView(_EscrowView):
         summary="Unlock under the global policy (gateway)",
     )
     def post(self, request: Request) -> Response:
-        _check_mirror_fresh_at(request.data)
         unlock_request = services.parse_unlock(request.data)
         return Response(services.unlock(request=unlock_request, requester=self.identity(request).actor))
 
