@@ -9,9 +9,12 @@ The DHT testnet runs on its own here: a bridge on ``local`` hosts the testnet an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 
 import pytest
@@ -19,8 +22,9 @@ import websockets
 from coincurve import PrivateKey
 
 from hypertuna.nostr import sign_event
+from hypertuna.supervisor import Member, Supervisor, stop_all
 from relays.bridge_outage import BRIDGE_BACK_NOTICE, BRIDGE_DOWN_NOTICE
-from tests.e2e.harness import Stack, node_available
+from tests.e2e.harness import BRIDGE_DIR, Stack, node_available
 
 RESTART_DEADLINE = 60.0
 
@@ -120,3 +124,51 @@ def test_sockets_survive_a_bridge_restart_and_the_gateway_heals(restart_stack):
     while (seen := last_healthy_at(stack, ready["swarmPublicKey"])) is None or seen <= restarted_at:
         assert time.monotonic() < deadline, f"no health record since the restart (last {seen}); {stack.log_tail()}"
         time.sleep(0.5)
+
+
+def test_supervisor_restarts_a_killed_bridge_while_http_keeps_answering(restart_stack):
+    """``make run``'s supervisor (``hypertuna.supervisor``) brings a SIGKILLed bridge back; the web process
+    answers ``/health`` throughout and is ready again once the bridge is back. (Its bridge exits when the
+    supervisor's stdin pipe closes, so it dies with this test run too.)"""
+    stack = restart_stack
+    stack.kill_bridge()
+    bridge = Member("bridge", ["node", "src/main.mjs"], cwd=BRIDGE_DIR, env=stack.env)
+    supervisor = Supervisor([bridge])
+    bridge.start(stack.env)
+    try:
+        wait_until_ready(stack)
+        first = bridge.process
+        assert first is not None
+        first.kill()
+        health, deadline = [], time.monotonic() + RESTART_DEADLINE
+        while bridge.process is first or not ready(stack):
+            assert time.monotonic() < deadline, f"bridge not back; {stack.log_tail()}"
+            assert supervisor.tick() is None
+            health.append(status(stack, "/health"))
+            time.sleep(0.2)
+        assert set(health) == {200}, health
+        assert bridge.crashes == 1
+    finally:
+        stop_all([bridge])
+        stack.start_bridge()
+
+
+def status(stack: Stack, path: str) -> int:
+    try:
+        with urllib.request.urlopen(stack.base_url + path, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def ready(stack: Stack) -> bool:
+    with contextlib.suppress(OSError):
+        return status(stack, "/ready") == 200
+    return False
+
+
+def wait_until_ready(stack: Stack) -> None:
+    deadline = time.monotonic() + RESTART_DEADLINE
+    while not ready(stack):
+        assert time.monotonic() < deadline, stack.log_tail()
+        time.sleep(0.2)
