@@ -52,6 +52,8 @@ try:
     HYPERTUNA_REGISTRATION_HISTORY_DAYS = env.int("HYPERTUNA_REGISTRATION_HISTORY_DAYS", 7, min_value=1)
     HYPERTUNA_TOKEN_TTL = env.int("HYPERTUNA_TOKEN_TTL", 3600, min_value=30, max_value=30 * 86400)
     HYPERTUNA_TOKEN_MAX_TTL = env.int("HYPERTUNA_TOKEN_MAX_TTL", 7 * 86400, min_value=60)
+    # The shortest ttlSeconds the token API accepts; it can only be lowered (test stacks).
+    HYPERTUNA_TOKEN_MIN_TTL = env.int("HYPERTUNA_TOKEN_MIN_TTL", 30, min_value=1, max_value=30)
     HYPERTUNA_TOKEN_REFRESH_WINDOW = env.int("HYPERTUNA_TOKEN_REFRESH_WINDOW", 300, min_value=0)
     HYPERTUNA_RATELIMIT_IP_PER_MINUTE = env.int("HYPERTUNA_RATELIMIT_IP_PER_MINUTE", 600, min_value=0)
     HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE = env.int("HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE", 1200, min_value=0)

@@ -14,7 +14,6 @@ from django.utils import timezone
 from hypertuna.compat import decode_token, encode_token, normalize_relay_key, token_digest
 from hypertuna.compat.relaykeys import HEX64
 from hypertuna.compat.tokens import TokenError
-from hypertuna.env import env
 from hypertuna.exceptions import ApiError
 from relays import metrics, selectors, usage
 from relays.models import Relay, RelayToken
@@ -25,7 +24,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SCOPE = "relay-access"
 # The shortest lifetime a token may be issued or refreshed with. The variable can only lower it: it exists so
 # that a test stack can watch a token expire on a live socket within seconds.
-MIN_TTL = env.int("HYPERTUNA_TOKEN_MIN_TTL", 30, min_value=1, max_value=30)
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,9 @@ def _ttl(ttl_seconds: Any) -> int:
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, (int, float)):
         raise ApiError("invalid-ttl", "ttlSeconds must be a number of seconds.")
     ttl = int(ttl_seconds)
-    if not MIN_TTL <= ttl <= settings.HYPERTUNA_TOKEN_MAX_TTL:
-        raise ApiError("invalid-ttl", f"ttlSeconds must be between {MIN_TTL} and {settings.HYPERTUNA_TOKEN_MAX_TTL}.")
+    low, high = settings.HYPERTUNA_TOKEN_MIN_TTL, settings.HYPERTUNA_TOKEN_MAX_TTL
+    if not low <= ttl <= high:
+        raise ApiError("invalid-ttl", f"ttlSeconds must be between {low} and {high}.")
     return ttl
 
 

@@ -204,18 +204,32 @@ class Member:
 def supervisor_members() -> list[Member]:
     """Every ``Member(name, [argv...], cwd=..., env=...)`` the supervisor builds, read from its source.
 
-    Reading the source (not running ``make run``) keeps this a static check. Elements that are not
+    Reading the source (not running ``make run``) keeps this a static check. An argv built by a helper of the
+    module (``daphne_argv(...)``) is read from the list the helper returns. Elements that are not
     literals become ``<python>`` (the interpreter variable) or ``<expr>``; ``cwd=BASE_DIR / "x"`` maps to
     the folder ``x``; ``env=escrow_env`` (or any env whose name mentions escrow) means the escrow role.
     """
     tree = ast.parse(SUPERVISOR.read_text())
+    # Helpers that build an argv (``daphne_argv(python, host, port)``): the list literal they return.
+    builders = {
+        fn.name: ret.value
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef)
+        for ret in ast.walk(fn)
+        if isinstance(ret, ast.Return) and isinstance(ret.value, ast.List)
+    }
     members = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Member"):
             continue
-        if len(node.args) < 2 or not isinstance(node.args[0], ast.Constant) or not isinstance(node.args[1], ast.List):
+        if len(node.args) < 2 or not isinstance(node.args[0], ast.Constant):
             continue
-        argv = [_literal(element) for element in node.args[1].elts]
+        command = node.args[1]
+        if isinstance(command, ast.Call) and isinstance(command.func, ast.Name) and command.func.id in builders:
+            command = builders[command.func.id]
+        if not isinstance(command, ast.List):
+            continue
+        argv = [_literal(element) for element in command.elts]
         cwd = REPO
         role = "gateway"
         for keyword in node.keywords:

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def _short_tokens(monkeypatch):
-    monkeypatch.setattr(tokens, "MIN_TTL", 1)
+def _short_tokens(settings):
+    settings.HYPERTUNA_TOKEN_MIN_TTL = 1
 
 
 async def relay_with_token(key, ttl, pool):
