@@ -31,8 +31,14 @@ def runtime() -> str:
     return version
 
 
-@pytest.fixture(scope="module")
+# Progress sampled often and an owner's contact re-announced twice a second, so mirror evidence tests see the
+# announcement follow the worker within a second or two.
+ANNOUNCE_MS = 500
+
+
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory, runtime):
+    """One gateway for the whole suite (each test module runs its own workers and relays)."""
     stack = Stack(
         tmp_path_factory.mktemp("interop"),
         celery=True,
@@ -41,6 +47,8 @@ def stack(tmp_path_factory, runtime):
             "HYPERTUNA_OPERATOR_KEYS": f"{OPERATOR[0]}:{OPERATOR[1]}",
             # Celery beat materializes the replica (no manual sync in this suite).
             "HYPERTUNA_REPLICA_SYNC_INTERVAL": "2",
+            "HYPERTUNA_BRIDGE_MIRROR_PROGRESS_MS": "250",
+            "HYPERTUNA_BRIDGE_MIRROR_ANNOUNCE_MS": str(ANNOUNCE_MS),
         },
     )
     # The bridge tells workers the gateway's origin in its handshake; the runtime routes its relays by it.

@@ -10,28 +10,7 @@ from datetime import datetime
 import pytest
 from coincurve import PrivateKey
 
-from tests.e2e.harness import Stack
-from tests.interop.conftest import OPERATOR
-
-ANNOUNCE_MS = 500
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, runtime):
-    stack = Stack(
-        tmp_path_factory.mktemp("interop-evidence"),
-        env={
-            "HYPERTUNA_OPERATOR_KEYS": f"{OPERATOR[0]}:{OPERATOR[1]}",
-            "HYPERTUNA_BRIDGE_MIRROR_PROGRESS_MS": "250",
-            "HYPERTUNA_BRIDGE_MIRROR_ANNOUNCE_MS": str(ANNOUNCE_MS),
-        },
-    )
-    stack.env["HYPERTUNA_PUBLIC_URL"] = stack.base_url
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
+from tests.interop.conftest import ANNOUNCE_MS, OPERATOR
 
 
 def _row(stack, relay_key: str) -> dict | None:
