@@ -21,18 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.utils import timezone
 
 from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeEvent, BridgeTimeout
 from hypertuna.compat.relaykeys import HEX64
 from relays import blind_trust, selectors, services
 from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS
-from relays.models import Peer, Relay
 from replicas import events as replica_events
 from replicas.keys import normalize_core_key
 
@@ -152,21 +148,9 @@ def _redial_in_background(client: BridgeClient) -> None:
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
-def peers_to_dial() -> list[str]:
-    """Swarm keys of the peers listed by a signed registration of a live relay within the registration TTL."""
-    now = timezone.now()
-    rows = Peer.objects.filter(
-        active=True,
-        last_seen_at__gte=now - timedelta(seconds=settings.HYPERTUNA_REGISTRATION_TTL),
-        relay__status=Relay.Status.ACTIVE,
-        relay__expires_at__gt=now,
-    ).values_list("peer_key", flat=True)
-    return sorted({key for key in rows if HEX64.match(key)})
-
-
 async def redial(client: BridgeClient) -> int:
     """Ask the bridge to dial (and keep) every registered peer; returns how many it reached."""
-    peers = await sync_to_async(peers_to_dial)()
+    peers = await sync_to_async(selectors.peers_to_dial)()
     results = await asyncio.gather(
         *(client.peer_connect(peer, timeout_ms=REDIAL_TIMEOUT_MS) for peer in peers), return_exceptions=True
     )

@@ -184,3 +184,15 @@ def peer_health_counts() -> dict[str, int]:
 
 def expired_relays(now: datetime) -> QuerySet[Relay]:
     return Relay.objects.filter(status=Relay.Status.ACTIVE, expires_at__lte=now)
+
+
+def peers_to_dial() -> list[str]:
+    """Swarm keys of the peers listed by a signed registration of a live relay within the registration TTL."""
+    now = timezone.now()
+    rows = Peer.objects.filter(
+        active=True,
+        last_seen_at__gte=now - timedelta(seconds=settings.HYPERTUNA_REGISTRATION_TTL),
+        relay__status=Relay.Status.ACTIVE,
+        relay__expires_at__gt=now,
+    ).values_list("peer_key", flat=True)
+    return sorted({key for key in rows if HEX64.match(key)})
