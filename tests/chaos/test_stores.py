@@ -80,6 +80,19 @@ async def _req_works(url: str) -> bool:
         return False
 
 
+def _nothing_lost(stack, relay, before, after, *, token: str) -> None:
+    """``after`` is OK'd now; it and ``before`` are readable exactly once; ``token`` (issued before the fault)
+    still opens the relay; its registration row is still there, once."""
+    relay_key, url = relay
+    publish(url, after)
+    wait_readable(url, before + after, timeout=30)
+    assert asyncio.run(_req_works(f"{url}?token={token}"))
+    assert (
+        probe(stack, f"from relays.models import Relay\nresult = Relay.objects.filter(relay_key={relay_key!r}).count()")
+        == 1
+    )
+
+
 def test_redis_down_and_back(stack, relay, private_redis):
     """Fault: the private redis-server is SIGKILLed (cache, channel layer, rate limits, broker all gone), then
     started again on the same port, empty.
@@ -123,14 +136,7 @@ def test_redis_down_and_back(stack, relay, private_redis):
         assert time.monotonic() < deadline, stack.log_tail()
         time.sleep(0.2)
 
-    after = make_events(5, "after redis outage")
-    publish(url, after)
-    wait_readable(url, before + after, timeout=30)
-    assert asyncio.run(_req_works(f"{url}?token={token['token']}"))
-    assert (
-        probe(stack, f"from relays.models import Relay\nresult = Relay.objects.filter(relay_key={relay_key!r}).count()")
-        == 1
-    )
+    _nothing_lost(stack, relay, before, make_events(5, "after redis outage"), token=token["token"])
 
 
 def test_postgres_restarted(stack, relay, private_postgres):
@@ -164,11 +170,4 @@ def test_postgres_restarted(stack, relay, private_postgres):
     assert took <= RECOVERY_S
     assert second["sequence"] == first["sequence"] + 1, (first, second)
     assert register(stack, relay_key)[0] in (200, 201)
-    after = make_events(3, "after postgres restart")
-    publish(url, after)
-    wait_readable(url, before + after, timeout=30)
-    assert asyncio.run(_req_works(f"{url}?token={first['token']}"))
-    assert (
-        probe(stack, f"from relays.models import Relay\nresult = Relay.objects.filter(relay_key={relay_key!r}).count()")
-        == 1
-    )
+    _nothing_lost(stack, relay, before, make_events(3, "after postgres restart"), token=first["token"])
