@@ -352,18 +352,36 @@ class EscrowCoordinator:
         )
 
     async def _watch_loop(self, lease: LeaseHandle) -> None:
+        loop = asyncio.get_running_loop()
+        confirmed = loop.time()
+        # The expiry a renewal was last tried for without extending it (refused, unreachable, not needed):
+        # tried again one interval later, not in a loop.
+        tried: float | None = None
+
+        def current() -> VaultEntry | None:
+            entry = self.vault.get(lease.relay_key)
+            return entry if entry is not None and entry.lease_id == lease.lease_id else None
+
         try:
-            while True:
-                await asyncio.sleep(self._confirm_interval)
-                entry = self.vault.get(lease.relay_key)
-                if entry is None or entry.lease_id != lease.lease_id:
+            while (entry := current()) is not None:
+                # Wake for the next confirmation, or earlier when the renewal falls due (a short lease would
+                # otherwise lapse between two confirmations).
+                due_in = self._renew_at(entry) - self._clock()
+                delay = self._confirm_interval if tried == entry.expires_at else min(self._confirm_interval, due_in)
+                await asyncio.sleep(max(delay, 0.0))
+                if (entry := current()) is None:
                     return
-                await self._confirm(entry)
-                entry = self.vault.get(lease.relay_key)
-                if entry is None or entry.lease_id != lease.lease_id:
-                    return
-                if self._renewal_due(entry) and await self._needed(entry.relay_key):
-                    await self._renew(entry)
+                if loop.time() - confirmed >= self._confirm_interval * 0.99:
+                    await self._confirm(entry)
+                    confirmed = loop.time()
+                    if (entry := current()) is None:
+                        return
+                if self._renew_at(entry) <= self._clock():
+                    if await self._needed(entry.relay_key):
+                        await self._renew(entry)
+                    renewed = current()
+                    if renewed is not None and renewed.expires_at == entry.expires_at:
+                        tried = entry.expires_at
         finally:
             self._watchers.pop(lease.lease_id, None)
 
@@ -384,10 +402,10 @@ class EscrowCoordinator:
         if current.get("leaseId") != entry.lease_id:
             self.vault.drop(entry.relay_key, "revoked-at-escrow")
 
-    def _renewal_due(self, entry: VaultEntry) -> bool:
-        """Less than a third of the lease's lifetime is left."""
+    def _renew_at(self, entry: VaultEntry) -> float:
+        """When a third of the lease's usable lifetime is left (the vault stops using it ``margin`` s early)."""
         lifetime = max(entry.expires_at - entry.stored_at, 1.0)
-        return entry.expires_at - self._clock() <= lifetime / 3
+        return entry.expires_at - self.vault._margin - lifetime / 3
 
     async def _needed(self, relay_key: str) -> bool:
         if self._still_needed is None:

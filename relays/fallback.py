@@ -30,11 +30,13 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.utils import timezone
 from prometheus_client import Counter
 
 from hypertuna.bridge import BridgeClient, BridgeClientError
@@ -67,6 +69,8 @@ LEASE_PENDING = "blocked: the relay's workers are offline and its write lease is
 LAST_STEP_S = 0.25
 # After the bridge failed to open a lease, writes under it fail at once for this long (no open per frame).
 OPEN_RETRY_PAUSE_S = 5.0
+# A worker that answered within this long serves the relay: the lease is then not renewed.
+WORKER_HEALTHY_WITHIN_S = 30
 # Live delivery remembers this many event ids per subscription, so no path delivers one twice.
 RECENT_IDS = 1024
 
@@ -87,11 +91,15 @@ def replica_available(relay_key: str) -> bool:
 
 
 def relay_still_offline(relay_key: str) -> bool:
-    """Whether no healthy worker serves the relay (sync): the coordinator renews a lease only while so."""
-    from relays.selectors import live_relay
+    """Whether no worker of the relay answered any gateway node lately (sync): the coordinator renews the
+    relay's lease only while so. Asks for positive evidence (a recent healthy answer), not the registration's
+    peer list, which keeps listing a worker that just went away until its failures are counted."""
+    from relays.models import Peer
 
-    snapshot = live_relay(relay_key)
-    return snapshot is None or not snapshot.peers
+    lately = timezone.now() - timedelta(seconds=WORKER_HEALTHY_WITHIN_S)
+    return not Peer.objects.filter(
+        relay__relay_key=relay_key, active=True, unreachable_since__isnull=True, last_healthy_at__gt=lately
+    ).exists()
 
 
 async def materialize_leased(relay_key: str, event: Event) -> None:

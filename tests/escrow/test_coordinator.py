@@ -182,6 +182,25 @@ async def test_the_watcher_renews_in_the_background_without_any_write_and_tells_
 
 @pytest.mark.urls("escrow.service_urls")
 @pytest.mark.django_db(transaction=True)
+async def test_the_watcher_wakes_for_a_renewal_due_before_its_next_confirmation(certs, escrow_url, deposited):
+    """A short lease must not lapse between two confirmations: the watcher sleeps until the renewal is due."""
+    import time
+
+    _, _, relay_key = deposited
+    client = Recording(certs.client(escrow_url, certs.gateway))
+    offset = [0.0]
+    coordinator = EscrowCoordinator(
+        client, mirror_evidence=fresh_mirror, confirm_interval=60, clock=lambda: time.time() + offset[0]
+    )
+    lease = await coordinator.ensure_write_lease(relay_key)
+    offset[0] = coordinator._renew_at(coordinator.vault.get(relay_key)) - time.time() - 0.3  # due in 0.3 s
+    coordinator._watch(lease)  # as if granted at this point of its lifetime
+    assert await wait_for(lambda: "/escrow/renew" in client.paths, within=2.0)
+    coordinator.shutdown()
+
+
+@pytest.mark.urls("escrow.service_urls")
+@pytest.mark.django_db(transaction=True)
 async def test_the_watcher_does_not_renew_while_the_relay_no_longer_needs_the_lease(certs, escrow_url, deposited):
     _, _, relay_key = deposited
     client, now, coordinator = watched(certs, escrow_url)

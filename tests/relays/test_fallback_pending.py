@@ -199,3 +199,21 @@ async def test_a_slow_append_is_answered_retry_and_still_made_visible(leased, re
         ["EVENT", "s", event.to_dict()],
         ["EOSE", "s"],
     ]
+
+
+async def test_a_lease_is_renewed_only_while_no_worker_answered_lately():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from relays.models import Peer
+    from tests.relays.test_fallback import register
+
+    key = "cd" * 32
+    await database_sync_to_async(register)(key, ["1" * 64])
+    # Registered, listed, but it has not answered anyone: the lease is still needed.
+    assert await database_sync_to_async(fallback_module.relay_still_offline)(key) is True
+    await Peer.objects.filter(relay__relay_key=key).aupdate(last_healthy_at=timezone.now())
+    assert await database_sync_to_async(fallback_module.relay_still_offline)(key) is False
+    await Peer.objects.filter(relay__relay_key=key).aupdate(last_healthy_at=timezone.now() - timedelta(minutes=5))
+    assert await database_sync_to_async(fallback_module.relay_still_offline)(key) is True
