@@ -87,9 +87,9 @@ def run(n: int = 2000) -> dict[str, float]:
         os.environ["HYPERTUNA_BRIDGE_REQUIRED"] = "false"
         os.environ["HYPERTUNA_RATELIMIT_IP_PER_MINUTE"] = "0"
         os.environ["HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE"] = "0"
-        from bench.replica_bench import _setup_django, bench_database
+        from bench.replica_data import bench_database, setup_django
 
-        _setup_django()
+        setup_django()
         from django.conf import settings
 
         settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "burst"
