@@ -147,6 +147,9 @@ class EscrowCoordinator:
         self._confirm_interval = confirm_interval
         self._refusal_pause = refusal_pause
         self._pause_until: dict[str, float] = {}
+        # Relays whose last automatic request found the escrow unreachable: their writes are answered "retry
+        # in N s" (a short outage), not "read-only" (a policy refusal), until a request gets an answer.
+        self._unreachable: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._locks_guard = threading.Lock()
         # How long a write waits for a new lease before it is answered "retry" (the request goes on in the
@@ -210,6 +213,8 @@ class EscrowCoordinator:
         pending = self._acquiring.get(relay_key)
         if pending is None or pending.done():
             pending = asyncio.ensure_future(self._acquire(relay_key, healthy_peers))
+            # A LeasePending raised after every waiting write has been answered must not be logged as lost.
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._acquiring[relay_key] = pending
         try:
             return await asyncio.wait_for(asyncio.shield(pending), self._answer_within)
@@ -225,13 +230,21 @@ class EscrowCoordinator:
             # After a refusal or an unreachable escrow, automatic requests for the relay pause briefly:
             # a client repeating EVENTs on a read-only relay must not turn into one audited unlock per
             # frame at the escrow. Operators' manual requests are not held back.
-            if self._clock() < self._pause_until.get(relay_key, 0.0):
+            paused_until = self._pause_until.get(relay_key, 0.0)
+            if self._clock() < paused_until:
+                if relay_key in self._unreachable:
+                    raise LeasePending(relay_key, retry_after=max(1, math.ceil(paused_until - self._clock())))
                 return None
             result = await self.request_lease(relay_key, healthy_peers=healthy_peers, requested_by="auto")
             if result.lease is None:
                 self._pause_until[relay_key] = self._clock() + self._refusal_pause
             else:
                 self._pause_until.pop(relay_key, None)
+            if result.status != "unavailable":
+                self._unreachable.discard(relay_key)
+            else:
+                self._unreachable.add(relay_key)
+                raise LeasePending(relay_key, retry_after=max(1, math.ceil(self._refusal_pause)))
         return result.lease
 
     async def request_lease(self, relay_key: str, *, healthy_peers: int, requested_by: str) -> LeaseResult:

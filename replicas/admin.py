@@ -240,12 +240,12 @@ class ReplicaAdmin(admin.ModelAdmin):
 
 @admin.register(ReplicaEvent)
 class ReplicaEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ("event_id", "replica", "kind", "created_at", "author")
+    list_display = ("event_id", "replica", "kind", "created_at", "author", "pending")
     list_select_related = ("replica",)
-    list_filter = ("kind",)
+    list_filter = ("pending", "kind")
     search_fields = ("replica__relay_key",)
     show_full_result_count = False
-    fields = ("event_id", "replica", "kind", "created_at", "author", "seq", "json")
+    fields = ("event_id", "replica", "kind", "created_at", "author", "seq", "pending", "json")
     readonly_fields = fields
 
     @admin.display(description="id")

@@ -240,7 +240,11 @@ async def test_lease_held_by_another_node_is_not_stolen(certs, escrow_url, depos
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_unreachable_escrow_means_no_lease(certs, tmp_path):
+async def test_unreachable_escrow_means_retry_not_read_only(certs, tmp_path):
+    """An escrow that cannot be reached is an outage, not a refusal: writes are told to retry (for as long as
+    automatic requests pause), never that the relay is read-only."""
+    from escrow.coordinator import LeasePending
+
     client = MTLSClient(
         "https://127.0.0.1:9",
         ca=str(certs.ca.cert),
@@ -248,9 +252,13 @@ async def test_unreachable_escrow_means_no_lease(certs, tmp_path):
         key=str(certs.gateway.key),
         timeout=2,
     )
-    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror)
+    coordinator = EscrowCoordinator(client, mirror_evidence=fresh_mirror, refusal_pause=5.0)
     before = unlock_count("unavailable")
-    assert await coordinator.ensure_write_lease("ab" * 32) is None
+    with pytest.raises(LeasePending) as first:
+        await coordinator.ensure_write_lease("ab" * 32)
+    assert first.value.retry_after == 5
+    with pytest.raises(LeasePending):  # paused: answered at once, no second request
+        await coordinator.ensure_write_lease("ab" * 32)
     assert unlock_count("unavailable") == before + 1
 
 
@@ -428,8 +436,9 @@ async def test_a_slow_escrow_never_holds_a_write_longer_than_answer_within():
         await coordinator.ensure_write_lease("ab" * 32)
     await asyncio.sleep(1.5)  # the background request ends: escrow unreachable, automatic requests pause
     started = time.monotonic()
-    assert await coordinator.ensure_write_lease("ab" * 32) is None
-    assert time.monotonic() - started < 0.5
+    with pytest.raises(LeasePending) as paused:
+        await coordinator.ensure_write_lease("ab" * 32)
+    assert time.monotonic() - started < 0.5 and paused.value.retry_after > 1
     assert escrow.calls == 1
 
 

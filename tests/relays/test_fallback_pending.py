@@ -130,7 +130,8 @@ class Escrow:
     ("escrow", "answer"),
     [
         (Escrow(1.0, EscrowUnavailable("connect timeout")), "blocked: the relay's workers are offline"),
-        (Escrow(0.0, EscrowUnavailable("connection refused")), fallback_module.READ_ONLY),
+        # Down is an outage, not a refusal: retry, never "read-only".
+        (Escrow(0.0, EscrowUnavailable("connection refused")), "blocked: the relay's workers are offline"),
         (Escrow(0.0, EscrowHTTPError(412, {"error": "policy-refused", "reasons": ["x"]})), fallback_module.READ_ONLY),
     ],
     ids=["slow", "down", "refusing"],
