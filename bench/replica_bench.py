@@ -8,13 +8,16 @@ Method (performance-anchors §6):
 - **Data**: ``events`` events from a fixed seed, shaped like anchors §3.2 (2,000 authors with cubic skew;
   kinds 1 ≈ 50 %, 7 ≈ 25 %, 6, 0, 3; an ``e`` tag into earlier events with quadratic skew, a ``p`` tag from
   the author skew, a ``t`` tag from 1,000 hashtags with quadratic skew; 120 B of content). Every event is
-  really signed (BIP-340 via coincurve) so both relays verify the same signatures. Cached in
-  ``$HYPERTUNA_VAR_DIR/bench/`` per (seed, count).
-- **Database**: a throw-away database (``hypertuna_bench`` on Postgres when ``DATABASE_URL`` is Postgres,
-  else a SQLite file under the var dir), created and destroyed by the run.
+  really signed (BIP-340 via coincurve) so both relays verify the same signatures. Generated once per
+  (seed, count) into ``$HYPERTUNA_VAR_DIR/bench-cache/``.
+- **Database**: the whole data set is materialized once per (seed, count) into a dedicated database
+  (``<DATABASE_URL's name>_cache_<seed>_<count>`` on Postgres, a SQLite file under ``bench-cache/``) and
+  reused by later runs, with pending migrations applied each run; nostr-relay's loaded store is kept
+  under ``bench-cache/`` the same way. Delete ``bench-cache/`` (and drop the database) to regenerate.
 - **Sync/upsert throughput**: the events are fed through ``services.ingest_view_batch`` (the code path of
   the replica sync) in batches of ``HYPERTUNA_REPLICA_BATCH_SIZE`` view blocks, with signature
-  verification on (``verified_events_per_s``) and, on a second replica, off (``upsert_events_per_s``).
+  verification on (``verified_events_per_s``, measured when the cache is generated) and, each run on a
+  throw-away ``<name>_run`` database, off for a 20k sample (``upsert_events_per_s``).
 - **REQ latency** per shape, three ways: ``in_process`` (``query_events`` call: SQL + row decoding),
   ``replica_ws`` (a subprocess serving the replica over a loopback WebSocket — REQ in, EVENT… EOSE out —
   like the gateway's replica path) and ``nostr_relay_ws`` (``nostr-relay`` served by uvicorn on loopback,
@@ -34,11 +37,9 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +48,9 @@ from typing import Any
 from bench.nostr_relay_server import free_port, start_nostr_relay, stop_process, wait_port
 from bench.replica_data import (
     SHAPES,
-    analyze,
     bench_database,
+    cache_dir,
+    cached_replica,
     ingest_events,
     load_dataset,
     percentiles,
@@ -195,7 +197,8 @@ def run(
     """Run the benchmark (see the module docstring) and return the results.
 
     ``seconds`` is the time budget of each latency phase (split over the shapes); loading nostr-relay is
-    capped at 15 minutes. Returns ``{"config", "ingest", "in_process", "replica_ws", "nostr_relay_ws",
+    capped at 30 minutes. The data set, the materialized replica and nostr-relay's loaded store are
+    generated once under ``bench-cache/`` and reused (see :mod:`bench.replica_data`). Returns ``{"config", "ingest", "in_process", "replica_ws", "nostr_relay_ws",
     "ratios", "agreement"}``.
     """
     if events < 1000:
@@ -219,28 +222,26 @@ def run(
             "dataset_generation_s": round(generated_s, 1),
         },
     }
-    with bench_database(var_dir) as database_url:
-        relay_key = os.urandom(32).hex()
-        log("ingest: verified upserts through the sync batch service")
-        verified_rate = ingest_events(relay_key, data, verify=True)
+    with bench_database(var_dir):
+        # Upsert throughput on a fresh database each run: a 20k sample, then the same sample read twice.
         sample = data[: min(len(data), 20_000)]
+        log("ingest: unverified upserts, then a re-read (idempotent upserts), of a 20k sample")
         upsert_rate = ingest_events(os.urandom(32).hex(), sample, verify=False)
-        log("ingest: re-read of the first 20k (idempotent upserts)")
         reread_rate = ingest_events(os.urandom(32).hex(), sample + sample, verify=False)
-        analyze()
-        from replicas.models import Replica
-
+    with cached_replica(data, seed, var_dir, log) as cached:
+        relay_key = cached.relay_key
+        result["config"]["replica_cache_generation_s"] = cached.generated_s
         result["ingest"] = {
-            "verified_events_per_s": round(verified_rate),
+            "verified_events_per_s": round(cached.verified_events_per_s),
             "upsert_events_per_s": round(upsert_rate),
             "upsert_with_duplicates_events_per_s": round(reread_rate),
-            "materialized_events": Replica.objects.get(relay_key=relay_key).event_count,
+            "materialized_events": cached.materialized_events,
         }
         log("REQ latency: in process")
         result["in_process"] = time_in_process(relay_key, mix, seconds)
 
         port = free_port()
-        child_env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
+        child_env = {**os.environ, "DATABASE_URL": cached.database_url, "PYTHONUNBUFFERED": "1"}
         server = subprocess.Popen(
             [sys.executable, "-m", "bench.replica_bench", "--serve", str(port), "--relay", relay_key],
             env=child_env,
@@ -270,21 +271,20 @@ def run(
                 "skipped": "nostr-relay is not installed (pip install -r requirements-bench.txt)"
             }
             return result
-        folder = Path(tempfile.mkdtemp(prefix="nostr-relay-bench-", dir=var_dir / "bench"))
+        folder = cache_dir(var_dir) / f"nostr-relay-{seed}-{events}"
         port = free_port()
         proc: subprocess.Popen[bytes] | None = None
         try:
-            log("nostr-relay: loading the same events with its load command")
-            proc, load_s = start_nostr_relay(folder, events_file, port, timeout_s=900)
+            log("nostr-relay: the same events loaded with its load command (once; reused by later runs)")
+            proc, load_rate = start_nostr_relay(folder, events_file, events, port, timeout_s=1800)
             wait_port(port, 60)
-            result["ingest"]["nostr_relay_load_events_per_s"] = round(len(data) / load_s)
+            result["ingest"]["nostr_relay_load_events_per_s"] = round(load_rate)
             log("REQ latency: nostr-relay over WebSocket")
             result["nostr_relay_ws"] = asyncio.run(_time_ws(f"ws://127.0.0.1:{port}/", mix, seconds))
             nostr_answers = asyncio.run(_first_answers(f"ws://127.0.0.1:{port}/", mix))
         finally:
             if proc is not None:
                 stop_process(proc)
-            shutil.rmtree(folder, ignore_errors=True)
         ours, theirs = result["replica_ws"], result["nostr_relay_ws"]
         for shape in SHAPES:
             result["ratios"][shape] = {

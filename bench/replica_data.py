@@ -10,8 +10,9 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,16 @@ def generate_events(count: int, seed: int = 1) -> list[dict[str, Any]]:
     return out
 
 
+def cache_dir(var_dir: Path) -> Path:
+    """``$HYPERTUNA_VAR_DIR/bench-cache/``: data sets and materialized databases kept between runs."""
+    folder = var_dir / "bench-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def load_dataset(count: int, seed: int, var_dir: Path) -> tuple[list[dict[str, Any]], Path, float]:
     """The dataset and its JSON-lines file (cached); returns the generation time (0 when cached)."""
-    folder = var_dir / "bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"replica-events-{seed}-{count}.jsonl"
+    path = cache_dir(var_dir) / f"replica-events-{seed}-{count}.jsonl"
     started = time.perf_counter()
     if path.exists():
         events = [json.loads(line) for line in path.read_text().splitlines() if line]
@@ -162,21 +168,126 @@ def bench_database(var_dir: Path) -> Iterator[str]:
     vendor = connection.vendor
     test_settings = settings.DATABASES["default"].setdefault("TEST", {})
     if vendor == "sqlite":
-        path = var_dir / "bench" / "replica-bench.sqlite3"
+        path = cache_dir(var_dir) / "replica-bench.sqlite3"
         path.unlink(missing_ok=True)
         test_settings["NAME"] = str(path)
     else:
-        test_settings["NAME"] = "hypertuna_bench"
+        # Named after the configured database, so benches pointed at different databases never collide.
+        test_settings["NAME"] = f"{settings.DATABASES['default']['NAME']}_run"
     name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     try:
-        if vendor == "sqlite":
-            yield f"sqlite:///{name}"
-        else:
-            s = connection.settings_dict
-            auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-            yield f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{name}"
+        yield database_url(name)
     finally:
         connection.creation.destroy_test_db(name, verbosity=0)
+
+
+def database_url(name: str) -> str:
+    """A DATABASE_URL for child processes: the configured server, database ``name``."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{name}"
+    s = connection.settings_dict
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{name}"
+
+
+@dataclass
+class CachedReplica:
+    """A materialized replica of the whole data set, kept between runs (see :func:`cached_replica`)."""
+
+    database_url: str
+    relay_key: str
+    verified_events_per_s: float  # measured when the cache was generated
+    generated_s: float  # 0 when reused
+    materialized_events: int
+
+
+def _use_database(name: str) -> None:
+    from django.conf import settings
+    from django.db import connection
+
+    connection.close()
+    connection.settings_dict["NAME"] = name
+    settings.DATABASES["default"]["NAME"] = name
+
+
+def _recreate_database(name: str) -> None:
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        Path(name).unlink(missing_ok=True)
+        return
+    with connection._nodb_cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+
+
+def _database_exists(name: str) -> bool:
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        return Path(name).exists()
+    with connection._nodb_cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        return cursor.fetchone() is not None
+
+
+@contextmanager
+def cached_replica(
+    events: list[dict[str, Any]], seed: int, var_dir: Path, log: Callable[[str], None]
+) -> Iterator[CachedReplica]:
+    """The data set materialized through the sync's batch service (signatures verified) into a dedicated
+    database — ``<DATABASE NAME>_cache_<seed>_<count>`` on Postgres, a file under ``bench-cache/`` on
+    SQLite — generated once and reused by later runs (a marker file under ``bench-cache/`` is written only
+    after a complete load). Each run applies pending migrations to it, so new indexes are measured.
+    The default connection points at it while the context is open. Read-only for the measurements."""
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+
+    from replicas.models import Replica
+
+    count = len(events)
+    folder = cache_dir(var_dir)
+    marker = folder / f"replica-db-{seed}-{count}.json"
+    original = settings.DATABASES["default"]["NAME"]
+    if connection.vendor == "sqlite":
+        name = str(folder / f"replica-{seed}-{count}.sqlite3")
+    else:
+        name = f"{original}_cache_{seed}_{count}"
+    info = json.loads(marker.read_text()) if marker.exists() else None
+    if info is not None and not _database_exists(name):
+        info = None
+    try:
+        if info is None:
+            log(f"replica cache: materializing {count} events into {name} (once; reused by later runs)")
+            marker.unlink(missing_ok=True)
+            started = time.perf_counter()
+            _recreate_database(name)
+            _use_database(name)
+            call_command("migrate", verbosity=0, interactive=False)
+            relay_key = os.urandom(32).hex()
+            rate = ingest_events(relay_key, events, verify=True)
+            analyze()
+            info = {"relay_key": relay_key, "verified_events_per_s": round(rate)}
+            marker.write_text(json.dumps(info))
+            generated_s = time.perf_counter() - started
+        else:
+            log(f"replica cache: reusing {name}")
+            _use_database(name)
+            call_command("migrate", verbosity=0, interactive=False)
+            analyze()
+            generated_s = 0.0
+        yield CachedReplica(
+            database_url=database_url(name),
+            relay_key=info["relay_key"],
+            verified_events_per_s=info["verified_events_per_s"],
+            generated_s=round(generated_s, 1),
+            materialized_events=Replica.objects.get(relay_key=info["relay_key"]).event_count,
+        )
+    finally:
+        _use_database(original)
 
 
 # --- replica side -------------------------------------------------------------------------------------
