@@ -12,6 +12,8 @@ import { createLogger, errorMessage } from './lib/log.mjs'
 import { BlindPeerService, BlindPeerError } from './blind/blind-peer.mjs'
 import { LeaseManager, LeaseError } from './lease/lease-manager.mjs'
 import { topicMatches } from './rpc/server.mjs'
+import { GatewayDrives } from './drive/gateway-drives.mjs'
+import { registerDriveMethods } from './drive/rpc.mjs'
 
 export const BRIDGE_VERSION = '0.1.0'
 
@@ -72,6 +74,7 @@ export class Bridge {
     this.pool = null
     this.blind = null
     this.leases = null
+    this.drives = null
     this.rpc = null
     this.bootstrapNodes = []
     this.pendingRegisters = new Map()
@@ -124,6 +127,15 @@ export class Bridge {
       this.leases.on('lease.closed', (data) => this._event('lease.closed', data))
       await this.leases.start()
     }
+    this.drives = new GatewayDrives({
+      storageDir: cfg.storageDir,
+      bootstrap: this.bootstrapNodes,
+      host: bindHostFor(cfg.bootstrap, cfg.swarmHost),
+      seed,
+      blind: this.blind,
+      logger: this.log.child('gateway-drives')
+    })
+    await this.drives.start()
     this.pool = new PeerPool({
       swarm: this.swarm,
       handshake: {
@@ -193,6 +205,7 @@ export class Bridge {
     if (this.rpc) await this.rpc.close()
     if (this.pool) await this.pool.close()
     if (this.leases) await this.leases.stop()
+    if (this.drives) await this.drives.stop()
     if (this.blind) await this.blind.stop()
     if (this.swarm) await this.swarm.destroy().catch(() => {})
     if (this.testnet) await this.testnet.destroy().catch(() => {})
@@ -383,6 +396,7 @@ export class Bridge {
     })
 
     this._registerBlindMethods(wrap)
+    registerDriveMethods(rpc, { drives: () => this.drives, blind: () => this.blind, wrap })
   }
 
   _registerBlindMethods (wrap) {
