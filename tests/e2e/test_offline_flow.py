@@ -9,7 +9,7 @@ three lease TTLs with a write every two seconds, the lease renewed at least thre
 the worker returns with every event, nothing twice, its lease revoked, the gateway knowing within 5 s → it
 deposits a new writer key → ``escrow_audit verify`` passes and lists each step.
 
-Policy durations are shortened through the environment (heartbeat silence 10 s, mirror age 5 s, lease TTL
+Policy durations are shortened through the environment (heartbeat silence 10 s, mirror age 3 s, lease TTL
 10 s, the smallest the settings accept), so "well after the mirror age limit" takes seconds.
 """
 
@@ -40,9 +40,10 @@ from tests.e2e.test_escrow import _escrow_flags
 # Reads from the replica may wait out one bridge connect timeout (5 s) first; the refusal must come before
 # the silence is over.
 HEARTBEAT_SILENCE = 10
-# The worker announces its cores every 3 s (registration), so its mirror is observed at most ~3 s before its
-# last escrow contact; writes start after three times this much silence.
-MIRROR_MAX_AGE = 5
+# The bridge repeats the owner's mirror announcement every second while it is connected (MIRROR_ANNOUNCE_MS),
+# so the mirror is observed within ~2 s of the worker's last escrow contact; writes start after more than
+# three times this much silence.
+MIRROR_MAX_AGE = 3
 LEASE_TTL = 10
 WRITE_EVERY = 2.0
 OPERATOR = ("e2e-ops", "operator-secret-for-offline-flow")
@@ -58,6 +59,7 @@ def flow_stack(tmp_path_factory):
         "HYPERTUNA_ESCROW_MIRROR_MAX_AGE": str(MIRROR_MAX_AGE),
         "HYPERTUNA_ESCROW_LEASE_TTL": str(LEASE_TTL),
         "HYPERTUNA_ESCROW_REQUEST_TTL": str(LEASE_TTL),
+        "HYPERTUNA_BRIDGE_MIRROR_ANNOUNCE_MS": "1000",
         "HYPERTUNA_OPERATOR_KEYS": f"{OPERATOR[0]}:{OPERATOR[1]}",
     }
     stack = Stack(tmp_path_factory.mktemp("offline-flow"), escrow=True, celery=True, env=env).start()
@@ -255,8 +257,9 @@ def test_offline_relay_reads_writes_under_renewed_leases_and_the_worker_takes_ov
             await asyncio.wait_for(reader.eose.wait(), 30)
             assert reader.ids == [online.id]
 
-            # Well after the heartbeat silence, at three times the mirror age limit, writes are granted.
-            await asyncio.sleep(max(0.0, stopped + max(HEARTBEAT_SILENCE, 3 * MIRROR_MAX_AGE) - time.monotonic()))
+            # Once the heartbeat silence is over (over three times the mirror age limit), writes are granted.
+            assert HEARTBEAT_SILENCE > 3 * MIRROR_MAX_AGE
+            await asyncio.sleep(max(0.0, stopped + HEARTBEAT_SILENCE - time.monotonic()))
             written: list[Any] = []
             first = sign_event(author.secret, kind=1, content="offline write 0", tags=[])
             while (reply := await publish(writer, first))[2] is not True:
