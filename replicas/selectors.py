@@ -12,7 +12,9 @@ time index — with every other condition applied inside the scan, before its ``
 merged (a ``UNION`` of sub-selects on SQLite; on Postgres the values are passed as arrays and
 ``unnest``-ed into one ``LATERAL`` top-N, which keeps planning cheap) and cut to the filter's limit again;
 only those rows are joined for their JSON. One statement per filter; no unbounded scan (the limit
-defaults to ``max_limit``).
+defaults to ``max_limit``). A filter on authors/kinds with many such ranges (a home feed) first probes the
+newest events on the covering time index and falls back to the per-range plan only when the probe's
+window holds fewer than ``limit`` matches (one extra statement then).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ from replicas.readiness import derive_state, lag_ms
 
 #: Above this many (author, kind) pairs a filter is expanded per author only (kind as ``IN``).
 MAX_PAIR_EXPANSION = 256
+#: A filter on authors and/or kinds only, read through at least this many index ranges (a home feed: 50
+#: authors x 2 kinds), first probes the newest events (see :func:`_probe_sql`).
+PROBE_MIN_RANGES = 16
+#: The probe reads the newest ``limit * PROBE_WINDOW`` events at most (and never more than PROBE_WINDOW_MAX).
+PROBE_WINDOW = 40
+PROBE_WINDOW_MAX = 20_000
 
 _EV = ReplicaEvent._meta.db_table
 _TAG = ReplicaTag._meta.db_table
@@ -148,8 +156,11 @@ class _Plan:
             sources.append(f"unnest(%s::{pg_type}[]) d{i}(v)")
             scan.where.append(f"{scan.alias}.{column} = d{i}.v")
         inner, inner_params = scan.sql(limit)
+        # Two ranges can meet on one event only through a tag with several values (an event has one
+        # author and one kind): only then is DISTINCT needed, which would sort every candidate.
+        distinct = "DISTINCT " if self.template.table == _TAG and len(self.drivers[0][2]) > 1 else ""
         text = (
-            f"SELECT DISTINCT s.created_at, s.eid FROM {' CROSS JOIN '.join(sources)} "  # noqa: S608
+            f"SELECT {distinct}s.created_at, s.eid FROM {' CROSS JOIN '.join(sources)} "  # noqa: S608
             f"CROSS JOIN LATERAL ({inner}) s ORDER BY s.created_at DESC, s.eid ASC LIMIT {int(limit)}"
         )
         return text, [*(list(values) for _, _, values in self.drivers), *inner_params]
@@ -212,15 +223,47 @@ def _is_empty(f: Filter) -> bool:
     )
 
 
-def _filter_sql(relay_key: str, f: Filter, limit: int) -> tuple[str, list[Any]]:
-    plan = _plan(relay_key, f)
-    candidates, params = plan.lateral_sql(limit) if connection.vendor == "postgresql" else plan.union_sql(limit)
-    # Only the filter's top N candidates are joined to the event rows for their JSON.
+def _probe_sql(relay_key: str, f: Filter, limit: int) -> tuple[str, list[Any]] | None:
+    """The filter's top N among the newest events, or None when the probe does not apply.
+
+    A filter on many authors/kinds would otherwise read up to N rows from each of its index ranges and sort
+    them all. The probe walks the newest ``limit * PROBE_WINDOW`` events (within ``since``/``until``) on the
+    covering time index, newest first, checking author and kind in the index. When it finds N matches
+    they are exactly the filter's top N — every matching event outside the window sorts after every event
+    inside it — otherwise :func:`query_events` falls back to the per-range plan."""
+    if f.ids is not None or f.tags or (f.authors is None and f.kinds is None):
+        return None
+    if len(f.authors or (None,)) * len(f.kinds or (None,)) < PROBE_MIN_RANGES:
+        return None
+    window = _Scan(_EV, "e")
+    window.add(f"e.replica_id = {_REPLICA}", relay_key)
+    if f.since is not None:
+        window.add("e.created_at >= %s", f.since)
+    if f.until is not None:
+        window.add("e.created_at <= %s", f.until)
+    inner = (
+        f"SELECT e.created_at, e.eid, e.pubkey, e.kind FROM {_EV} e WHERE {' AND '.join(window.where)} "  # noqa: S608
+        f"ORDER BY e.created_at DESC, e.eid ASC LIMIT {int(min(PROBE_WINDOW_MAX, limit * PROBE_WINDOW))}"
+    )
+    matches = _Scan(f"({inner})", "w")
+    matches.params = list(window.params)
+    _conditions(matches, f)
+    return matches.sql(limit)
+
+
+def _with_json(relay_key: str, candidates: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """Only the filter's top N candidates are joined to the event rows for their JSON."""
     sql = (
         f"SELECT ev.eid, ev.created_at, ev.json FROM ({candidates}) top "  # noqa: S608
         f"JOIN {_EV} ev ON ev.replica_id = {_REPLICA} AND ev.eid = top.eid ORDER BY ev.created_at DESC, ev.eid ASC"
     )
     return sql, [*params, relay_key]
+
+
+def _filter_sql(relay_key: str, f: Filter, limit: int) -> tuple[str, list[Any]]:
+    plan = _plan(relay_key, f)
+    candidates, params = plan.lateral_sql(limit) if connection.vendor == "postgresql" else plan.union_sql(limit)
+    return _with_json(relay_key, candidates, params)
 
 
 def query_events(relay_key: str, filters: Sequence[Filter], *, max_limit: int | None = None) -> list[StoredEvent]:
@@ -237,9 +280,15 @@ def query_events(relay_key: str, filters: Sequence[Filter], *, max_limit: int | 
             limit = cap if f.limit is None else min(f.limit, cap)
             if limit <= 0 or _is_empty(f):
                 continue
-            sql, params = _filter_sql(relay_key, f, limit)
-            cursor.execute(sql, params)
-            for eid, created_at, text in cursor.fetchall():
+            rows: list[Any] = []
+            probe = _probe_sql(relay_key, f, limit)
+            if probe is not None:
+                cursor.execute(*_with_json(relay_key, *probe))
+                rows = cursor.fetchall()
+            if len(rows) < limit:
+                cursor.execute(*_filter_sql(relay_key, f, limit))
+                rows = cursor.fetchall()
+            for eid, created_at, text in rows:
                 key = bytes(eid)
                 if key not in selected:
                     selected[key] = StoredEvent(id=key.hex(), created_at=created_at, json=text)

@@ -165,3 +165,20 @@ def test_materialized_set_is_independent_of_arrival_order(db, seed, size, batch)
     ingest(relay_key, order, batch=batch)
     _check(relay_key, events, [Filter()])
     _check(relay_key, events, [Filter(kinds=frozenset({0, 3, 5, 10002, 30023, 30024}))])
+
+
+@hsettings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(data=st.data(), window=st.sampled_from([1, 3, 40]))
+def test_random_filters_match_reference_through_the_newest_events_probe(corpus, data, window):
+    """Every authors/kinds filter first probes the newest ``limit * window`` events: when the probe finds
+    the limit it answers alone (window 40), else the per-range plan answers (window 1); same result."""
+    from unittest import mock
+
+    from replicas import selectors
+
+    relay_key, events = corpus
+    filters = data.draw(st.lists(_filter_strategy(events), min_size=1, max_size=3))
+    with mock.patch.object(selectors, "PROBE_MIN_RANGES", 1), mock.patch.object(selectors, "PROBE_WINDOW", window):
+        _check(relay_key, events, filters)
