@@ -7,7 +7,7 @@ BRIDGE_STAMP := bridge/node_modules/.installed
 INTEROP_STAMP := interop/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-interop run test test-python test-bridge lint format bench clean
+.PHONY: install install-interop run logs demo-worker-stop demo-worker-start test test-python test-bridge lint format bench clean
 
 install: $(STAMP) $(if $(wildcard bridge/package.json),$(BRIDGE_STAMP))
 
@@ -30,6 +30,19 @@ $(INTEROP_STAMP): interop/package.json interop/package-lock.json
 
 run: install
 	$(PY) -m hypertuna.supervisor
+
+# Every process of `make run` logs to $(VAR_DIR)/log/<process>.log; this follows them all.
+VAR_DIR ?= $(or $(HYPERTUNA_VAR_DIR),var)
+logs:
+	@ls $(VAR_DIR)/log/*.log >/dev/null 2>&1 || { echo "no logs in $(VAR_DIR)/log yet: start the gateway with make run"; exit 1; }
+	tail -n 20 -F $(VAR_DIR)/log/*.log
+
+# Stop or start only the demo worker of a running `make run` (see the offline fallback, then bring it back).
+demo-worker-stop:
+	@$(PY) -m hypertuna.console stop demo-worker --var-dir $(VAR_DIR)
+
+demo-worker-start:
+	@$(PY) -m hypertuna.console start demo-worker --var-dir $(VAR_DIR)
 
 test: install install-interop
 	$(PY) manage.py check --fail-level ERROR

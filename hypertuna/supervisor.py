@@ -2,8 +2,9 @@
 
 Starts the bridge (Node: Hyperswarm pool on a loopback testnet), the web process (Daphne), Celery (worker
 with embedded beat) and the bridge event consumer; waits until the gateway answers ``/ready``; then starts
-a reference worker hosting a demo relay, which registers itself and obtains a client token, and prints a
-ready ``ws://`` URL. Ctrl-C (SIGINT/SIGTERM) stops the whole group cleanly.
+a reference worker hosting an open demo relay (any client, any key, no token), which registers itself, and
+prints a ready ``ws://`` URL. Ctrl-C (SIGINT/SIGTERM) stops the whole group cleanly. What the terminal shows,
+the per-process log files and ``make demo-worker-stop`` / ``-start`` are ``hypertuna.console``'s.
 
 A member that exits is restarted after a backoff that doubles with each crash (1 s up to 30 s); one that
 crashes ``GIVE_UP_AFTER`` times without running ``STABLE_SECONDS`` in between is given up on loudly and the
@@ -21,6 +22,8 @@ its file. Secrets reach child processes through the environment, never their com
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -34,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hypertuna.console import Console, ControlServer, control_socket_path, ready_banner, wait_demo_relay
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 10
 FIRST_BACKOFF_SECONDS = 1.0
@@ -44,6 +49,7 @@ GIVE_UP_AFTER = 5
 # Daphne drops a WebSocket whose handshake the application has not accepted within this many seconds (its own
 # default is 5): hundreds of simultaneous connects are accepted in turn, and the last must not be dropped.
 WEBSOCKET_CONNECT_TIMEOUT = 30
+PR_SET_PDEATHSIG = 1
 
 
 def daphne_argv(python: str, host: str, port: int) -> list[str]:
@@ -62,25 +68,48 @@ def daphne_argv(python: str, host: str, port: int) -> list[str]:
     ]
 
 
+def celery_argv(python: str, concurrency: int, schedule: Path) -> list[str]:
+    """A Celery worker with its embedded beat (one per role: a second beat would run each task twice)."""
+    return [
+        python,
+        "-m",
+        "celery",
+        "-A",
+        "hypertuna.celery",
+        "worker",
+        "-B",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "-s",
+        str(schedule),
+    ]
+
+
 @dataclass
 class Member:
     name: str
     argv: list[str]
     cwd: Path = BASE_DIR
     env: dict[str, str] | None = None
-    # Output is read line by line (and echoed) so that markers such as the demo token can be picked up.
+    # Output is read line by line (and echoed) so that markers such as the demo worker's ready line are picked up.
     watch: bool = False
     # "restart" (with backoff, give up after repeated crashes: the group stops) or "report" (an exit is
     # logged and the member stays stopped; the group goes on).
     on_exit: str = "restart"
     # Restarted whenever the named member restarts (the demo worker with the bridge hosting its testnet).
     follows: str | None = None
+    # Where each line of the member's stdout and stderr goes (``Console.member_output``: its log file, and the
+    # console when notable); None: stdout is echoed (when watched) and stderr inherited.
+    output: Callable[[str, bytes], None] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None)
     markers: dict[str, dict[str, object]] = field(default_factory=dict)
     marker_seen: threading.Event = field(default_factory=threading.Event)
     crashes: int = 0
     started_at: float = 0.0
     restart_at: float | None = None
+    # Stopped for good: exited on its own (``on_exit="report"``) or on request (``make demo-worker-stop``).
     gone: bool = False
     _env: dict[str, str] = field(default_factory=dict)
 
@@ -88,22 +117,29 @@ class Member:
         self._env = env
         self.started_at = time.monotonic()
         self.restart_at = None
+        piped = self.watch or self.output is not None
         # Own session per member: Ctrl-C reaches the supervisor, which then stops each in order. Node
-        # members also get a stdin pipe and exit when it closes, so they never outlive the supervisor.
+        # members also get a stdin pipe and exit when it closes; every member gets SIGTERM if the supervisor
+        # dies without stopping them (members are started from the supervisor's main thread only).
         self.process = subprocess.Popen(
             self.argv,
             env=env,
             cwd=self.cwd,
             start_new_session=True,
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE if self.watch else None,
+            stdout=subprocess.PIPE if piped else None,
+            stderr=subprocess.STDOUT if self.output is not None else None,
+            preexec_fn=_terminate_with_parent,
         )
-        if self.watch:
+        if piped:
             threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
-        print(f"[supervisor] started {self.name} (pid {self.process.pid})", flush=True)
 
     def restart(self) -> None:
         self.start(self._env)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def _pump(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -116,7 +152,16 @@ class Member:
                     self.marker_seen.set()
                 except ValueError:
                     pass
-            print(f"[{self.name}] {line}", flush=True)
+            if self.output is not None:
+                self.output(self.name, raw)
+            else:
+                print(f"[{self.name}] {line}", flush=True)
+
+
+def _terminate_with_parent() -> None:
+    """``preexec_fn``: SIGTERM when the supervisor's thread that started the member dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _persisted_secret(path: Path, nbytes: int = 32) -> str:
@@ -139,11 +184,19 @@ def prepare_environment(var_dir: Path) -> dict[str, str]:
         env["HYPERTUNA_REGISTRATION_SECRET"] = _persisted_secret(var_dir / "registration-secret")
     if not env.get("SECRET_KEY"):
         env["SECRET_KEY"] = _persisted_secret(var_dir / "django-secret-key", 40)
-    env.setdefault("HYPERTUNA_LOG_FORMAT", "text")
+    # One JSON object per line in the members' log files: the console picks its events out of them.
+    env.setdefault("HYPERTUNA_LOG_FORMAT", "json")
     return env
 
 
-def ensure_operator(env: dict[str, str], var_dir: Path) -> str | None:
+def run_step(argv: list[str], env: dict[str, str], output: int | None, *, check: bool = True) -> int:
+    """A setup command (migrations, certificates) run to completion; its output goes to ``output`` (a file
+    descriptor: the setup log) when given."""
+    stderr = subprocess.STDOUT if output is not None else None
+    return subprocess.run(argv, env=env, cwd=BASE_DIR, check=check, stdout=output, stderr=stderr).returncode
+
+
+def ensure_operator(env: dict[str, str], var_dir: Path, output: int | None = None) -> str | None:
     """Create an ``admin`` superuser with a generated password when no superuser exists yet.
 
     Returns the password only when the account was created by this call (it is shown once); afterwards it
@@ -155,8 +208,7 @@ def ensure_operator(env: dict[str, str], var_dir: Path) -> str | None:
         "import sys;"
         "sys.exit(0 if U.objects.filter(is_superuser=True).exists() else 3)"
     )
-    result = subprocess.run([sys.executable, "-c", f"import django;django.setup();{code}"], env=env, cwd=BASE_DIR)
-    if result.returncode == 0:
+    if run_step([sys.executable, "-c", f"import django;django.setup();{code}"], env, output, check=False) == 0:
         return None
     password = _persisted_secret(password_file, 12)
     create = (
@@ -164,22 +216,16 @@ def ensure_operator(env: dict[str, str], var_dir: Path) -> str | None:
         "from django.contrib.auth import get_user_model;"
         f"get_user_model().objects.create_superuser('admin', None, {password!r})"
     )
-    subprocess.run([sys.executable, "-c", create], env=env, cwd=BASE_DIR, check=True)
+    run_step([sys.executable, "-c", create], env, output)
     return password
 
 
-def prepare_escrow(env: dict[str, str], var_dir: Path, port: int) -> dict[str, str]:
+def prepare_escrow(env: dict[str, str], var_dir: Path, port: int, output: int | None = None) -> dict[str, str]:
     """Development escrow next to the gateway: a private CA and certificates (created once), the escrow
     role's own database and state folder, and the gateway configured as its mTLS client."""
     pki = var_dir / "escrow" / "pki"
     if not (pki / "ca.pem").exists():
-        subprocess.run(
-            [sys.executable, "manage.py", "escrow_certs", "init", "--dir", str(pki)],
-            env=env,
-            cwd=BASE_DIR,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        run_step([sys.executable, "manage.py", "escrow_certs", "init", "--dir", str(pki)], env, output)
     env.setdefault("HYPERTUNA_ESCROW_URL", f"https://127.0.0.1:{port}")
     env.setdefault("HYPERTUNA_ESCROW_CA", str(pki / "ca.pem"))
     env.setdefault("HYPERTUNA_ESCROW_CLIENT_CERT", str(pki / "gateway.pem"))
@@ -197,9 +243,7 @@ def prepare_escrow(env: dict[str, str], var_dir: Path, port: int) -> dict[str, s
         "HYPERTUNA_ESCROW_LISTEN_PORT": str(port),
     }
     service_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=escrow_env, cwd=BASE_DIR, check=True
-    )
+    run_step([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], escrow_env, output)
     return escrow_env
 
 
@@ -249,8 +293,7 @@ def demo_member(env: dict[str, str], var_dir: Path, base: str) -> Member:
             base,
             "--name",
             "demo",
-            "--requires-auth",
-            "--issue-token",
+            # An open relay (no --requires-auth): any client publishes and reads with its own key, no token.
             "--blind-peer",
             "gateway",
             # The demo worker escrows a dedicated gateway writer, so the relay stays writable under a
@@ -275,13 +318,26 @@ def demo_member(env: dict[str, str], var_dir: Path, base: str) -> Member:
     )
 
 
+def _say(text: str) -> None:
+    print(f"[supervisor] {text}", flush=True)
+
+
 class Supervisor:
     """Restarts members that exit (see the module docstring for the policy). ``tick`` is one pass; it
-    returns an exit code once the group must stop, else None."""
+    returns an exit code once the group must stop, else None. ``say`` reports each event (the console)."""
 
-    def __init__(self, members: list[Member], *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        members: list[Member],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        say: Callable[[str], None] = _say,
+        log_hint: Callable[[Member], str] = lambda member: "",
+    ) -> None:
         self.members = members
         self.clock = clock
+        self.say = say
+        self.log_hint = log_hint
 
     def tick(self) -> int | None:
         now = self.clock()
@@ -295,35 +351,60 @@ class Supervisor:
             code = member.process.poll()
             if code is None:
                 continue
+            hint = self.log_hint(member)
             if member.on_exit == "report":
                 member.gone = True
-                print(
-                    f"[supervisor] {member.name} exited with {code}; not restarted, the gateway keeps serving",
-                    flush=True,
-                )
+                self.say(f"{member.name} exited with {code}; not restarted, the gateway keeps serving{hint}")
                 continue
             if now - member.started_at >= STABLE_SECONDS:
                 member.crashes = 0
             member.crashes += 1
             if member.crashes >= GIVE_UP_AFTER:
-                print(
-                    f"[supervisor] GIVING UP: {member.name} exited with {code}, its {member.crashes}th crash in a "
-                    f"row (each within {STABLE_SECONDS:.0f} s of starting); stopping the group",
-                    flush=True,
+                self.say(
+                    f"GIVING UP: {member.name} exited with {code}, its {member.crashes}th crash in a row (each "
+                    f"within {STABLE_SECONDS:.0f} s of starting); stopping the group{hint}"
                 )
                 return code or 1
             delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (member.crashes - 1))
             member.restart_at = now + delay
-            print(f"[supervisor] {member.name} exited with {code}; restarting in {delay:.0f} s", flush=True)
+            self.say(f"{member.name} exited with {code}; restarting in {delay:.0f} s{hint}")
         return None
 
     def _restart(self, member: Member) -> None:
         member.restart()
+        self.say(f"restarted {member.name} (pid {member.pid})")
         for follower in self.members:
             if follower.follows == member.name and follower.process is not None and not follower.gone:
-                print(f"[supervisor] restarting {follower.name} with {member.name}", flush=True)
+                self.say(f"restarting {follower.name} with {member.name}")
                 stop_all([follower])
                 follower.restart()
+
+    def control(self, command: str) -> str:
+        """``stop <member>`` / ``start <member>`` for a member whose exit is only reported (the demo worker):
+        a requested stop is not a crash, and the member stays stopped until ``start``. Returns the answer."""
+        verb, _, name = command.partition(" ")
+        member = next((m for m in self.members if m.name == name), None)
+        if verb not in ("stop", "start"):
+            return f"error: unknown command {command!r} (stop|start demo-worker)"
+        if member is None:
+            return f"error: this gateway runs no {name} (started with --no-demo, or not ready yet)"
+        if member.on_exit != "report":
+            return f"error: {name} is part of the gateway; only the demo worker is stopped and started this way"
+        if verb == "stop":
+            if member.gone:
+                return f"ok: {name} is not running"
+            member.gone = True
+            member.restart_at = None
+            stop_all([member])
+            self.say(f"{name} stopped on request; `make demo-worker-start` starts it again")
+            return f"ok: {name} stopped; the gateway serves its relay from the replica now"
+        if not member.gone:
+            return f"ok: {name} is already running (pid {member.pid})"
+        member.gone = False
+        member.crashes = 0
+        member.restart()
+        self.say(f"{name} started on request (pid {member.pid})")
+        return f"ok: {name} started (pid {member.pid})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,54 +423,32 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("HYPERTUNA_BRIDGE_STORAGE", str(var_dir / "bridge"))
     env.setdefault("HYPERTUNA_BRIDGE_EXIT_ON_STDIN_CLOSE", "1")
     env.setdefault("HYPERTUNA_WORKER_EXIT_ON_STDIN_CLOSE", "1")
-    escrow_env = prepare_escrow(env, var_dir, args.escrow_port)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env=env, cwd=BASE_DIR, check=True)
-    password = ensure_operator(env, var_dir)
+    console = Console(var_dir / "log")
+    setup_log = console.log_file("setup")
+    console.say(
+        f"preparing the gateway in {var_dir} (migrations, certificates); each process logs to {console.log_dir}"
+    )
+    try:
+        escrow_env = prepare_escrow(env, var_dir, args.escrow_port, setup_log.fileno())
+        run_step([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], env, setup_log.fileno())
+        password = ensure_operator(env, var_dir, setup_log.fileno())
+    except subprocess.CalledProcessError as exc:
+        console.say(
+            f"setup failed: {' '.join(map(str, exc.cmd[1:4]))} exited with {exc.returncode}; see {setup_log.path}"
+        )
+        return 1
 
     python = sys.executable
     base = f"http://{args.host}:{args.port}"
     members = [
         Member("bridge", ["node", "src/main.mjs"], cwd=BASE_DIR / "bridge", watch=True),
         Member("web", daphne_argv(python, args.host, args.port)),
-        Member(
-            "celery",
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "hypertuna.celery",
-                "worker",
-                "-B",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "2",
-                "-s",
-                str(var_dir / "celerybeat-schedule"),
-            ],
-        ),
+        Member("celery", celery_argv(python, 2, var_dir / "celerybeat-schedule")),
         Member("events", [python, "manage.py", "bridge_events"]),
         # The escrow runs as its own role: own database, own broker folder, mTLS listener.
         Member("escrow", [python, "manage.py", "run_escrow"], env=escrow_env),
         Member(
-            "escrow-celery",
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "hypertuna.celery",
-                "worker",
-                "-B",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "1",
-                "-s",
-                str(var_dir / "escrow-service" / "celerybeat-schedule"),
-            ],
-            env=escrow_env,
+            "escrow-celery", celery_argv(python, 1, var_dir / "escrow-service" / "celerybeat-schedule"), env=escrow_env
         ),
     ]
     demo = demo_member(env, var_dir, base)
@@ -403,56 +462,51 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    for member in [*members, demo]:
+        member.output = console.member_output
+    supervisor = Supervisor(members, say=console.say, log_hint=lambda m: f" (see {console.log_dir / m.name}.log)")
     for member in members:
         member.start(member.env or env)
+    console.say(f"started {', '.join(f'{m.name} (pid {m.pid})' for m in members)}")
+    console.follow_workers(env)
 
     if not wait_ready(f"{base}/ready", members, timeout=120):
         if not stopping:
-            print("[supervisor] the gateway did not become ready; stopping", flush=True)
+            console.say(f"the gateway did not become ready; stopping (see the logs in {console.log_dir})")
         stop_all(members)
         return 0 if stopping else 1
-    demo_url = None
+    relay = None
     if not args.no_demo:
         demo.start(demo.env or env)
         members.append(demo)
-        deadline = time.monotonic() + 120
-        while "HYPERTUNA_WORKER_TOKEN" not in demo.markers and time.monotonic() < deadline and not stopping:
-            if demo.process is not None and demo.process.poll() is not None:
-                break
-            demo.marker_seen.wait(0.5)
-            demo.marker_seen.clear()
-        token = demo.markers.get("HYPERTUNA_WORKER_TOKEN")
-        if token:
-            ws_base = base.replace("http://", "ws://").replace("https://", "wss://")
-            demo_url = f"{ws_base}/{token['gatewayPath']}?token={token['token']}"
-    print(
-        "\n"
-        f"  Hypertuna Gateway is ready at {base}\n"
-        f"    admin:    {base}/admin/  (user admin, password "
-        + (
-            f"{password} (shown once; also in {var_dir / 'admin-password'})"
-            if password
-            else f"in {var_dir / 'admin-password'}"
-        )
-        + ")\n"
-        f"    API docs: {base}/api/docs/\n"
-        f"    metrics:  {base}/metrics   health: {base}/health   ready: {base}/ready\n"
-        f"    worker registration secret: {var_dir / 'registration-secret'}\n"
-        f"    escrow (mTLS): {env['HYPERTUNA_ESCROW_URL']}, certificates in {var_dir / 'escrow' / 'pki'}\n"
-        + (f"\n  Demo relay (any Nostr client can use this URL):\n    {demo_url}\n" if demo_url else "")
-        + "  Press Ctrl-C to stop.\n",
-        flush=True,
+        relay = wait_demo_relay(demo, var_dir / "demo-worker" / "status.json", lambda: stopping)
+        if relay is None and not stopping:
+            console.say(f"the demo worker did not register its relay; see {console.log_file(demo.name).path}")
+        elif relay is not None:
+            console.peer_names[str(relay["swarmPublicKey"])] = "demo worker"
+    console.banner = ready_banner(
+        base=base,
+        var_dir=var_dir,
+        log_dir=console.log_dir,
+        password=password,
+        escrow_url=env["HYPERTUNA_ESCROW_URL"],
+        relay=relay,
     )
+    console.show_banner()
+    console.read_enter(sys.stdin)
 
     exit_code = 0
-    supervisor = Supervisor(members)
-    while not stopping:
-        code = supervisor.tick()
-        if code is not None:
-            exit_code = code
-            break
-        time.sleep(0.5)
-    print("[supervisor] stopping", flush=True)
+    control = ControlServer(control_socket_path(var_dir))
+    try:
+        while not stopping:
+            code = supervisor.tick()
+            if code is not None:
+                exit_code = code
+                break
+            control.handle(supervisor.control, wait=0.5)
+    finally:
+        control.close()
+    console.say("stopping")
     stop_all(members)
     return exit_code
 
