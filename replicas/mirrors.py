@@ -19,7 +19,7 @@ from hypertuna.compat import normalize_relay_key, verify_hmac
 from hypertuna.exceptions import ApiError
 from replicas.keys import from_ms, normalize_core_key, to_ms
 from replicas.models import CoreType, MirrorCore, Replica
-from replicas.readiness import link_view_core, replica_for
+from replicas.readiness import link_view_core, replica_for, view_core_removed
 
 # --- core types and fields ---------------------------------------------------------------------
 
@@ -126,7 +126,9 @@ def record_mirror_added(*, data: dict[str, Any], now: datetime | None = None) ->
 
 
 def record_mirror_removed(*, data: dict[str, Any], now: datetime | None = None) -> MirrorCore | None:
-    """Bridge event ``mirror.removed``. The replica's materialized events are kept (still readable)."""
+    """Bridge event ``mirror.removed``. The replica's materialized events are kept (still readable); a
+    replica that reads this core as its view and is behind records why it cannot progress (``reason``,
+    e.g. ``gc-bytes`` from the blind peer's byte budget; see ``readiness.view_core_removed``)."""
     now = now or timezone.now()
     core_key = normalize_core_key(data.get("coreKey"))
     if core_key is None:
@@ -140,6 +142,7 @@ def record_mirror_removed(*, data: dict[str, Any], now: datetime | None = None) 
         reason = data.get("reason")
         core.removal_reason = reason[:200] if isinstance(reason, str) else core.removal_reason or "bridge"
         core.save()
+        view_core_removed(core, now)
     return core
 
 

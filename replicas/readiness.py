@@ -7,6 +7,11 @@ remote_length - checkpoint_seq``. Every time a larger length is observed it is r
 was first seen; ``behind_since`` is the first-seen time of the oldest length above the checkpoint, i.e.
 when the oldest entry not yet materialized became known to exist, and ``lag ms = now - behind_since``
 (0 when caught up). Time passing with nothing new to read is therefore not lag.
+
+**A lost view.** When the blind peer drops the view core a replica reads (``mirror.removed``: its byte
+budget, stale hygiene, an operator's drop) while the replica is behind, nothing more can be read from it:
+the replica's ``last_error`` says so (``VIEW_LOST``) and its state is ``failed`` until an active view
+core is linked again (the worker mirrors it anew) or the replica is caught up.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from replicas.keys import from_ms, to_ms
 from replicas.models import CoreType, MirrorCore, Replica
 
 MAX_OBSERVATIONS = 256
+VIEW_LOST = "view-core-removed:"
 
 
 def observe_length(replica: Replica, length: int, at: datetime) -> None:
@@ -58,8 +64,13 @@ def lag_ms(replica: Replica, now: datetime | None = None) -> int:
     return max(0, to_ms(now or timezone.now()) - to_ms(replica.behind_since))
 
 
+def view_lost(replica: Replica) -> bool:
+    """The replica is behind and the view core it reads was removed from the blind peer."""
+    return VIEW_LOST in (replica.last_error or "") and replica.remote_length > replica.checkpoint_seq
+
+
 def derive_state(replica: Replica, now: datetime) -> str:
-    if replica.consecutive_failures >= settings.HYPERTUNA_REPLICA_FAIL_AFTER:
+    if replica.consecutive_failures >= settings.HYPERTUNA_REPLICA_FAIL_AFTER or view_lost(replica):
         return Replica.State.FAILED
     if replica.last_synced_at is None:
         return Replica.State.PENDING
@@ -99,9 +110,39 @@ def link_view_core(core: MirrorCore, now: datetime) -> None:
         replica.checkpoint_seq = 0
         replica.remote_length = 0
         replica.length_observations = []
+    if VIEW_LOST in replica.last_error:
+        replica.last_error = ""  # the view is mirrored again
     observe_length(replica, max(core.remote_length, core.mirrored_length), now)
     refresh_lag(replica, now)
     replica.save()
+
+
+def view_core_removed(core: MirrorCore, now: datetime) -> None:
+    """``core`` was removed from the blind peer: if a replica reads it and is behind, say why it stops."""
+    replica = Replica.objects.select_for_update().filter(view_core_key=core.core_key).first()
+    if replica is None or replica.remote_length <= replica.checkpoint_seq:
+        return
+    replica.last_error = view_loss_message(replica, core.removal_reason)
+    replica.last_error_at = now
+    replica.state = derive_state(replica, now)
+    replica.save()
+
+
+def view_loss_message(replica: Replica, reason: str) -> str:
+    return (
+        f"{VIEW_LOST} the blind peer no longer holds view core {replica.view_core_key} ({reason or 'removed'}); "
+        f"{replica.checkpoint_seq} of {replica.remote_length} blocks are materialized and no more can be read "
+        "until its worker mirrors it again (drop the mirror so the next add starts from block 0)"
+    )
+
+
+def lost_view_error(relay_key: str) -> str | None:
+    """Why a sync of ``relay_key`` cannot progress when its view core was removed (else None)."""
+    replica = Replica.objects.filter(relay_key=relay_key).first()
+    if replica is None or not replica.view_core_key or replica.remote_length <= replica.checkpoint_seq:
+        return None
+    core = MirrorCore.objects.filter(core_key=replica.view_core_key, state=MirrorCore.State.REMOVED).first()
+    return None if core is None else view_loss_message(replica, core.removal_reason)
 
 
 def refresh_states(*, now: datetime | None = None) -> int:

@@ -16,9 +16,22 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from replicas import materialize
-from replicas.sources import BridgeReplicaSource, ReplicaSource, ViewBatch, ViewEntry
+from replicas.readiness import lost_view_error
+from replicas.sources import BridgeReplicaSource, ReplicaSource, SourceError, ViewBatch, ViewEntry
 
-__all__ = ["BridgeReplicaSource", "ReplicaSource", "SyncResult", "ViewBatch", "ViewEntry", "sync_relay"]
+__all__ = [
+    "BridgeReplicaSource",
+    "ReplicaSource",
+    "SyncResult",
+    "ViewBatch",
+    "ViewCoreRemoved",
+    "ViewEntry",
+    "sync_relay",
+]
+
+
+class ViewCoreRemoved(SourceError):
+    """The replica is behind and the blind peer no longer holds the view core it reads."""
 
 
 @dataclass
@@ -51,7 +64,9 @@ async def sync_relay(
 
     A source error is recorded on the replica (``consecutive_failures``, ``last_error``) and re-raised,
     so the Celery task retries; the checkpoint stays where the last committed batch left it.
-    ``progress(checkpoint, length)`` is called after each batch.
+    ``progress(checkpoint, length)`` is called after each batch. A replica whose view core the blind peer
+    removed while it was behind is not read (the blind peer holds none of it): that is a failure too
+    (:class:`ViewCoreRemoved`), so the run says why the replica does not progress.
     """
     size = batch_size or settings.HYPERTUNA_REPLICA_BATCH_SIZE
     budget = max_batches or settings.HYPERTUNA_REPLICA_MAX_BATCHES
@@ -60,6 +75,9 @@ async def sync_relay(
     view_core_key = plan.view_core_key
     restarts = 0
     try:
+        lost = await sync_to_async(lost_view_error)(relay_key)
+        if lost is not None:
+            raise ViewCoreRemoved(lost)
         while result.batches < budget:
             batch = await source.read_view(relay_key, view_core_key, result.checkpoint, size)
             outcome = await sync_to_async(materialize.ingest_view_batch)(

@@ -6,6 +6,7 @@ import { loadBlindModules } from './modules.mjs'
 import { BlindPeerError } from './errors.mjs'
 import { ReplicaReader, decodeViewValue } from './replica-reader.mjs'
 import { TrustTable } from './trust.mjs'
+import { ByteBudget } from './budget.mjs'
 import { createSwarm } from '../swarm/bootstrap.mjs'
 import { createLogger, errorMessage } from '../lib/log.mjs'
 
@@ -44,6 +45,11 @@ function gatedBlindPeerClass (BlindPeer, service) {
       }
       return super._onaddcores(stream, request)
     }
+
+    // blind-peer's byte-budget GC would clear relay view and writer cores and tell no one (budget.mjs).
+    _gc () {
+      return service.budget.run()
+    }
   }
 }
 
@@ -71,6 +77,7 @@ export class BlindPeerService extends EventEmitter {
     this.lastGc = null
     this.refusedCount = 0
     this.reader = new ReplicaReader(this, { cacheSize })
+    this.budget = new ByteBudget(this)
     this.m = null
     this.bp = null
     this.swarm = null
@@ -96,7 +103,7 @@ export class BlindPeerService extends EventEmitter {
     })
     this.bp.on('add-core', (record, _isNew, stream) => this._onAddCore(record, stream))
     this.bp.on('flush-error', (err) => this.log.warn('blind-peer flush failed', { error: errorMessage(err) }))
-    this.bp.on('gc-done', ({ bytesCleared }) => this.log.info('blind-peer byte budget gc', { bytesCleared }))
+    this.bp.on('gc-done', ({ bytesCleared }) => { if (bytesCleared) this.log.info('blind-peer byte budget gc', { bytesCleared }) })
     await this.bp.ready()
     await this.swarm.dht.ready()
     await this.bp.listen()
@@ -228,6 +235,7 @@ export class BlindPeerService extends EventEmitter {
       priority: record.priority || 0
     })
     if (referrer) this.reader.forgetRelay(referrer)
+    this.budget.reannounce(coreKey)
   }
 
   /**
@@ -275,6 +283,7 @@ export class BlindPeerService extends EventEmitter {
    */
   async _snapshotProgress () {
     const records = await this.listRecords()
+    this.budget.noteRecords(records)
     const batch = 64
     for (let i = 0; i < records.length; i += batch) {
       const slice = records.slice(i, i + batch)
@@ -331,7 +340,7 @@ export class BlindPeerService extends EventEmitter {
       refusedAddRequests: this.refusedCount,
       heldAddRequests: [...this.waiting.values()].reduce((a, b) => a + b, 0),
       stats: { ...this.bp.stats },
-      gc: { running: this.gcRunning, last: this.lastGc, staleMs: this.staleMs },
+      gc: { running: this.gcRunning, last: this.lastGc, staleMs: this.staleMs, budget: this.budget.state() },
       cache: this.reader.cache.info(),
       versions: this.m.versions
     }
@@ -384,13 +393,14 @@ export class BlindPeerService extends EventEmitter {
     await this.bp.flush()
     this.progress.delete(id)
     this.remoteSeen.delete(id)
+    this.budget.forget(id)
     this.emit('mirror.removed', { coreKey: id, reason: reason || 'deleted' })
     return { coreKey: id, deleted: true }
   }
 
   /**
-   * Hygiene run: blind-peer's own byte-budget GC (clears data of non-announced cores above
-   * maxBytes, keeping their records), then deletion of stale cores (never announced, priority 0,
+   * Hygiene run: the byte budget (budget.mjs: clears priority-0 cores above maxBytes, keeping their
+   * records, reported as `mirror.removed` `gc-bytes`), then deletion of stale cores (never announced, priority 0,
    * no activity for staleMs). Decisions that need relay knowledge (which duplicate to keep) are
    * Python's, through blindPeer.deleteCore.
    */
