@@ -1,7 +1,8 @@
 """Fallback: what a relay's clients see when its only worker goes away, through real processes (escrow role,
 Daphne, bridge, reference workers; loopback only).
 
-Two relays, each mirrored to the gateway's blind peer and materialized into the replica:
+One gateway node over a private Redis (cache, channel layer), as in production. Two relays, each mirrored to the
+gateway's blind peer and materialized into the replica:
 
 - **escrowed**: its worker deposited its gateway writer and heartbeats every second; it is SIGKILLed.
 - **unescrowed**: its worker never deposited; it stops cleanly (SIGTERM). Writes to it are refused.
@@ -36,12 +37,13 @@ from typing import Any
 import websockets
 from coincurve import PrivateKey
 
+from bench.burst_bench import _private_redis
 from bench.routing_bench import _events, _stats
 from hypertuna.nostr import sign_event
 
 LEASED = 200
 REFUSED = 100
-ESCROW_DOWN = 100
+ESCROW_DOWN = 50
 HEARTBEAT_SILENCE = 5
 FIRST_ANSWER_GOAL_MS = 1000.0
 EVENT_OK_P99_GOAL_MS = 2000.0
@@ -116,7 +118,8 @@ async def _event_ok(ws: Any, event: dict[str, Any]) -> tuple[float, list[Any]]:
 
 
 async def _series(url: str, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sequential EVENT→OK on one socket: latency stats and how many were accepted."""
+    """Sequential EVENT→OK on one new socket: latency stats over all of them (the first, which pays for the
+    session finding out that the relay's registered worker is gone, also apart), and how many were accepted."""
     samples, accepted, replies = [], 0, []
     async with websockets.connect(url) as ws:
         for event in events:
@@ -124,7 +127,13 @@ async def _series(url: str, events: list[dict[str, Any]]) -> dict[str, Any]:
             samples.append(elapsed)
             accepted += frame[2] is True
             replies.append(frame[3])
-    return {**_stats("", samples), "n": len(events), "accepted": accepted, "last_reply": replies[-1]}
+    return {
+        **_stats("", samples),
+        "first_ms": samples[0],
+        "n": len(events),
+        "accepted": accepted,
+        "last_reply": replies[-1],
+    }
 
 
 async def _first_grant(url: str, key: PrivateKey, limit: float) -> float:
@@ -161,12 +170,23 @@ def _publish_online(url: str) -> str:
 
 
 def run() -> dict[str, Any]:
+    # A shared cache, as in production: the bridge event consumer's "worker unreachable" reaches Daphne.
+    redis_process, redis_url = _private_redis()
+    try:
+        return _run(redis_url)
+    finally:
+        redis_process.kill()
+        redis_process.wait()
+
+
+def _run(redis_url: str) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.e2e.harness import Stack
     from tests.e2e.test_escrow import _escrow_flags, _sync_until_ready
 
     with tempfile.TemporaryDirectory(prefix="hypertuna-bench-fallback-") as tmp:
         env = {
+            "REDIS_URL": redis_url,
             "HYPERTUNA_LOG_LEVEL": "WARNING",
             "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0",
             "HYPERTUNA_ESCROW_HEARTBEAT_SILENCE": str(HEARTBEAT_SILENCE),
@@ -244,8 +264,9 @@ def report(results: dict[str, Any]) -> str:
         row = results[key]
         outcome = f"{row['accepted']}/{row['n']} accepted" if should_accept else f"{row['n'] - row['accepted']} refused"
         lines.append(
-            f"  EVENT->OK {label}, {row['n']} sequential: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms "
-            f"({outcome}) | goal p99 <= {EVENT_OK_P99_GOAL_MS:.0f} ms: {_goal(row['p99_ms'], EVENT_OK_P99_GOAL_MS)}"
+            f"  EVENT->OK {label}, {row['n']} sequential on a new socket: p50 {row['p50_ms']:.2f} ms, p99 "
+            f"{row['p99_ms']:.2f} ms, first {row['first_ms']:.0f} ms ({outcome}) | goal p99 <= "
+            f"{EVENT_OK_P99_GOAL_MS:.0f} ms: {_goal(row['p99_ms'], EVENT_OK_P99_GOAL_MS)}"
         )
         if should_accept and row["accepted"] < row["n"]:
             lines.append(f"    last reply: {row['last_reply']}")
