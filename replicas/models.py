@@ -144,11 +144,10 @@ class ReplicaEvent(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["replica", "eid"], name="replica_event_once")]
         indexes = [
-            # Covering (Postgres): a filter over many authors/kinds first walks the newest events here and
-            # checks pubkey and kind without touching the table (selectors.query_events, the probe).
-            models.Index(
-                fields=["replica", "-created_at", "eid"], include=["pubkey", "kind"], name="replica_ev_time_cover"
-            ),
+            # Newest first, and covering: a filter over many authors/kinds first walks the newest events here
+            # and checks pubkey and kind without touching the table (selectors.query_events, the probe).
+            # Key columns rather than INCLUDE, which SQLite lacks.
+            models.Index(fields=["replica", "-created_at", "eid", "pubkey", "kind"], name="replica_ev_time_cover"),
             models.Index(fields=["replica", "kind", "-created_at", "eid"], name="replica_ev_kind"),
             models.Index(fields=["replica", "pubkey", "-created_at", "eid"], name="replica_ev_author"),
             models.Index(fields=["replica", "pubkey", "kind", "-created_at", "eid"], name="replica_ev_author_kind"),

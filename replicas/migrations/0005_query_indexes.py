@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    """The time index covers pubkey and kind (Postgres), so a filter over many authors or kinds can probe
+    """The time index covers pubkey and kind, so a filter over many authors or kinds can probe
     the newest events index-only. The new index is built before the old one is dropped: queries always
     have one."""
 
@@ -15,9 +15,7 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='replicaevent',
-            index=models.Index(
-                fields=['replica', '-created_at', 'eid'], include=('pubkey', 'kind'), name='replica_ev_time_cover'
-            ),
+            index=models.Index(fields=['replica', '-created_at', 'eid', 'pubkey', 'kind'], name='replica_ev_time_cover'),
         ),
         migrations.RemoveIndex(
             model_name='replicaevent',
