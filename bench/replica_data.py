@@ -173,7 +173,7 @@ def bench_database(var_dir: Path) -> Iterator[str]:
         test_settings["NAME"] = str(path)
     else:
         # Named after the configured database, so benches pointed at different databases never collide.
-        test_settings["NAME"] = f"{settings.DATABASES['default']['NAME']}_run"
+        test_settings["NAME"] = f"{connection.settings_dict['NAME']}_run"
     name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     try:
         yield database_url(name)
@@ -242,7 +242,6 @@ def cached_replica(
     SQLite — generated once and reused by later runs (a marker file under ``bench-cache/`` is written only
     after a complete load). Each run applies pending migrations to it, so new indexes are measured.
     The default connection points at it while the context is open. Read-only for the measurements."""
-    from django.conf import settings
     from django.core.management import call_command
     from django.db import connection
 
@@ -251,13 +250,14 @@ def cached_replica(
     count = len(events)
     folder = cache_dir(var_dir)
     marker = folder / f"replica-db-{seed}-{count}.json"
-    original = settings.DATABASES["default"]["NAME"]
+    # The connection's name, not settings': creating and destroying a test database leaves settings changed.
+    original = connection.settings_dict["NAME"]
     if connection.vendor == "sqlite":
         name = str(folder / f"replica-{seed}-{count}.sqlite3")
     else:
         name = f"{original}_cache_{seed}_{count}"
     info = json.loads(marker.read_text()) if marker.exists() else None
-    if info is not None and not _database_exists(name):
+    if info is not None and (info.get("database") != name or not _database_exists(name)):
         info = None
     try:
         if info is None:
@@ -270,7 +270,7 @@ def cached_replica(
             relay_key = os.urandom(32).hex()
             rate = ingest_events(relay_key, events, verify=True)
             analyze()
-            info = {"relay_key": relay_key, "verified_events_per_s": round(rate)}
+            info = {"database": name, "relay_key": relay_key, "verified_events_per_s": round(rate)}
             marker.write_text(json.dumps(info))
             generated_s = time.perf_counter() - started
         else:
