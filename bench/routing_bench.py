@@ -84,7 +84,10 @@ class ReferenceWorkerLauncher:
         self.label = "reference worker, ws push" if self.push else "reference worker, poll only"
 
     def start(self, stack: Any) -> LaunchedWorker:
-        name = f"bench-{'push' if self.push else 'poll'}"
+        return self.start_named(stack, f"bench-{'push' if self.push else 'poll'}")
+
+    def start_named(self, stack: Any, name: str) -> LaunchedWorker:
+        """A worker hosting the relay ``name`` (several may run beside one stack)."""
         worker = stack.start_worker(name, *(() if self.push else ("--no-ws-push",)))
         ready = worker.markers["HYPERTUNA_WORKER_READY"]
         return LaunchedWorker(
