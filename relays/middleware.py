@@ -16,6 +16,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from hypertuna import ratelimit
+from hypertuna.compat.relaykeys import client_path
 from relays import fallback, selectors, services
 from relays.selectors import RelaySnapshot
 
@@ -60,6 +61,43 @@ def _aliases() -> dict[str, str]:
     return {alias.strip("/"): key for alias, _, key in pairs if alias and key}
 
 
+@dataclass(frozen=True)
+class RelayLookup:
+    """What a client path names: ``relay_key`` None when it names no relay; ``relay`` None when that relay
+    is neither live nor readable from a replica."""
+
+    relay_key: str | None = None
+    relay: RelaySnapshot | None = None
+    # A replica can serve this relay when no worker can.
+    replica: bool = False
+
+
+def find_relay(raw_path: str) -> RelayLookup:
+    """The relay a WebSocket or NIP-11 request path names (sync), live or served from its replica."""
+    path = client_path(raw_path)
+    if path is None:
+        return RelayLookup()
+    relay_key = _aliases().get(path) or selectors.resolve_path(path)
+    if relay_key is None:
+        return RelayLookup()
+    relay = selectors.live_relay(relay_key)
+    # Asked even when peers are listed: a listed peer may already be gone, and the session then falls
+    # back to the replica instead of closing.
+    replica = fallback.replica_available(relay_key)
+    if relay is None and replica:
+        # Registration lapsed (every worker offline for longer than the TTL) but the relay is mirrored:
+        # it stays readable, and writable under a lease.
+        relay = selectors.offline_snapshot(relay_key)
+    return RelayLookup(relay_key, relay, replica)
+
+
+def _token_value(value: str | None) -> str | None:
+    """The ``token`` query value as issued. NDK appends ``/`` to every relay URL, after the query too.
+    A token (base64url, ``.``, hex) never holds a ``/``, so a value ending in one cannot verify as it is:
+    exactly one trailing ``/`` is dropped, which can only yield the token the client was given."""
+    return value[:-1] if value is not None and value.endswith("/") else value
+
+
 def authenticate(scope: dict[str, Any]) -> GatewayAuth:
     """Decide whether this WebSocket may talk to a relay (sync: runs in a worker thread)."""
     headers = _headers(scope)
@@ -74,20 +112,12 @@ def authenticate(scope: dict[str, Any]) -> GatewayAuth:
                 f"rate-limited: too many connections from this address; retry in {decision.retry_after} s",
             ),
         )
-    path = str(scope.get("path", "")).strip("/")
-    relay_key = _aliases().get(path) or selectors.resolve_path(path)
-    if relay_key is None:
+    lookup = find_relay(str(scope.get("path", "")))
+    if lookup.relay_key is None:
         return GatewayAuth(
             ip, rejection=Rejection(CLOSE_UNKNOWN_RELAY, "Invalid relay key", "Error: Invalid relay key")
         )
-    relay = selectors.live_relay(relay_key)
-    # Asked even when peers are listed: a listed peer may already be gone, and the session then falls
-    # back to the replica instead of closing.
-    replica = fallback.replica_available(relay_key)
-    if relay is None and replica:
-        # Registration lapsed (every worker offline for longer than the TTL) but the relay is mirrored:
-        # it stays readable, and writable under a lease.
-        relay = selectors.offline_snapshot(relay_key)
+    relay, replica = lookup.relay, lookup.replica
     if relay is None:
         return GatewayAuth(
             ip,
@@ -96,7 +126,7 @@ def authenticate(scope: dict[str, Any]) -> GatewayAuth:
             ),
         )
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    token = (query.get("token") or [None])[0] or headers.get("x-relay-token")
+    token = _token_value((query.get("token") or [None])[0]) or headers.get("x-relay-token")
     if token is None:
         if relay.requires_auth:
             return GatewayAuth(

@@ -110,6 +110,36 @@ def relay_key_to_path(relay_key: str) -> str:
     return relay_key.replace(":", "/", 1) if ":" in relay_key else relay_key
 
 
+def client_path(path: str) -> str | None:
+    """The relay path a client's URL names: one leading ``/`` and at most one trailing ``/`` dropped (NDK
+    appends one to every relay URL), or None when the rest is empty or has an empty (``//``), ``.`` or
+    ``..`` segment. The path arrives percent-decoded, so ``%2F`` counts as ``/`` and ``%2e%2e`` as ``..``."""
+    trimmed = path.removeprefix("/")
+    trimmed = trimmed.removesuffix("/")
+    if not trimmed or any(segment in ("", ".", "..") for segment in trimmed.split("/")):
+        return None
+    return trimmed
+
+
+def printable_path(relay_key: str, gateway_path: str = "") -> str:
+    """The path to print in a relay URL so that every major client accepts it.
+
+    NDK refuses any relay URL containing ``/npub1`` (it takes such URLs for filter relays), so a relay
+    with a hex key is printed under that key; otherwise under its claimed ``gatewayPath`` when that holds
+    no npub, else its ``npub…/name`` path (the only one it has)."""
+    if HEX64.match(relay_key):
+        return relay_key
+    if gateway_path and "npub1" not in gateway_path:
+        return gateway_path
+    return relay_key_to_path(relay_key)
+
+
+def relay_url(ws_base: str, relay_key: str, *, gateway_path: str = "", token: str | None = None) -> str:
+    """``ws(s)://host/<printable path>[?token=…]``: the relay URL to hand to Nostr clients."""
+    url = f"{ws_base.rstrip('/')}/{printable_path(relay_key, gateway_path)}"
+    return f"{url}?token={token}" if token else url
+
+
 # --- Gateway paths a registration claims -------------------------------------------------------------
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:@+-]{0,99}$")
