@@ -78,6 +78,8 @@ try:
     # Lifetime of a socket's channel-group membership: every open socket re-adds itself four times per
     # lifetime (relays.runtime), so a membership whose disconnect was lost lapses within it.
     HYPERTUNA_CHANNEL_GROUP_EXPIRY = env.int("HYPERTUNA_CHANNEL_GROUP_EXPIRY", 300, min_value=4, max_value=86400)
+    # Largest file PUT /drive/… stores in a relay's gateway drive while its workers are offline (streamed).
+    HYPERTUNA_DRIVE_MAX_BYTES = env.int("HYPERTUNA_DRIVE_MAX_BYTES", 64 * 1024 * 1024, min_value=1, max_value=2**40)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 

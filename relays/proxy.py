@@ -5,14 +5,16 @@
 file is held whole in memory). ``POST /post/join/<identifier>`` and ``POST /callback/finalize-auth/
 <identifier>`` forward a small JSON body. Hop-by-hop and credential headers are dropped both ways. A peer
 that cannot be reached is reported and the next one is tried; a peer's own answer (even 4xx/5xx) is
-relayed as is.
+relayed as is. When no worker answers, files are read from the gateway's own copies and join/callback
+requests are kept as artifacts, and ``PUT /drive`` stores into the relay's gateway drive, both under the
+relay's escrow lease (``relays.drive_offline``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -24,10 +26,11 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from hypertuna.parsers import JSONRejected, parse_json
-from relays import selectors
+from relays import drive_offline, selectors
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
 from relays.forwarding import PeerError, PeerStream, PeerTransport, clean_headers
 from relays.health import tracker
+from replicas import drives
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +104,41 @@ def _forward_headers(request: HttpRequest) -> dict[str, str]:
     return {name: request.headers[name] for name in _FORWARDED_REQUEST_HEADERS if name in request.headers}
 
 
-@require_http_methods(["GET", "HEAD"])
-async def drive_file(request: HttpRequest, identifier: str, file: str) -> HttpResponseBase:
-    relay = await _relay_for(identifier)
-    if relay is None:
+async def _peer_or_offline(
+    request: HttpRequest, identifier: str, path_for: Callable[[str], str], *, file: str, owner: str | None = None
+) -> HttpResponseBase:
+    """A worker's answer when one gives it; otherwise the gateway's own copy (``relays.drive_offline``)."""
+    relay_key = await sync_to_async(selectors.resolve_path)(identifier)
+    if relay_key is None:
         return _error(404, "relay-not-registered", "Relay not registered with gateway")
-    path = f"/drive/{quote(relay.relay_key, safe=':')}/{quote(file)}"
-    result = await _open(relay, request.method or "GET", path, _forward_headers(request), None)
-    return result if isinstance(result, HttpResponse) else _response(result)
+    relay = await sync_to_async(selectors.live_relay)(relay_key)
+    failed: HttpResponseBase = _error(404, "relay-not-registered", "Relay not registered with gateway")
+    if relay is not None:
+        result = await _open(relay, request.method or "GET", path_for(relay_key), _forward_headers(request), None)
+        if not isinstance(result, HttpResponse):
+            drive_offline.drive_reads.labels("peer").inc()
+            return _response(result)
+        failed = result
+    pfp = path_for(relay_key).startswith("/pfp/")
+    offline = await drive_offline.serve_offline(request, relay_key, file, owner=owner, pfp=pfp)
+    return failed if offline is None else offline
+
+
+@csrf_exempt
+@require_http_methods(["GET", "HEAD", "PUT"])
+async def drive_file(request: HttpRequest, identifier: str, file: str) -> HttpResponseBase:
+    if request.method == "PUT":
+        relay_key = await sync_to_async(selectors.resolve_path)(identifier)
+        if relay_key is None or not await sync_to_async(_relay_exists)(relay_key):
+            return _error(404, "relay-not-registered", "Relay not registered with gateway")
+        return await drive_offline.store_upload(request, relay_key, file)
+    return await _peer_or_offline(
+        request, identifier, lambda key: f"/drive/{quote(key, safe=':')}/{quote(file)}", file=file
+    )
+
+
+def _relay_exists(relay_key: str) -> bool:
+    return selectors.live_relay(relay_key) is not None or drives.relay_known(relay_key)
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -116,12 +146,8 @@ async def pfp_file(request: HttpRequest, file: str, owner: str | None = None) ->
     identifier = request.GET.get("relay") or request.GET.get("identifier")
     if not identifier:
         return _error(400, "relay-required", "Pass ?relay=<relay key or npub…/name> to locate the avatar")
-    relay = await _relay_for(identifier)
-    if relay is None:
-        return _error(404, "relay-not-registered", "Relay not registered with gateway")
     path = f"/pfp/{quote(owner) + '/' if owner else ''}{quote(file)}"
-    result = await _open(relay, "GET", path, _forward_headers(request), None)
-    return result if isinstance(result, HttpResponse) else _response(result)
+    return await _peer_or_offline(request, identifier, lambda _key: path, file=file, owner=owner)
 
 
 async def _forward_json(request: HttpRequest, identifier: str, kind: str) -> HttpResponseBase:
@@ -143,6 +169,10 @@ async def _forward_json(request: HttpRequest, identifier: str, kind: str) -> Htt
     path = f"/{kind}/{quote(relay.relay_key, safe=':')}"
     result = await _open(relay, "POST", path, headers, body)
     if isinstance(result, HttpResponse):
+        if result.status_code in (502, 503) and b"bridge-unavailable" not in result.content:
+            # No worker could take it: kept for the worker as an artifact, under the relay's lease.
+            category, write_type = ("join", "http-join") if kind == "post/join" else ("callback", "http-callback")
+            return await drive_offline.store_artifact(request, relay.relay_key, category, payload, write_type)
         return result
     content = b"".join([chunk async for chunk in result.chunks])
     return _with_worker_headers(HttpResponse(content, status=result.status), result.headers)

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from hypertuna.admin_confirm import confirm_action
 from replicas import services, tasks
-from replicas.models import MirrorAction, MirrorCore, Replica, ReplicaEvent
+from replicas.models import GatewayDrive, MirrorAction, MirrorCore, PendingWrite, Replica, ReplicaEvent
 
 
 class ReadOnlyMixin:
@@ -270,3 +270,35 @@ class MirrorActionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_filter = ("action", "status")
     search_fields = ("core_key", "requested_by", "reason")
     readonly_fields = [f.name for f in MirrorAction._meta.fields]
+
+
+class PendingStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("open", "Pending (not cleared)"), ("unacked", "Not acknowledged by a worker"), ("cleared", "Cleared")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "open":
+            return queryset.filter(cleared_at__isnull=True)
+        if self.value() == "unacked":
+            return queryset.filter(cleared_at__isnull=True, acknowledged_at__isnull=True)
+        if self.value() == "cleared":
+            return queryset.filter(cleared_at__isnull=False)
+        return queryset
+
+
+@admin.register(GatewayDrive)
+class GatewayDriveAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("relay_key", "drive_key", "version", "mirrored", "updated_at")
+    list_filter = ("mirrored",)
+    search_fields = ("relay_key", "drive_key", "identifier")
+
+
+@admin.register(PendingWrite)
+class PendingWriteAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("relay_key", "write_type", "reference", "size", "created_at", "acknowledged_at", "cleared_at")
+    list_filter = (PendingStateFilter, "write_type")
+    search_fields = ("relay_key", "reference", "lease_id")
+    date_hierarchy = "created_at"

@@ -270,3 +270,60 @@ class MirrorAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.core_key[:16]} ({self.status})"
+
+
+class GatewayDrive(models.Model):
+    """A Hyperdrive the gateway owns for one relay (files and artifacts written while its workers were
+    offline). The drive itself lives in the bridge's corestore; this row records its key so a returning
+    worker can be told what to replicate, and survives a bridge restart with it."""
+
+    relay_key = models.CharField(max_length=200, unique=True)
+    identifier = models.CharField(max_length=200, blank=True, help_text="folder the relay's files go in")
+    drive_key = models.CharField(max_length=64, help_text="metadata core key, 64 lowercase hex")
+    blobs_key = models.CharField(max_length=64, blank=True)
+    version = models.PositiveBigIntegerField(default=0, help_text="drive version after the last write")
+    mirrored = models.BooleanField(default=False, help_text="the gateway's blind peer accepted both cores")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["relay_key"]
+
+    def __str__(self) -> str:
+        return f"gateway drive {self.drive_key[:16]} of {self.relay_key[:16]}"
+
+
+class PendingWrite(models.Model):
+    """A file or HTTP artifact the gateway stored for a relay while no worker answered, until the relay's
+    worker acknowledged the push and completed its resync. Leased EVENTs are not repeated here: they are
+    the relay's ``ReplicaEvent`` rows with ``pending=True`` (``replicas.drives.pending_counts``)."""
+
+    class Type(models.TextChoices):
+        EVENT = "event", "Nostr event"
+        DRIVE = "drive", "Drive upload"
+        HTTP_JOIN = "http-join", "Join request artifact"
+        HTTP_CALLBACK = "http-callback", "Auth callback artifact"
+
+    relay_key = models.CharField(max_length=200, db_index=True)
+    write_type = models.CharField(max_length=16, choices=Type.choices)
+    reference = models.CharField(max_length=300, help_text="drive path or event id")
+    drive_key = models.CharField(max_length=64, blank=True)
+    drive_version = models.PositiveBigIntegerField(default=0)
+    size = models.PositiveBigIntegerField(default=0)
+    lease_id = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    cleared_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    push_attempts = models.PositiveIntegerField(default=0)
+    next_push_at = models.DateTimeField(null=True, blank=True)
+    last_push_at = models.DateTimeField(null=True, blank=True)
+    last_push_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["relay_key"], condition=Q(cleared_at__isnull=True), name="pending_write_open"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.write_type} {self.reference[:40]} for {self.relay_key[:16]}"

@@ -748,6 +748,51 @@ class BridgeClient:
         result = await self.call("peer.disconnect", {"peerKey": peer_key})
         return bool(result["disconnected"])
 
+    def drive_read_stream(self, params: dict[str, Any], *, window: int = 8) -> BridgeStream:
+        """Streamed ``drive.read``: ``head`` has source/size/etag/lastModified/start/end; iterate for bytes."""
+        return self.stream("drive.read", params, window=window)
+
+    async def drive_info(self, *, relay_key: str | None, kind: str = "relay") -> dict[str, Any]:
+        """The gateway-owned drive of a relay (or the pfp drive): key, blobs key, version, mirrored."""
+        return dict(await self.call("drive.info", {"kind": kind, "relayKey": relay_key}))
+
+    async def drive_upload_begin(
+        self,
+        *,
+        relay_key: str,
+        path: list[str],
+        max_bytes: int,
+        sha256: str | None = None,
+        mime: str | None = None,
+        file_name: str | None = None,
+    ) -> str:
+        """Open an upload into the relay's gateway drive; raises BridgeError ``conflict`` when the path is busy."""
+        params: dict[str, Any] = {"kind": "relay", "relayKey": relay_key, "path": path, "maxBytes": max_bytes}
+        if sha256:
+            params["sha256"] = sha256
+        if mime:
+            params["mime"] = mime
+        if file_name:
+            params["fileName"] = file_name
+        return str((await self.call("drive.upload.begin", params))["uploadId"])
+
+    async def drive_upload_chunk(self, upload_id: str, data: bytes) -> int:
+        """Write one chunk; returns once the drive took it (the back-pressure), with the bytes so far."""
+        payload = {"uploadId": upload_id, "dataBase64": base64.b64encode(data).decode("ascii")}
+        return int((await self.call("drive.upload.chunk", payload))["bytes"])
+
+    async def drive_upload_commit(self, upload_id: str) -> dict[str, Any]:
+        """Write the entry; returns the drive's description with ``path``, ``bytes``, ``sha256``, ``version``."""
+        return dict(await self.call("drive.upload.commit", {"uploadId": upload_id}, timeout_s=60))
+
+    async def drive_upload_abort(self, upload_id: str) -> None:
+        await self.call("drive.upload.abort", {"uploadId": upload_id})
+
+    async def drive_put_json(self, *, relay_key: str, path: list[str], document: Any) -> dict[str, Any]:
+        """Write a small JSON document (an offline HTTP artifact) into the relay's gateway drive."""
+        params = {"kind": "relay", "relayKey": relay_key, "path": path, "document": document}
+        return dict(await self.call("drive.putJson", params, timeout_s=60))
+
     async def register_reply(
         self,
         register_id: str,

@@ -43,7 +43,8 @@ export async function * blobChunks (core, blob, start, end) {
 
 /**
  * The HTTP-ish description of one drive entry: size, validators and the requested byte range.
- * `range` is `{start, end}` (end inclusive, may be past the end) or null for the whole file.
+ * `range` is `{start, end}` (end inclusive, may be past the end), `{suffix}` (the last bytes) or null for
+ * the whole file.
  */
 export function describeEntry ({ filePath, value, seq, source, driveKey, range }) {
   const blob = value.blob
@@ -65,7 +66,10 @@ export function describeEntry ({ filePath, value, seq, source, driveKey, range }
     end: size - 1,
     rangeUnsatisfiable: false
   }
-  if (range) {
+  if (range && range.suffix !== undefined) {
+    if (range.suffix <= 0 || size === 0) head.rangeUnsatisfiable = true
+    else Object.assign(head, { start: Math.max(0, size - range.suffix), end: size - 1 })
+  } else if (range) {
     const start = Number.isSafeInteger(range.start) ? range.start : null
     const end = Number.isSafeInteger(range.end) ? Math.min(range.end, size - 1) : size - 1
     if (start === null || start < 0 || start >= size || end < start) head.rangeUnsatisfiable = true
@@ -76,6 +80,11 @@ export function describeEntry ({ filePath, value, seq, source, driveKey, range }
 
 /** `{start, end}` from RPC params (both optional non-negative integers) or null. */
 export function parseRange (params) {
+  if (params.suffix !== undefined && params.suffix !== null) {
+    const suffix = Number(params.suffix)
+    if (!Number.isSafeInteger(suffix) || suffix < 0) throw new BlindPeerError('invalid-params', 'suffix must be a non-negative integer')
+    return { suffix }
+  }
   if (params.start === undefined || params.start === null) return null
   const start = Number(params.start)
   const end = params.end === undefined || params.end === null ? Number.MAX_SAFE_INTEGER : Number(params.end)

@@ -17,6 +17,7 @@ export class GatewayDriveError extends Error {
 }
 
 const HEX64 = /^[0-9a-f]{64}$/
+const RELAY_KEY = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$/
 /** One path segment: what workers use in folder and file names, never `.`/`..` or empty. */
 const SEGMENT = /^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,200}$/
 const MAX_OPEN_UPLOADS = 64
@@ -41,7 +42,7 @@ export function drivePath (segments) {
 function driveName ({ kind, relayKey }) {
   if (kind === 'pfp') return 'pfp'
   if (kind !== 'relay') throw new GatewayDriveError('invalid-params', 'kind must be relay or pfp')
-  if (typeof relayKey !== 'string' || !HEX64.test(relayKey)) throw new GatewayDriveError('invalid-params', 'relayKey must be 64 lowercase hex')
+  if (typeof relayKey !== 'string' || !RELAY_KEY.test(relayKey)) throw new GatewayDriveError('invalid-params', 'relayKey must be a relay key (hex or npub…:name)')
   return `relay:${relayKey}`
 }
 
@@ -111,7 +112,7 @@ export class GatewayDrives {
   }
 
   async _create (name) {
-    const ns = name === 'pfp' ? 'gw-pfp' : `gw-${name.replace(':', '-')}`
+    const ns = name === 'pfp' ? 'gw-pfp' : `gw-${name}`
     const drive = new Hyperdrive(this.store.namespace(ns))
     await drive.ready()
     await drive.getBlobs() // a writable drive creates its blobs core here, so both can be mirrored now
