@@ -15,7 +15,7 @@ Figures:
 2. **EVENT→OK under a lease**: once the heartbeat silence has passed, the first write is retried until the
    lease is granted (time reported), then ``LEASED`` sequential writes. Goal: p99 ≤ 2 s.
 3. **EVENT→OK under refusal** (no deposit): ``REFUSED`` sequential writes, each ``OK false``. Goal: p99 ≤ 2 s.
-4. **escrow down** (its process killed): the held lease keeps serving writes until it expires; refusals
+4. **escrow down** (its process SIGKILLed): the held lease keeps serving writes until it expires; refusals
    stay prompt. ``ESCROW_DOWN`` writes each. Goal: p99 ≤ 2 s, no failed write under the held lease.
 
 ``python -m bench fallback``.
@@ -96,7 +96,7 @@ async def _first_answer_new(url: str, event_id: str, started: float, limit: floa
     return None
 
 
-async def _failover(url: str, event_id: str, end_worker: Any) -> dict[str, float | None]:
+async def _failover(url: str, event_id: str, end_worker: Any) -> dict[str, Any]:
     """End the worker while a socket is open, then race that socket and new ones to a correct answer."""
     async with websockets.connect(url) as ws:
         assert await _answered(ws, "warm", event_id), "the worker did not answer before its end"
@@ -105,7 +105,7 @@ async def _failover(url: str, event_id: str, end_worker: Any) -> dict[str, float
         opened, fresh = await asyncio.gather(
             _first_answer_open(ws, event_id, started, 30.0), _first_answer_new(url, event_id, started, 30.0)
         )
-    return {"open_s": opened, "new_s": fresh}
+    return {"open_s": opened, "new_s": fresh, "ended_at": started}
 
 
 async def _event_ok(ws: Any, event: dict[str, Any]) -> tuple[float, list[Any]]:
@@ -151,7 +151,7 @@ async def _first_grant(url: str, key: PrivateKey, limit: float) -> float:
 
 
 def _kill(proc: Any) -> None:
-    """SIGKILL the worker's whole process group: no goodbye on any connection."""
+    """SIGKILL a harness process's whole group: no goodbye on any connection."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.process.pid, signal.SIGKILL)
 
@@ -214,7 +214,7 @@ def _run(redis_url: str) -> dict[str, Any]:
             results["failover"]["SIGKILL"] = asyncio.run(
                 _failover(urls["escrowed"], seeds["escrowed"], lambda: _kill(escrowed))
             )
-            killed_at = time.monotonic()
+            killed_at = results["failover"]["SIGKILL"]["ended_at"]
             results["failover"]["clean stop"] = asyncio.run(
                 _failover(urls["unescrowed"], seeds["unescrowed"], plain.stop)
             )
@@ -226,7 +226,9 @@ def _run(redis_url: str) -> dict[str, Any]:
             results["leased"] = asyncio.run(_series(urls["escrowed"], _events(LEASED, author)))
             results["refused"] = asyncio.run(_series(urls["unescrowed"], _events(REFUSED)))
 
-            next(proc for proc in stack.procs if proc.name == "escrow").stop()
+            escrow = next(proc for proc in stack.procs if proc.name == "escrow")
+            _kill(escrow)
+            escrow.stop()
             results["escrow_down_leased"] = asyncio.run(_series(urls["escrowed"], _events(ESCROW_DOWN, author)))
             results["escrow_down_refused"] = asyncio.run(_series(urls["unescrowed"], _events(ESCROW_DOWN)))
         finally:
