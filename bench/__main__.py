@@ -3,41 +3,90 @@
 Sections: routing (gateway hop vs direct bridge call) and replicas (replica REQ latency and sync
 throughput beside a Python relay from PyPI on the same data), burst (2,000 simultaneous WebSocket connects over a
 Redis channel layer: errors and stale group members), fallback (a relay whose worker goes away: first replica
-answer, EVENT→OK under a lease, under refusal and with the escrow down). ``python -m bench routing`` runs one.
+answer, EVENT→OK under a lease, under refusal and with the escrow down; ``failover`` names its first figure,
+the held socket's first answer after a SIGKILL), idle (N idle WebSockets: memory per socket and CPU per
+process), capacity (EVENT→OK/s through one node over several workers). ``python -m bench routing`` runs one;
+``--events N`` sizes the replica data set (cached under var/bench-cache/), ``--sockets N`` the idle section.
+
+Every section prints its figures beside their goals; the run ends with the goal table (figure, goal, ratio)
+and writes every figure to ``bench/results/<UTC date-time>.json`` (format: bench/results/README.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from datetime import UTC, datetime
+from typing import Any
+
+SECTIONS = ("routing", "replicas", "burst", "fallback", "idle", "capacity")
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"routing", "replicas", "burst", "fallback"}
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sections", nargs="*", metavar="SECTION", help=f"any of {', '.join(SECTIONS)}, failover")
+    parser.add_argument("--events", type=int, default=100_000, help="replica data set size (default 100000)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="replica latency budget per phase")
+    parser.add_argument("--no-compare", action="store_true", help="replicas: skip nostr-relay")
+    parser.add_argument("--sockets", type=int, default=1000, help="idle sockets to hold (default 1000)")
+    parser.add_argument("--workers", type=int, default=3, help="capacity: reference workers (default 3)")
+    args = parser.parse_args(argv)
+    unknown = set(args.sections) - {*SECTIONS, "failover"}
+    if unknown:
+        parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    wanted = set(args.sections) or set(SECTIONS)
+    if "failover" in wanted:
+        wanted.add("fallback")
+    began = datetime.now(UTC)
+    sections: dict[str, Any] = {}
     if "routing" in wanted:
         from bench import routing_bench
 
         started = time.monotonic()
-        print(routing_bench.report(routing_bench.run()))
+        sections["routing"] = routing_bench.run()
+        print(routing_bench.report(sections["routing"]))
         print(f"  (routing section took {time.monotonic() - started:.0f} s)\n", flush=True)
     if "replicas" in wanted:
         from bench import replica_bench
 
         started = time.monotonic()
-        replica_bench.main([]) if hasattr(replica_bench, "main") else print(replica_bench.run())
+        sections["replicas"] = replica_bench.run(args.events, seconds=args.seconds, compare=not args.no_compare)
+        replica_bench.print_report(sections["replicas"])
         print(f"  (replicas section took {time.monotonic() - started:.0f} s)", flush=True)
     if "burst" in wanted:
         from bench import burst_bench
 
         started = time.monotonic()
-        print(burst_bench.report(burst_bench.run()))
+        sections["burst"] = burst_bench.run()
+        print(burst_bench.report(sections["burst"]))
         print(f"  (burst section took {time.monotonic() - started:.0f} s)", flush=True)
     if "fallback" in wanted:
         from bench import fallback_bench
 
         started = time.monotonic()
-        print(fallback_bench.report(fallback_bench.run()))
+        sections["fallback"] = fallback_bench.run()
+        print(fallback_bench.report(sections["fallback"]))
         print(f"  (fallback section took {time.monotonic() - started:.0f} s)", flush=True)
+    if "idle" in wanted:
+        from bench import idle_bench
+
+        started = time.monotonic()
+        sections["idle"] = idle_bench.run(args.sockets)
+        print(idle_bench.report(sections["idle"]))
+        print(f"  (idle section took {time.monotonic() - started:.0f} s)", flush=True)
+    if "capacity" in wanted:
+        from bench import capacity_bench
+
+        started = time.monotonic()
+        sections["capacity"] = capacity_bench.run(args.workers)
+        print(capacity_bench.report(sections["capacity"]))
+        print(f"  (capacity section took {time.monotonic() - started:.0f} s)", flush=True)
+    from bench import summary
+
+    print()
+    print(summary.table(summary.goal_rows(sections)))
+    print(f"report: {summary.write_report(sections, argv, began)}")
     return 0
 
 

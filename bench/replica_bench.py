@@ -303,7 +303,7 @@ def run(
     return result
 
 
-def _print_report(result: dict[str, Any]) -> None:
+def print_report(result: dict[str, Any]) -> None:
     print(json.dumps(result["config"]))
     print("ingest:", json.dumps(result["ingest"]))
     header = (
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_replica(args.serve, args.relay)
         return 0
     result = run(args.events, seconds=args.seconds, compare=not args.no_compare, seed=args.seed)
-    _print_report(result)
+    print_report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -12,10 +12,10 @@ reference worker polled only (``--no-ws-push``, as real workers are), the publis
 
 - **EVENT→OK**: sequential round trips, p50/p99, gateway / direct;
 - **REQ→EOSE** of a REQ that matches nothing: through the gateway vs the worker's own answer time (direct
-  ``POST /post/relay`` then ``GET /get/relay`` at once until the EOSE is there). Goal: gateway p50 ≤ the
-  worker's own p50 + 5 ms;
+  ``POST /post/relay`` then ``GET /get/relay`` at once until the EOSE is there). Goal: the gateway adds
+  ≤ 0.3 ms at p50 and ≤ 1.5 ms at p99 to the worker's own answer;
 - **live delivery**: an EVENT published through the gateway on one socket until a second socket's
-  subscription receives it. Goal: p50 ≤ 10 ms. It cannot beat the worker's own EVENT→OK (an event is
+  subscription receives it. Goal: p50 ≤ 5 ms. It cannot beat the worker's own EVENT→OK (an event is
   fanned out once the worker accepted it), so the figure is also given relative to the sender's EVENT→OK;
 - **EVENT throughput** with concurrent clients, gateway / direct (first worker kind only: it measures the
   gateway, not the worker).
@@ -50,8 +50,10 @@ LIVE_SAMPLES = 100
 CLIENTS = 16
 PER_CLIENT = 30
 IDLE_POLL_MS = 1000
-REQ_GOAL_MARGIN_MS = 5.0
-LIVE_GOAL_MS = 10.0
+# Issue goals: an EOSE-only REQ costs at most this much over the worker's own answer; live delivery p50.
+REQ_GOAL_P50_MARGIN_MS = 0.3
+REQ_GOAL_P99_MARGIN_MS = 1.5
+LIVE_GOAL_MS = 5.0
 
 
 @dataclass
@@ -250,7 +252,7 @@ async def _req_latency(direct: Direct, url: str) -> dict[str, float]:
             await ws.send(json.dumps(["CLOSE", f"g{n}"]))
             if n >= 5:
                 gateway_lat.append(took)
-    return {"worker_p50_ms": statistics.median(direct_lat), "gateway_p50_ms": statistics.median(gateway_lat)}
+    return {**_stats("worker_", direct_lat), **_stats("gateway_", gateway_lat)}
 
 
 async def _live_latency(url: str, key: PrivateKey | None = None) -> dict[str, float]:
@@ -364,7 +366,8 @@ def report(results: dict[str, Any]) -> str:
     lines = [f"Gateway hop vs direct bridge call (same worker, same run; gateway idle poll {IDLE_POLL_MS} ms)"]
     for label, row in results["workers"].items():
         ev, req, live = row["event"], row["req"], row["live"]
-        req_goal = req["worker_p50_ms"] + REQ_GOAL_MARGIN_MS
+        extra_p50 = req["gateway_p50_ms"] - req["worker_p50_ms"]
+        extra_p99 = req["gateway_p99_ms"] - req["worker_p99_ms"]
         lines += [
             f"  [{label}]",
             f"    EVENT->OK, {SEQUENTIAL} sequential: direct p50 {ev['direct_p50_ms']:.2f} ms, "
@@ -372,7 +375,10 @@ def report(results: dict[str, Any]) -> str:
             f"p99 {ev['gateway_p99_ms']:.2f} ms | ratio p50 x{ev['gateway_p50_ms'] / ev['direct_p50_ms']:.2f}",
             f"    REQ->EOSE (EOSE only), {REQ_SAMPLES}: gateway p50 {req['gateway_p50_ms']:.2f} ms | worker's own "
             f"answer p50 {req['worker_p50_ms']:.2f} ms | ratio x{req['gateway_p50_ms'] / req['worker_p50_ms']:.2f} "
-            f"| goal <= {req_goal:.2f} ms: {_goal(req['gateway_p50_ms'] <= req_goal)}",
+            f"| gateway's extra p50 {extra_p50:+.2f} ms, goal <= +{REQ_GOAL_P50_MARGIN_MS} ms: "
+            f"{_goal(extra_p50 <= REQ_GOAL_P50_MARGIN_MS)}; extra p99 {extra_p99:+.2f} ms (gateway p99 "
+            f"{req['gateway_p99_ms']:.2f}, worker p99 {req['worker_p99_ms']:.2f}), goal <= "
+            f"+{REQ_GOAL_P99_MARGIN_MS} ms: {_goal(extra_p99 <= REQ_GOAL_P99_MARGIN_MS)}",
             f"    live delivery to a second socket, {LIVE_SAMPLES}: from the EVENT p50 {live['p50_ms']:.2f} ms, "
             f"p99 {live['p99_ms']:.2f} ms (the worker's own EVENT->OK is the floor) | after the sender's OK "
             f"p50 {live['after_ok_p50_ms']:.2f} ms, p99 {live['after_ok_p99_ms']:.2f} ms | goal p50 <= "
