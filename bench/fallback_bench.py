@@ -210,7 +210,8 @@ def _run(redis_url: str) -> dict[str, Any]:
                 seeds[name] = _publish_online(urls[name])
                 _sync_until_ready(stack, relay_key)
 
-            results: dict[str, Any] = {"failover": {}}
+            probes = ("HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS", "HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS")
+            results: dict[str, Any] = {"failover": {}, "probes": {name: stack.env.get(name) for name in probes}}
             results["failover"]["SIGKILL"] = asyncio.run(
                 _failover(urls["escrowed"], seeds["escrowed"], lambda: _kill(escrowed))
             )
@@ -243,7 +244,12 @@ def _goal(value_ms: float | None, goal_ms: float) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = ["Fallback: a relay whose only worker goes away (escrow role, Daphne, bridge, reference workers)"]
+    probes = results["probes"]
+    lines = [
+        "Fallback: a relay whose only worker goes away (escrow role, Daphne, bridge, reference workers; bridge "
+        f"health probe every {probes['HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS']} ms, timeout "
+        f"{probes['HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS']} ms, as the test harness sets them)"
+    ]
     for how, row in results["failover"].items():
         for where, key in (("already-open socket", "open_s"), ("new socket", "new_s")):
             ms = None if row[key] is None else row[key] * 1000
