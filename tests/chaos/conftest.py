@@ -56,6 +56,21 @@ def private_postgres() -> Iterator[tuple[object, str]]:
             cluster.remove()
 
 
+# The blind peer's smallest byte budget and no stale grace: the GC cases need them, and neither touches what
+# the other mirror cases check (the budget clears priority-0 cores only, stale hygiene runs on request).
+MIRROR_STACK_ENV = {"HYPERTUNA_BRIDGE_BLIND_PEER_MAX_BYTES": "1000000", "HYPERTUNA_BRIDGE_BLIND_PEER_STALE_MS": "0"}
+
+
+@pytest.fixture(scope="package")
+def mirror_stack(tmp_path_factory) -> Iterator[Stack]:
+    """One gateway node on its own DHT testnet (the bridge may restart) for the mirror and GC cases."""
+    stack = start_stack(tmp_path_factory.mktemp("mirrors"), testnet=True, env=MIRROR_STACK_ENV)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
 def start_stack(tmp: Path, *, testnet: bool = False, **kwargs) -> Stack:
     """A started ``Stack`` with operator keys; ``testnet``: its own DHT testnet, so the bridge may restart."""
     need_node()

@@ -237,23 +237,59 @@ def replica_row(stack: Stack, relay_key: str) -> dict[str, Any] | None:
     return rows.get(relay_key)
 
 
+# One process runs ``replicas_sync`` until the replica is caught up (a Django start-up per attempt is seconds on
+# a busy machine); it prints the materialized event ids, duplicates kept, so a double shows.
+SYNC_LOOP = """
+import json, sys, time
+from io import StringIO
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+from replicas.models import Replica, ReplicaEvent
+from replicas.readiness import derive_state
+
+relay, expected, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+transient = ("no replica for", "replica-not-found", "core-unavailable")
+deadline = time.monotonic() + timeout
+while True:
+    err = StringIO()
+    try:
+        call_command("replicas_sync", "--relay", relay, stdout=StringIO(), stderr=err)
+    except CommandError as exc:
+        failure = f"{exc}: {err.getvalue()}"
+        if not any(t in failure for t in transient):
+            print("SYNC " + json.dumps({"error": failure}))
+            break
+    else:
+        replica = Replica.objects.get(relay_key=relay)
+        rows = ReplicaEvent.objects.filter(replica=replica).values_list("eid", flat=True)
+        ids = [bytes(eid).hex() for eid in rows]
+        if derive_state(replica, timezone.now()) == "ready" and replica.lag_entries == 0 and len(ids) >= expected:
+            print("SYNC " + json.dumps({"ids": ids}))
+            break
+    if time.monotonic() > deadline:
+        state = Replica.objects.filter(relay_key=relay).values().first()
+        print("SYNC " + json.dumps({"error": f"never caught up: {state}"}, default=str))
+        break
+    time.sleep(0.5)
+"""
+
+
 def sync_until_caught_up(stack: Stack, relay_key: str, expected: int, timeout: float = 90) -> dict[str, Any]:
-    """Run ``replicas_sync`` until the replica is ready, has no lag and holds ``expected`` events."""
-    transient = ("no replica for", "replica-not-found", "core-unavailable")
-    deadline = time.monotonic() + timeout
-    row: dict[str, Any] | None = None
-    while True:
-        result = run_manage(stack, "replicas_sync", "--relay", relay_key)
-        if result.returncode == 0:
-            row = replica_row(stack, relay_key)
-            if (
-                row
-                and row["state"] == "ready"
-                and row["lagEntries"] == 0
-                and len(replica_ids(stack, relay_key)) >= expected
-            ):
-                return row
-        else:
-            assert any(t in result.stderr for t in transient), result.stderr[-2000:]
-        assert time.monotonic() < deadline, f"replica never caught up: {row}\n{stack.log_tail()}"
-        time.sleep(1)
+    """Run ``replicas_sync`` until the replica is ready, has no lag and holds ``expected`` events; returns its
+    ``/api/blind-peer/replicas`` row (checked: ready, no lag) with ``eventIds``, every materialized event id."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import django\ndjango.setup()\n" + SYNC_LOOP, relay_key, str(expected), str(timeout)],
+        cwd=ROOT,
+        env={**stack.env, "DJANGO_SETTINGS_MODULE": "hypertuna.settings"},
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+    )
+    line = next((line for line in done.stdout.splitlines() if line.startswith("SYNC ")), None)
+    assert line is not None, done.stderr[-3000:]
+    outcome = json.loads(line[len("SYNC ") :])
+    assert "ids" in outcome, f"{outcome['error']}\n{stack.log_tail()}"
+    row = replica_row(stack, relay_key)
+    assert row and row["state"] == "ready" and row["lagEntries"] == 0, row
+    return {**row, "eventIds": outcome["ids"]}

@@ -1,6 +1,7 @@
 """Chaos around mirrors and replicas on one gateway node (bridge with its blind peer, Daphne, event consumer) and
 reference workers that mirror their relays to it: corrupted mirror metadata and view reads, a sync and a
-worker killed in the middle, the bridge killed and restarted."""
+worker killed in the middle, the bridge killed and restarted. The node is the suite's shared mirror stack
+(``conftest.mirror_stack``), which the GC cases use too."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import time
 
 import pytest
 
-from tests.chaos.conftest import start_stack
 from tests.chaos.helpers import (
     OPERATOR,
     make_events,
@@ -31,12 +31,8 @@ from tests.e2e.harness import ROOT, spawn
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    stack = start_stack(tmp_path_factory.mktemp("mirrors"), testnet=True)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+def stack(mirror_stack):
+    return mirror_stack
 
 
 def _mirrored_relay(stack, name: str, events: int, tmp_path):
@@ -288,8 +284,8 @@ def test_bridge_killed_and_restarted(stack, tmp_path):
             assert time.monotonic() < deadline, stack.log_tail()
             time.sleep(1)
     publish(url, after[1:])
-    sync_until_caught_up(stack, relay_key, expected=len(before) + len(after), timeout=90)
-    assert sorted(replica_ids(stack, relay_key)) == sorted(e.id for e in before + after)
+    row = sync_until_caught_up(stack, relay_key, expected=len(before) + len(after), timeout=90)
+    assert sorted(row["eventIds"]) == sorted(e.id for e in before + after)
     worker.stop()
     wait_readable(url, before + after, timeout=30)
     assert stack.operator_get("/api/blind-peer", OPERATOR)["mirrors"]
