@@ -143,6 +143,10 @@ assert DATABASE_URL is not None  # env.url returns the default when unset
 _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
 if _db["ENGINE"] == "django.db.backends.postgresql":
     _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
+    # Lets psycopg keep server-side prepared statements. Django's cursors bind client-side and never prepare;
+    # only replica REQ statements ask to (replicas.selectors._fetch). A transaction-mode pooler in front of
+    # Postgres must support protocol-level prepared statements (PgBouncer >= 1.21).
+    _db["OPTIONS"] = {**_db.get("OPTIONS", {}), "prepare_threshold": 5}
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["ENGINE"] = "django_prometheus.db.backends.sqlite3"
     # SQLite is the single-node embedded default: WAL lets the web process read while Celery writes.

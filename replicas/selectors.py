@@ -266,6 +266,21 @@ def _filter_sql(relay_key: str, f: Filter, limit: int) -> tuple[str, list[Any]]:
     return _with_json(relay_key, candidates, params)
 
 
+def _fetch(cursor: Any, sql: str, params: list[Any]) -> list[Any]:
+    """The rows of one REQ statement. On Postgres it runs as a server-side prepared statement on the same
+    connection (psycopg 3, which keeps the last 100 per connection): a statement's text depends on the
+    filter's shape, not its values, so a serving node parses it once per shape and connection. Django's
+    own cursors bind client-side and never prepare, which is right for the rest of the ORM (poolers)."""
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        with psycopg.Cursor(connection.connection) as server:
+            server.execute(sql, params, prepare=True)
+            return server.fetchall()
+    cursor.execute(sql, params)
+    return cursor.fetchall()
+
+
 def query_events(relay_key: str, filters: Sequence[Filter], *, max_limit: int | None = None) -> list[StoredEvent]:
     """The initial answer to a REQ with ``filters`` from ``relay_key``'s replica (see module docstring).
 
@@ -283,11 +298,9 @@ def query_events(relay_key: str, filters: Sequence[Filter], *, max_limit: int | 
             rows: list[Any] = []
             probe = _probe_sql(relay_key, f, limit)
             if probe is not None:
-                cursor.execute(*_with_json(relay_key, *probe))
-                rows = cursor.fetchall()
+                rows = _fetch(cursor, *_with_json(relay_key, *probe))
             if len(rows) < limit:
-                cursor.execute(*_filter_sql(relay_key, f, limit))
-                rows = cursor.fetchall()
+                rows = _fetch(cursor, *_filter_sql(relay_key, f, limit))
             for eid, created_at, text in rows:
                 key = bytes(eid)
                 if key not in selected:
