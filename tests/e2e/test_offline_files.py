@@ -1,0 +1,158 @@
+"""Files while every worker is offline, through real processes (escrow, gateway, bridge with its blind peer,
+a reference worker with a drive): the worker's file stays readable from its mirrored drive (ranges too),
+uploads are refused without an escrow lease and stored under one in the relay's gateway drive, streamed
+(the web process does not grow by the file's size), and a join request no worker can take is kept as an
+artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e.harness import ROOT, Stack, node_available
+from tests.e2e.test_escrow import _escrow_flags, _sync_until_ready
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    if not node_available():
+        pytest.fail("end-to-end tests need Node 20 and `npm ci` in bridge/")
+    env = {"HYPERTUNA_ESCROW_HEARTBEAT_SILENCE": "5"}
+    stack = Stack(tmp_path_factory.mktemp("offline-files"), escrow=True, env=env).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _request(stack, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=120)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def _wait_drive_mirrored(stack, relay_key):
+    """Until the blind peer holds every block of the worker's drive cores it was told about."""
+    code = (
+        "import django,sys;django.setup();from replicas.models import MirrorCore as M;"
+        f"q=M.objects.filter(relay_key={relay_key!r},core_type__in=['hyperdrive-metadata','hyperdrive-blobs']);"
+        "sys.exit(0 if q.count()==2 and all(c.mirrored_length>0 and c.mirrored_length>=c.remote_length for c in q)"
+        " else 1)"
+    )
+    env = {**stack.env, "DJANGO_SETTINGS_MODULE": "hypertuna.settings"}
+    deadline = time.monotonic() + 60
+    while subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=60).returncode != 0:
+        assert time.monotonic() < deadline, stack.log_tail()
+        time.sleep(1)
+
+
+def test_files_stay_readable_and_uploads_need_a_lease_while_the_worker_is_offline(stack, tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    original = os.urandom(300_000)
+    (files / "photo.jpg").write_bytes(original)
+    digest = hashlib.sha256(original).hexdigest()
+    worker = stack.start_worker(
+        "files",
+        "--blind-peer",
+        "gateway",
+        "--drive-import",
+        str(files),
+        "--issue-token",
+        "--gateway-writer-out",
+        str(tmp_path / "gateway-writer.json"),
+        *_escrow_flags(stack, tmp_path / "signing.hex"),
+        storage=tmp_path / "worker",
+    )
+    relay_key = worker.markers["HYPERTUNA_WORKER_READY"]["relayKey"]
+    token = worker.wait_marker("HYPERTUNA_WORKER_TOKEN", timeout=60)["token"]
+    worker.wait_marker("HYPERTUNA_WORKER_ESCROW", timeout=60)
+
+    status, headers, body = _request(stack, "GET", f"/drive/{relay_key}/{digest}.jpg")
+    assert status == 200 and body == original and headers.get("X-Hypertuna-Source") is None  # the worker's answer
+    _sync_until_ready(stack, relay_key)  # mirror evidence for the escrow
+    _wait_drive_mirrored(stack, relay_key)
+    worker.stop()
+
+    # The worker heartbeated a moment ago: the escrow refuses a lease, and nothing is stored.
+    upload = os.urandom(20 * MIB)
+    name = hashlib.sha256(upload).hexdigest()
+    put_headers = {"x-relay-token": token, "content-type": "application/octet-stream"}
+    status, _, body = _request(stack, "PUT", f"/drive/{relay_key}/{name}", upload, put_headers)
+    assert status == 425 and json.loads(body)["error"] == "gateway-escrow-lease-missing", body
+
+    status, headers, body = _request(stack, "GET", f"/drive/{relay_key}/{digest}.jpg")
+    assert status == 200, (status, body[:300], stack.log_tail(40))
+    assert body == original and headers["X-Hypertuna-Source"] == "mirror"
+    assert headers["ETag"] == f'"{digest}"' and headers["Content-Type"] == "image/jpeg"
+    status, headers, body = _request(
+        stack, "GET", f"/drive/{relay_key}/{digest}.jpg", headers={"Range": "bytes=1000-1999"}
+    )
+    assert status == 206 and body == original[1000:2000]
+    assert headers["Content-Range"] == f"bytes 1000-1999/{len(original)}"
+    status, _, body = _request(stack, "GET", f"/drive/{relay_key}/{'0' * 64}")
+    assert status == 404 and json.loads(body)["error"] == "file-not-found"
+
+    # Bad input is refused before any lease matters.
+    status, _, body = _request(stack, "PUT", f"/drive/{relay_key}/..", b"x", put_headers)
+    assert status in (400, 404), body  # a client library may fold "..", the gateway never stores it
+    status, _, body = _request(stack, "PUT", f"/drive/{relay_key}/{name}", b"", put_headers)
+    assert status == 400 and json.loads(body)["error"] == "empty-payload"
+    status, _, body = _request(stack, "PUT", f"/drive/{relay_key}/{name}", upload[:10])
+    assert status == 401
+
+    web = next(p for p in stack.procs if p.name == "web").process.pid
+    rss_before = _rss_kib(web)
+    deadline = time.monotonic() + 60
+    while True:  # once the heartbeat silence passed, the lease is granted
+        status, _, body = _request(stack, "PUT", f"/drive/{relay_key}/{name}", upload, put_headers)
+        if status == 202:
+            break
+        assert status == 425 and time.monotonic() < deadline, (status, body, stack.log_tail(60))
+        time.sleep(2)
+    rss_after = _rss_kib(web)
+    stored = json.loads(body)
+    assert stored["status"] == "stored" and stored["mode"] == "gateway-drive" and stored["relayKey"] == relay_key
+    assert stored["driveVersion"] >= 1 and stored["bytes"] == len(upload)
+    # Streamed: the web process does not take on the file (20 MiB) in memory.
+    assert rss_after - rss_before < 10 * 1024, (rss_before, rss_after)
+
+    status, headers, body = _request(stack, "GET", f"/drive/{relay_key}/{name}", headers={"Range": "bytes=-4096"})
+    assert status == 206 and body == upload[-4096:] and headers["X-Hypertuna-Source"] == "gateway-drive"
+
+    status, _, body = _request(
+        stack,
+        "POST",
+        f"/post/join/{relay_key}",
+        json.dumps({"pubkey": "ab" * 32}),
+        {"content-type": "application/json"},
+    )
+    assert status == 202, body
+    assert json.loads(body)["artifactPath"].startswith("/join/")
+
+    env = {**stack.env, "DJANGO_SETTINGS_MODULE": "hypertuna.settings"}
+    code = (
+        "import django,json;django.setup();from replicas.models import PendingWrite as P;"
+        f"print(json.dumps(sorted(P.objects.filter(relay_key={relay_key!r},cleared_at=None)"
+        ".values_list('write_type',flat=True))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["drive", "http-join"], out.stderr[-2000:]
