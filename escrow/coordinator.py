@@ -417,7 +417,7 @@ class EscrowCoordinator:
 
     def _renew_at(self, entry: VaultEntry) -> float:
         """When a third of the lease's usable lifetime is left (the vault stops using it ``margin`` s early)."""
-        lifetime = max(entry.expires_at - entry.stored_at, 1.0)
+        lifetime = max(entry.expires_at - max(entry.stored_at, entry.term_started_at), 1.0)
         return entry.expires_at - self.vault._margin - lifetime / 3
 
     async def _needed(self, relay_key: str) -> bool:

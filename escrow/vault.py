@@ -41,6 +41,8 @@ class VaultEntry:
     writer_public: bytes
     writer_secret: bytearray = field(repr=False)
     stored_at: float = 0.0
+    # When the current term began: the store, or the last renewal (a renewal starts a new term of one TTL).
+    term_started_at: float = 0.0
     requested_by: str = "auto"
 
     def __repr__(self) -> str:
@@ -138,6 +140,7 @@ class LeaseVault:
             entry = self._entries.get(relay_key)
             if entry is not None and entry.lease_id == lease_id:
                 entry.expires_at = expires_at
+                entry.term_started_at = self._clock()
                 self._note(relay_key, "active", leaseId=lease_id, fence=entry.fence, expiresAt=int(expires_at))
 
     def drop(self, relay_key: str, reason: str) -> VaultEntry | None:

@@ -330,6 +330,24 @@ def test_vault_expires_early_and_wipes():
     assert vault.health()[0]["status"] == "expired"
 
 
+def test_renewal_points_do_not_drift_towards_every_tick():
+    """Each renewal starts a new term: the next renewal falls a third of one TTL before the new expiry, not a
+    third of everything since the lease was first stored (which would end in a renewal on every tick)."""
+    now = [1_000.0]
+    coordinator = EscrowCoordinator(None, clock=lambda: now[0])
+    coordinator.vault = LeaseVault(clock=lambda: now[0], skew_margin=2.0)
+    lease = opened(expires_at=1_030)
+    coordinator.vault.put(lease)
+    points = []
+    for _ in range(5):
+        entry = coordinator.vault.get(lease.relay_key)
+        due = coordinator._renew_at(entry)
+        points.append(round(entry.expires_at - due, 3))
+        now[0] = due
+        coordinator.vault.update_expiry(lease.relay_key, lease.lease_id, due + 30)
+    assert points[1:] == [points[1]] * 4 and points[1] == round(2.0 + (30 - 0) / 3, 3)
+
+
 def test_vault_sweep_wipes_everything_expired():
     now = [1_000.0]
     vault = LeaseVault(clock=lambda: now[0])
