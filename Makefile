@@ -5,14 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BRIDGE_STAMP := bridge/node_modules/.installed
 INTEROP_STAMP := interop/node_modules/.installed
+CLIENTS_STAMP := clients/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-interop run logs demo-worker-stop demo-worker-start test test-python test-bridge lint format bench clean
+.PHONY: install install-interop install-clients run logs demo-worker-stop demo-worker-start test test-python test-bridge lint format bench clean
 
 install: $(STAMP) $(if $(wildcard bridge/package.json),$(BRIDGE_STAMP))
 
 # The interop suite's worker runtime (test-only; ~400 MB): installed by `make test`, not by `make run`.
 install-interop: $(INTEROP_STAMP)
+
+# The Nostr client kits the printed relay URL is checked with (test-only): installed by `make test`.
+install-clients: $(CLIENTS_STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +30,10 @@ $(BRIDGE_STAMP): bridge/package.json bridge/package-lock.json $(wildcard bridge/
 
 $(INTEROP_STAMP): interop/package.json interop/package-lock.json
 	cd interop && npm ci --no-audit --no-fund
+	@touch $@
+
+$(CLIENTS_STAMP): clients/package.json clients/package-lock.json
+	cd clients && npm ci --no-audit --no-fund
 	@touch $@
 
 run: install
@@ -44,7 +52,7 @@ demo-worker-stop:
 demo-worker-start:
 	@$(PY) -m hypertuna.console start demo-worker --var-dir $(VAR_DIR)
 
-test: install install-interop
+test: install install-interop install-clients
 	$(PY) manage.py check --fail-level ERROR
 	$(PY) manage.py makemigrations --check --dry-run
 	$(MAKE) --no-print-directory test-python
@@ -75,4 +83,4 @@ bench: install install-interop $(BENCH_STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) var bridge/node_modules interop/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var bridge/node_modules interop/node_modules clients/node_modules .pytest_cache .mypy_cache .ruff_cache
