@@ -224,8 +224,9 @@ class Console:
             return None
 
         def run() -> None:
-            for _ in stream:
-                self.show_banner()
+            with contextlib.suppress(OSError, ValueError):  # the terminal went away
+                for _ in stream:
+                    self.show_banner()
 
         thread = threading.Thread(target=run, name="console-enter", daemon=True)
         thread.start()
