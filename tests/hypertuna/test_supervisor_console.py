@@ -5,19 +5,26 @@ line per notable event, Enter reprints the banner, and the demo worker is stoppe
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
+import re
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import websockets
+from coincurve import PrivateKey
 
 from hypertuna import supervisor
 from hypertuna.console import Console, ControlServer, LogFile, control_socket_path, notable, send_command
+from hypertuna.nostr import sign_event
 from hypertuna.supervisor import Member, Supervisor, stop_all
+from tests.e2e.procs import free_port, spawn
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 # What the members print while idle or starting: none of it belongs on the console.
@@ -240,3 +247,96 @@ def test_the_demo_worker_runs_an_open_relay(tmp_path):
     env = {"HYPERTUNA_REGISTRATION_SECRET": "s", "HYPERTUNA_SWARM_BOOTSTRAP_FILE": "x", "HYPERTUNA_ESCROW_URL": "e"}
     argv = supervisor.demo_member(env, tmp_path, "http://127.0.0.1:1").argv
     assert "--requires-auth" not in argv and "--issue-token" not in argv
+
+
+# ---- the real `make run` on a terminal -----------------------------------------------------------------
+
+IDLE_WINDOW_SECONDS = 8
+
+
+async def _exchange(url: str, frame: list, until: str) -> list:
+    """Send ``frame`` on a fresh socket; the frames received up to the first ``until`` (OK / EOSE)."""
+    async with websockets.connect(url, open_timeout=30) as ws:
+        await ws.send(json.dumps(frame))
+        frames: list = []
+        while not frames or frames[-1][0] != until:
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+        return frames
+
+
+def _make(target: str, var_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", target, f"VAR_DIR={var_dir}"],
+        cwd=supervisor.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.e2e
+def test_make_run_console_open_relay_and_demo_worker_stop_start(tmp_path):
+    var_dir = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "HYPERTUNA_VAR_DIR")}
+    argv = [sys.executable, "-m", "hypertuna.supervisor", "--var-dir", str(var_dir)]
+    argv += ["--port", str(free_port()), "--escrow-port", str(free_port())]
+    controller, terminal = os.openpty()
+    run = spawn("make-run", argv, cwd=supervisor.BASE_DIR, env=env, log_dir=tmp_path, stdin=terminal)
+    os.close(terminal)
+    console = run.log_path
+
+    def lines() -> list[str]:
+        return console.read_text().splitlines() if console.exists() else []
+
+    def wait_line(text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in lines()):
+            assert run.process.poll() is None, console.read_text()
+            assert time.monotonic() < deadline, f"no console line with {text!r}:\n{console.read_text()}"
+            time.sleep(0.2)
+
+    try:
+        wait_line("Enter shows this again", timeout=180)
+        url = next(m.group(0) for line in lines() if (m := re.search(r"ws://\S+/[0-9a-f]{64}$", line.strip())))
+
+        # An open relay: a client with a key of its own publishes without any token.
+        event = sign_event(PrivateKey().secret, kind=1, content="published with my own key")
+        assert asyncio.run(_exchange(url, ["EVENT", event.to_dict()], "OK"))[-1] == ["OK", event.id, True, ""]
+        wait_line("demo worker online")
+
+        # Idle: nothing more on the console; the members' output is in their log files.
+        seen = len(lines())
+        time.sleep(IDLE_WINDOW_SECONDS)
+        assert lines()[seen:] == []
+        assert "celery@" in (var_dir / "log" / "celery.log").read_text()
+        assert '"relay registered"' in (var_dir / "log" / "web.log").read_text()
+        assert not any(line.startswith(("{", "[", " ---")) or "celery@" in line for line in lines())
+
+        # Enter prints the banner again.
+        os.write(controller, b"\n")
+        wait_line("Enter shows this again")
+        deadline = time.monotonic() + 10
+        while sum("Hypertuna Gateway is ready at" in line for line in lines()) < 2:
+            assert time.monotonic() < deadline, console.read_text()
+            time.sleep(0.2)
+
+        # The demo worker stops on request (not a crash) and the relay stays readable from the replica.
+        stopped = _make("demo-worker-stop", var_dir)
+        assert stopped.returncode == 0 and "demo-worker stopped" in stopped.stdout, stopped
+        wait_line("demo-worker stopped on request")
+        wait_line("demo worker offline")
+        deadline = time.monotonic() + 60
+        while not any(f[0] == "EVENT" for f in asyncio.run(_exchange(url, ["REQ", "r", {"ids": [event.id]}], "EOSE"))):
+            assert time.monotonic() < deadline, "the stopped worker's relay is not served from the replica"
+            time.sleep(1)
+        assert _make("demo-worker-stop", var_dir).stdout.strip() == "demo-worker is not running"
+
+        started = _make("demo-worker-start", var_dir)
+        assert started.returncode == 0 and "demo-worker started" in started.stdout, started
+        wait_line("demo-worker started on request")
+        assert not any("exited with" in line or "restarting" in line for line in lines()), console.read_text()
+    finally:
+        run.stop(timeout=30)
+        os.close(controller)
+    assert run.process.returncode == 0
+    assert _make("demo-worker-start", var_dir).returncode != 0  # no gateway runs any more
