@@ -7,6 +7,7 @@ probe, then the per-range plan when the probe falls short). Postgres only; reuse
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -40,9 +41,17 @@ def explain(events: int, shapes: list[str], seed: int = 1) -> str:
             for label, (sql, params) in statements:
                 selectors.query_events(cached.relay_key, [f])  # warm caches as a serving node would be
                 cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", params)
-                plan = "\n".join(row[0] for row in cursor.fetchall())
+                plan = _LONG_ARRAY.sub(_abbreviated, "\n".join(row[0] for row in cursor.fetchall()))
                 out.append(f"--- {shape} ({label}); filter shape {_shape_of(raw)}\n{plan}\n")
     return "\n".join(out)
+
+
+# A literal array of many hex keys (an ANY(...) list) makes a plan line unreadable: its length is kept.
+_LONG_ARRAY = re.compile(r"'\{(\"?\\\\x[0-9a-f]+\"?,?){4,}\}'")
+
+
+def _abbreviated(match: re.Match[str]) -> str:
+    return f"'{{... {match.group(0).count(',') + 1} keys ...}}'"
 
 
 def _shape_of(raw: dict[str, object]) -> str:
