@@ -80,6 +80,9 @@ try:
     HYPERTUNA_CHANNEL_GROUP_EXPIRY = env.int("HYPERTUNA_CHANNEL_GROUP_EXPIRY", 300, min_value=4, max_value=86400)
     # Largest file PUT /drive/… stores in a relay's gateway drive while its workers are offline (streamed).
     HYPERTUNA_DRIVE_MAX_BYTES = env.int("HYPERTUNA_DRIVE_MAX_BYTES", 64 * 1024 * 1024, min_value=1, max_value=2**40)
+    # Pending-write pushes to a returning worker: first retry after BASE s, doubling up to MAX s (±20 % jitter).
+    HYPERTUNA_PENDING_PUSH_BASE_S = env.int("HYPERTUNA_PENDING_PUSH_BASE_S", 15, min_value=1, max_value=3600)
+    HYPERTUNA_PENDING_PUSH_MAX_S = env.int("HYPERTUNA_PENDING_PUSH_MAX_S", 300, min_value=1, max_value=86400)
 except EnvError as exc:
     raise ImproperlyConfigured(str(exc)) from None
 
@@ -213,6 +216,8 @@ else:
     }
 
 CELERY_TASK_IGNORE_RESULT = True
+# Task modules outside the apps' tasks.py (relays.pending_push needs both relays and replicas).
+CELERY_IMPORTS = ("relays.pending_push",)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -224,6 +229,8 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("HYPERTUNA_CELERY_EAGER", False)
 CELERY_BEAT_SCHEDULE = {
     "expire-registrations": {"task": "relays.tasks.expire_registrations", "schedule": 30.0},
     "prune-registration-history": {"task": "relays.tasks.prune_registration_history", "schedule": 3600.0},
+    # Gateway writes a returning worker has not acknowledged yet (relays.pending_push; backoff per write).
+    "push-pending-writes": {"task": "relays.pending_push.push_due_pending_writes", "schedule": 5.0},
 }
 
 # --- Auth, DRF, OpenAPI ---------------------------------------------------------------------------
