@@ -7,12 +7,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.testing import HttpCommunicator
 from django.test import Client
 from django.utils import timezone
 
-from hypertuna.asgi import application
 from hypertuna.compat import hmac_hex
 from hypertuna.compat.relaykeys import hex_to_npub
 from relays import nip11, services
@@ -162,21 +159,3 @@ def test_rate_limited_per_address(settings):
     assert [client.get(f"/{key}", **NOSTR).status_code for _ in range(3)] == [200, 200, 429]
     limited = client.get(f"/{key}", **NOSTR)
     assert limited.json()["error"] == "rate-limited" and int(limited["Retry-After"]) >= 0
-
-
-@pytest.mark.django_db(transaction=True)
-def test_served_over_the_asgi_application():
-    key = hex_key()
-    register(key)
-
-    async def fetch():
-        communicator = HttpCommunicator(
-            application, "GET", f"/{key}/", headers=[(b"accept", b"application/nostr+json"), (b"host", b"localhost")]
-        )
-        return await communicator.get_response(timeout=5)
-
-    response = async_to_sync(fetch)()
-    assert response["status"] == 200
-    headers = dict(response["headers"])
-    assert headers[b"Content-Type"].startswith(b"application/nostr+json")
-    assert headers[b"Access-Control-Allow-Origin"] == b"*"
