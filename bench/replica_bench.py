@@ -232,9 +232,9 @@ def run(
         relay_key = cached.relay_key
         result["config"]["replica_cache_generation_s"] = cached.generated_s
         result["ingest"] = {
-            "verified_events_per_s": round(cached.verified_events_per_s),
-            "upsert_events_per_s": round(upsert_rate),
-            "upsert_with_duplicates_events_per_s": round(reread_rate),
+            "verified_events_per_s": cached.verified_events_per_s,
+            "upsert_events_per_s": upsert_rate and round(upsert_rate),
+            "upsert_with_duplicates_events_per_s": reread_rate and round(reread_rate),
             "materialized_events": cached.materialized_events,
         }
         log("REQ latency: in process")
@@ -297,9 +297,10 @@ def run(
                 "same_set": sum(set(a) == set(b) for a, b in pairs),
                 "of": len(pairs),
             }
-        result["ratios"]["ingest"] = round(
-            result["ingest"]["verified_events_per_s"] / result["ingest"]["nostr_relay_load_events_per_s"], 2
-        )
+        if result["ingest"]["verified_events_per_s"]:
+            result["ratios"]["ingest"] = round(
+                result["ingest"]["verified_events_per_s"] / result["ingest"]["nostr_relay_load_events_per_s"], 2
+            )
     return result
 
 

@@ -174,11 +174,13 @@ def bench_database(var_dir: Path) -> Iterator[str]:
     else:
         # Named after the configured database, so benches pointed at different databases never collide.
         test_settings["NAME"] = f"{connection.settings_dict['NAME']}_run"
+    original = connection.settings_dict["NAME"]
     name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
     try:
         yield database_url(name)
     finally:
-        connection.creation.destroy_test_db(name, verbosity=0)
+        # Destroys the test database and points the connection back at the configured one.
+        connection.creation.destroy_test_db(original, verbosity=0)
 
 
 def database_url(name: str) -> str:
@@ -198,7 +200,7 @@ class CachedReplica:
 
     database_url: str
     relay_key: str
-    verified_events_per_s: float  # measured when the cache was generated
+    verified_events_per_s: float | None  # measured when the cache was generated (None: nothing left to feed)
     generated_s: float  # 0 when reused
     materialized_events: int
 
@@ -250,6 +252,7 @@ def cached_replica(
     count = len(events)
     folder = cache_dir(var_dir)
     marker = folder / f"replica-db-{seed}-{count}.json"
+    progress = folder / f"replica-db-{seed}-{count}.partial.json"
     # The connection's name, not settings': creating and destroying a test database leaves settings changed.
     original = connection.settings_dict["NAME"]
     if connection.vendor == "sqlite":
@@ -261,17 +264,25 @@ def cached_replica(
         info = None
     try:
         if info is None:
-            log(f"replica cache: materializing {count} events into {name} (once; reused by later runs)")
-            marker.unlink(missing_ok=True)
+            # A generation cut short (the run was stopped) resumes from the replica's checkpoint.
+            partial = json.loads(progress.read_text()) if progress.exists() else None
+            resume = partial is not None and partial.get("database") == name and _database_exists(name)
+            log(f"replica cache: {'resuming' if resume else 'materializing'} {count} events into {name} (once)")
             started = time.perf_counter()
-            _recreate_database(name)
+            if resume:
+                assert partial is not None
+                relay_key = partial["relay_key"]
+            else:
+                relay_key = os.urandom(32).hex()
+                _recreate_database(name)
+                progress.write_text(json.dumps({"database": name, "relay_key": relay_key}))
             _use_database(name)
             call_command("migrate", verbosity=0, interactive=False)
-            relay_key = os.urandom(32).hex()
             rate = ingest_events(relay_key, events, verify=True)
             analyze()
-            info = {"database": name, "relay_key": relay_key, "verified_events_per_s": round(rate)}
+            info = {"database": name, "relay_key": relay_key, "verified_events_per_s": rate and round(rate)}
             marker.write_text(json.dumps(info))
+            progress.unlink(missing_ok=True)
             generated_s = time.perf_counter() - started
         else:
             log(f"replica cache: reusing {name}")
@@ -293,18 +304,19 @@ def cached_replica(
 # --- replica side -------------------------------------------------------------------------------------
 
 
-def ingest_events(relay_key: str, events: list[dict[str, Any]], *, verify: bool) -> float:
-    """Feed events through the sync's batch service; returns events per second."""
+def ingest_events(relay_key: str, events: list[dict[str, Any]], *, verify: bool) -> float | None:
+    """Feed events through the sync's batch service from the replica's checkpoint (0 for a new replica);
+    returns events per second over what was fed (None if nothing was left to feed)."""
     from django.conf import settings
 
     from replicas import services
     from replicas.sources import ViewBatch, ViewEntry
 
     settings.HYPERTUNA_REPLICA_VERIFY_SIGNATURES = verify
-    services.begin_sync(relay_key=relay_key)
+    checkpoint = services.begin_sync(relay_key=relay_key).checkpoint
+    first = checkpoint
     size = settings.HYPERTUNA_REPLICA_BATCH_SIZE
     length = len(events) + 1
-    checkpoint = 0
     started = time.perf_counter()
     # Block 0 is the Hyperbee header; event i lives in block i + 1 (index records are skipped by the bridge).
     while checkpoint < length:
@@ -319,7 +331,8 @@ def ingest_events(relay_key: str, events: list[dict[str, Any]], *, verify: bool)
         checkpoint = result.checkpoint
     elapsed = time.perf_counter() - started
     settings.HYPERTUNA_REPLICA_VERIFY_SIGNATURES = True
-    return len(events) / elapsed
+    fed = length - max(1, first)
+    return fed / elapsed if fed > 0 else None
 
 
 def analyze() -> None:
