@@ -59,7 +59,7 @@ def test_escrow_down_and_back(stack, tmp_path):
     """Fault: the escrow process is SIGKILLed while the relay's only worker is offline (so a write needs a
     lease), then started again on the same port, certificates and database.
 
-    Degraded: an EVENT is answered within ~2 s with ``OK false "blocked: …"``; the gateway's processes keep
+    Degraded: an EVENT is answered within ~2 s with ``OK false "blocked: … retry in N s"``; the gateway's processes keep
     running and reads are served from the replica.
 
     Recovery: once the escrow listens again, the next automatic lease request (after the coordinator's short
@@ -98,7 +98,9 @@ def test_escrow_down_and_back(stack, tmp_path):
     answers = asyncio.run(_write(url, offline, times=2))
     assert answers[0][0] <= PEER_TIMEOUT_S + ANSWER_WITHIN_S, answers
     for took, frame in answers:
+        # An unreachable escrow is an outage, not a refusal: the client is told to retry, never "read-only".
         assert frame[:3] == ["OK", offline.id, False] and frame[3].startswith("blocked:"), frame
+        assert "retry in" in frame[3] and "read-only" not in frame[3], frame
     assert answers[1][0] <= ANSWER_WITHIN_S, answers
     wait_readable(url, before, timeout=10)  # reads go on from the replica
     assert all(proc.process.poll() is None for proc in stack.procs if proc is not escrow), stack.log_tail()
