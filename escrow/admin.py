@@ -4,8 +4,10 @@ No key material is shown anywhere: deposits hold only a sealed box and it is not
 audit log and checkpoints are read-only (the database refuses changes anyway). The global policy is shown
 on the deposit and lease lists. Actions call services, so every revoke is audited like any other.
 
-The admin shows the escrow tables of the database this process uses: in the embedded default that is the
-escrow's own database; for a split deployment see the runbook (admin against the escrow database).
+Where the records come from: a gateway with ``HYPERTUNA_ESCROW_URL`` (``make run``, compose) shows the
+escrow's deposits, leases, audit entries and verifications read from the escrow itself over mutual TLS
+(``escrow.admin_remote``; the escrow role keeps its own database), read-only; revocations then go through
+``manage.py escrow_relay`` on the escrow. Without one, the admin shows this process's own escrow tables.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from escrow import services
+from escrow import admin_remote, services
 from escrow.conf import current_policy
 from escrow.models import AuditCheckpoint, AuditEntry, AuditVerification, Deposit, Lease, WorkerBinding
 from hypertuna.admin_confirm import confirm_action
@@ -56,7 +58,42 @@ class _ReadOnly(admin.ModelAdmin):
         return False
 
 
-class _WithPolicy(_ReadOnly):
+class _RemoteRows(_ReadOnly):
+    """A list that shows the escrow's own records (``escrow.admin_remote``) when they live elsewhere."""
+
+    remote_kind = ""
+    # Filter links of the remote list: (label, query string).
+    remote_filters: tuple[tuple[str, str], ...] = ()
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if not admin_remote.is_remote():
+            return super().changelist_view(request, extra_context=extra_context)
+        # The local filters' parameter names (state__exact=…) name the same fields remotely.
+        params = {key.removesuffix("__exact"): str(value) for key, value in request.GET.items()}
+        error, rows = "", []
+        try:
+            rows = admin_remote.fetch(self.remote_kind, params)
+        except admin_remote.EscrowUnreachable as exc:
+            error = str(exc)
+        columns = list(rows[0]) if rows else []
+        return TemplateResponse(
+            request,
+            "admin/escrow/remote_list.html",
+            {
+                **self.admin_site.each_context(request),
+                **(extra_context or {}),
+                "title": f"{self.model._meta.verbose_name_plural.capitalize()} at the escrow",
+                "opts": self.model._meta,
+                "columns": columns,
+                "rows": [[row.get(c) for c in columns] for row in rows],
+                "error": error,
+                "filters": self.remote_filters,
+                "limit": admin_remote.LIMIT,
+            },
+        )
+
+
+class _WithPolicy(_RemoteRows):
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         extra_context = {**(extra_context or {}), "escrow_policy": current_policy().as_wire()}
         return super().changelist_view(request, extra_context=extra_context)
@@ -115,6 +152,8 @@ class UsableFilter(admin.SimpleListFilter):
 
 @admin.register(Deposit)
 class DepositAdmin(_WithPolicy):
+    remote_kind = "deposits"
+    remote_filters = (("All", ""), ("Active", "state=active"), ("Revoked", "state=revoked"))
     list_display = (
         "relay_key",
         "state",
@@ -175,6 +214,8 @@ class DepositAdmin(_WithPolicy):
 
 @admin.register(Lease)
 class LeaseAdmin(_WithPolicy):
+    remote_kind = "leases"
+    remote_filters = (("All", ""), ("Active (unexpired)", "usable=yes"), ("Revoked", "state=revoked"))
     list_display = ("relay_key", "state", "fence", "requester", "issued_at", "expires_at", "renewals", "end_reason")
     list_filter = (UsableFilter, "state", "end_reason")
     list_select_related = ("deposit",)
@@ -218,7 +259,14 @@ class LeaseAdmin(_WithPolicy):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(_ReadOnly):
+class AuditEntryAdmin(_RemoteRows):
+    remote_kind = "audit"
+    remote_filters = (
+        ("All", ""),
+        ("Unlocks granted", "action=unlock-granted"),
+        ("Unlocks refused", "action=unlock-refused"),
+        ("Revocations", "action=revoke"),
+    )
     list_display = ("seq", "occurred_at", "action", "actor", "relay_key", "lease_id", "reason")
     list_filter = ("action", "occurred_at")
     search_fields = ("relay_key", "lease_id", "deposit_id", "actor", "reason")
@@ -254,6 +302,7 @@ class AuditCheckpointAdmin(_ReadOnly):
 
 
 @admin.register(AuditVerification)
-class AuditVerificationAdmin(_ReadOnly):
+class AuditVerificationAdmin(_RemoteRows):
+    remote_kind = "verifications"
     list_display = ("ran_at", "ok", "entries", "checkpoints", "first_bad_seq", "problem")
     list_filter = ("ok",)

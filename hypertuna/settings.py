@@ -231,6 +231,9 @@ CELERY_BEAT_SCHEDULE = {
     "prune-registration-history": {"task": "relays.tasks.prune_registration_history", "schedule": 3600.0},
     # Gateway writes a returning worker has not acknowledged yet (relays.pending_push; backoff per write).
     "push-pending-writes": {"task": "relays.pending_push.push_due_pending_writes", "schedule": 5.0},
+    # The operator dashboard's activity samples (relays.stats): minute rows kept a day, hourly rollups 30 days.
+    "collect-stats": {"task": "relays.tasks.collect_stats", "schedule": 60.0},
+    "prune-stats": {"task": "relays.tasks.prune_stats", "schedule": 3600.0},
 }
 
 # --- Auth, DRF, OpenAPI ---------------------------------------------------------------------------

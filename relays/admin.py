@@ -5,18 +5,20 @@ Actions call services; dangerous ones (token revocation) go through a confirmati
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Max, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from hypertuna.admin_confirm import confirm_action
 from hypertuna.exceptions import ApiError
-from relays import paths, selectors, services
+from relays import dashboard, paths, selectors, services, stats
 from relays.models import HostPolicy, HostRule, PathReassignment, Peer, Registration, Relay, RelayPath, RelayToken
 
 
@@ -46,6 +48,28 @@ class OfflineFilter(admin.SimpleListFilter):
         return queryset
 
 
+class HealthFilter(admin.SimpleListFilter):
+    """The dashboard's relay health (``relays.dashboard``): online, or offline and then read-only or leased."""
+
+    title = "health"
+    parameter_name = "health"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            (dashboard.ONLINE, "Online (a reachable peer)"),
+            (dashboard.OFFLINE, "Offline"),
+            (dashboard.READ_ONLY, "Offline, read-only from a replica"),
+            (dashboard.LEASED, "Offline, writable under a lease"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Relay]) -> QuerySet[Relay]:
+        value = self.value()
+        if not value:
+            return queryset
+        leased = dashboard.leased_relays() if value != dashboard.ONLINE else set()
+        return dashboard.filter_health(queryset, value, leased)
+
+
 class PeerInline(admin.TabularInline):
     model = Peer
     extra = 0
@@ -71,10 +95,14 @@ class RelayAdmin(admin.ModelAdmin):
         "requires_auth",
         "peer_count",
         "active_token_count",
+        "health",
+        "replica_state",
+        "lease",
+        "live_sessions",
         "last_registered_at",
         "expires_at",
     )
-    list_filter = (OfflineFilter, "status", "requires_auth")
+    list_filter = (HealthFilter, OfflineFilter, "status", "requires_auth")
     search_fields = ("relay_key", "public_identifier", "gateway_path", "name", "owner_peer_key")
     readonly_fields = (
         "relay_key",
@@ -89,13 +117,73 @@ class RelayAdmin(admin.ModelAdmin):
         "revoked_through_sequence",
         "metadata",
         "escrow",
+        "connected_now",
     )
     inlines = [PeerInline]
     actions = ["revoke_all_tokens"]
+    # The page reads the escrow's leases once; the unfiltered total is not worth a second count.
+    show_full_result_count = False
     date_hierarchy = "last_registered_at"
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Relay]:
-        return selectors.relays_with_counts()
+        from replicas.models import Replica
+
+        now = timezone.now()
+        online = Relay.objects.filter(dashboard.online_q(now)).values("pk")
+        return selectors.relays_with_counts().annotate(
+            last_healthy_at=Max("peers__last_healthy_at"),
+            replica_state_value=Subquery(Replica.objects.filter(relay_key=OuterRef("relay_key")).values("state")[:1]),
+            online_pk=Subquery(online.filter(pk=OuterRef("pk"))[:1]),
+        )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        # One escrow read and one live-sessions read per page, not per row.
+        self._leased = dashboard.leased_relays()
+        self._sessions = stats.sessions_by_relay(stats.live_sessions())
+        return super().changelist_view(request, extra_context=extra_context)
+
+    @admin.display(description="health")
+    def health(self, obj: Relay) -> str:
+        if obj.online_pk is not None:  # type: ignore[attr-defined]
+            return "online"
+        since = obj.last_healthy_at or obj.last_registered_at  # type: ignore[attr-defined]
+        return f"offline since {timezone.localtime(since):%Y-%m-%d %H:%M}"
+
+    @admin.display(description="replica")
+    def replica_state(self, obj: Relay) -> str:
+        return obj.replica_state_value or "–"  # type: ignore[attr-defined]
+
+    @admin.display(description="lease", boolean=True)
+    def lease(self, obj: Relay) -> bool:
+        return obj.relay_key in getattr(self, "_leased", set())
+
+    @admin.display(description="sessions")
+    def live_sessions(self, obj: Relay) -> int:
+        return getattr(self, "_sessions", {}).get(obj.relay_key, 0)
+
+    @admin.display(description="connected now")
+    def connected_now(self, obj: Relay) -> str:
+        """The relay's open client sessions on every node (token, address, since, frames in/out)."""
+        rows = [s for s in stats.live_sessions() if s["relay"] == obj.relay_key]
+        if not rows:
+            return "No client is connected."
+        cells = format_html_join(
+            "",
+            "<tr data-session><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    _token_link(s["token"]),
+                    s["address"],
+                    f"{datetime.fromtimestamp(s['since'], tz=UTC):%Y-%m-%d %H:%M:%S} UTC",
+                    s["framesIn"],
+                    s["framesOut"],
+                    s["node"],
+                )
+                for s in rows
+            ),
+        )
+        head = "<tr><th>token</th><th>address</th><th>since</th><th>frames in</th><th>frames out</th><th>node</th></tr>"
+        return format_html("<table>" + head + "{}</table>", cells)
 
     @admin.display(description="peers", ordering="peer_count")
     def peer_count(self, obj: Relay) -> int:
@@ -124,6 +212,13 @@ class RelayAdmin(admin.ModelAdmin):
             total += services.revoke_tokens(relay_key=relay.relay_key, reason="operator").revoked
         self.message_user(request, f"Revoked {total} token(s).", messages.SUCCESS)
         return None
+
+
+def _token_link(token_id: int | None) -> str:
+    if token_id is None:
+        return "(no token)"
+    url = reverse("admin:relays_relaytoken_change", args=[token_id])
+    return format_html('<a href="{}">#{}</a>', url, token_id)
 
 
 @admin.register(Registration)

@@ -216,3 +216,34 @@ class PathReassignment(models.Model):
 
     def __str__(self) -> str:
         return f"/{self.path}: {self.from_relay_key or '(unclaimed)'} → {self.to_relay_key}"
+
+
+class StatSample(models.Model):
+    """One sample of the gateway's activity, for the dashboard's charts (``relays.stats``).
+
+    Minute rows are written by the beat (``collect-stats``, every minute) and kept a day; hour rows are
+    rolled up from them and kept 30 days, so storage stays bounded. Counts (``frames``, fallbacks) are
+    what happened within the ``seconds`` the row covers; ``sessions`` and ``max_lag_ms`` are levels: the
+    value at sampling time in a minute row, the highest one in an hour row."""
+
+    class Resolution(models.TextChoices):
+        MINUTE = "minute", "Minute sample"
+        HOUR = "hour", "Hourly rollup"
+
+    resolution = models.CharField(max_length=8, choices=Resolution.choices, default=Resolution.MINUTE)
+    at = models.DateTimeField(help_text="Sampling time (minute rows) or the hour's start (hour rows)")
+    seconds = models.FloatField(default=0, help_text="Time the counts cover")
+    sessions = models.PositiveIntegerField(default=0)
+    frames = models.PositiveBigIntegerField(default=0, help_text="Client frames forwarded to workers")
+    fallback_reads = models.PositiveBigIntegerField(default=0, help_text="REQs answered from a replica")
+    fallback_writes = models.PositiveBigIntegerField(default=0, help_text="EVENTs received with no worker")
+    max_lag_ms = models.PositiveBigIntegerField(default=0, help_text="Worst replica lag")
+    samples = models.PositiveIntegerField(default=1, help_text="Minute rows an hour row was rolled up from")
+
+    class Meta:
+        ordering = ["-at"]
+        # The unique constraint's index also serves every read (by resolution, a time range).
+        constraints = [models.UniqueConstraint(fields=["resolution", "at"], name="stat_sample_once")]
+
+    def __str__(self) -> str:
+        return f"{self.resolution} sample at {self.at:%Y-%m-%d %H:%M:%S}"

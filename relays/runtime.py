@@ -11,6 +11,9 @@ Group memberships: a membership whose ``group_discard`` was lost (a consumer can
 mass disconnect) must not stay in the relay's group forever. The channel layer drops memberships older than
 ``HYPERTUNA_CHANNEL_GROUP_EXPIRY``; the runtime re-adds this node's open sockets four times per expiry, so
 only the lost ones lapse.
+
+Dashboard: every ``relays.stats.PUBLISH_INTERVAL`` seconds the runtime publishes this node's open sessions and
+its cumulative frame and fallback counters to the shared cache (one write per node, see ``relays.stats``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
+import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -26,9 +32,9 @@ from django.conf import settings
 from prometheus_client import Counter, Gauge
 
 from hypertuna.bridge import BridgeClient
-from relays import usage
+from relays import stats, usage
 from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS, get_bridge
-from relays.fallback import LeaseWriter, ReplicaFallback
+from relays.fallback import LeaseWriter, ReplicaFallback, fallback_reads, fallback_writes
 from relays.session import GatewaySession
 
 logger = logging.getLogger(__name__)
@@ -51,6 +57,7 @@ class Runtime:
         self.memberships: dict[str, tuple[Any, str, asyncio.Task[Any] | None]] = {}
         self.bridge_up = True
         self._restore: asyncio.Task[None] | None = None
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     def fallback_for(self, relay_key: str) -> ReplicaFallback:
         """A fallback for one socket of ``relay_key``, linked to this node's other sockets of the relay."""
@@ -78,6 +85,7 @@ class Runtime:
             asyncio.create_task(self._deliver_pushes(), name="gateway-push-delivery"),
             asyncio.create_task(self._flush_usage(), name="gateway-usage-flush"),
             asyncio.create_task(self._refresh_groups(), name="gateway-group-refresh"),
+            asyncio.create_task(self._publish_stats(), name="gateway-stats-publish"),
         ]
 
     def add(self, session: GatewaySession) -> None:
@@ -194,11 +202,60 @@ class Runtime:
         pushed_frames.labels(result="delivered").inc(len(texts))
         asyncio.get_running_loop().create_task(session.deliver(texts))
 
+    def live_sessions(self) -> list[stats.LiveSession]:
+        """This node's open sessions, as the dashboard shows them (no token material: the token's row id)."""
+        now_wall, now_mono = time.time(), time.monotonic()
+        rows: list[stats.LiveSession] = []
+        for session in list(self.sessions.values()):
+            token_id, address = _connection_of(session)
+            rows.append(
+                {
+                    "relay": session.relay_key,
+                    "token": token_id,
+                    "address": address,
+                    "since": round(now_wall - (now_mono - session.stats.started), 3),
+                    "framesIn": session.stats.frames_in,
+                    "framesOut": session.stats.frames_out,
+                    "node": self.node,
+                }
+            )
+        return rows
+
+    def publish_stats(self) -> None:
+        totals = {
+            "frames": _counter_total(forwarded_messages),
+            "fallback_reads": _counter_total(fallback_reads),
+            "fallback_writes": _counter_total(fallback_writes),
+        }
+        stats.publish_node(self.node, sessions=self.live_sessions(), totals=totals)
+
+    async def _publish_stats(self) -> None:
+        while True:
+            try:
+                await sync_to_async(self.publish_stats, thread_sensitive=False)()
+            except Exception as exc:  # the cache is down: the dashboard shows this node again when it is back
+                logger.debug("stats publish failed", extra={"error": str(exc)})
+            await asyncio.sleep(stats.PUBLISH_INTERVAL)
+
     async def _flush_usage(self) -> None:
         while True:
             await asyncio.sleep(USAGE_FLUSH_SECONDS)
             with contextlib.suppress(Exception):
                 await sync_to_async(usage.flush)()
+
+
+def _counter_total(counter: Counter) -> int:
+    """A labelled counter's value summed over its labels (this process's, since it started)."""
+    return int(sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total")))
+
+
+def _connection_of(session: GatewaySession) -> tuple[int | None, str]:
+    """(token row id, client address) of the socket ``session`` serves. The session's close callback is its
+    consumer's bound method; the consumer's scope holds what ``relays.middleware`` authenticated."""
+    consumer = getattr(session._close, "__self__", None)
+    auth = (getattr(consumer, "scope", None) or {}).get("gateway")
+    token = getattr(auth, "token", None)
+    return (getattr(token, "token_id", None), str(getattr(auth, "client_ip", "") or ""))
 
 
 _runtimes: dict[int, Runtime] = {}

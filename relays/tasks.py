@@ -36,3 +36,18 @@ def push_blind_peer_trust(relay_key: str, withdraw: bool = False) -> dict[str, o
     current state), or drop it (``withdraw``: the registration lapsed or was removed). The bridge event
     consumer's reconcile covers a bridge that was down for every retry."""
     return async_to_sync(_push)(relay_key, withdraw)
+
+
+@shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
+def collect_stats() -> int:
+    """One dashboard sample (and the rollup of complete hours); see ``relays.stats``."""
+    from relays import stats
+
+    return stats.collect().pk
+
+
+@shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
+def prune_stats() -> int:
+    from relays import stats
+
+    return stats.prune()
