@@ -6,6 +6,9 @@ cumulative counters (frames forwarded to workers, fallback reads and writes). Th
 intervals, so a node that stops is gone from the dashboard shortly after. One cache write per node per
 interval, never per socket or per frame.
 
+Where: the shared cache (Redis) when there is one; in the embedded default (a per-process local-memory
+cache) a file cache under ``HYPERTUNA_VAR_DIR``, which the web process and Celery on the one host share.
+
 History: the beat's ``collect`` turns the snapshots into a minute ``StatSample`` (the counters' growth since
 the previous sample, per node, so a node restart or a vanished node never counts negative), ``rollup``
 folds complete hours into hour rows, and ``prune`` keeps minute rows a day and hour rows 30 days.
@@ -13,13 +16,16 @@ folds complete hours into hour rows, and ``prune`` keeps minute rows a day and h
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypedDict
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import BaseCache, cache
+from django.core.cache.backends.filebased import FileBasedCache
 from django.db import transaction
 from django.db.models import Count, Max, Sum
 from django.db.models.functions import TruncHour
@@ -45,6 +51,17 @@ class LiveSession(TypedDict):
     node: str
 
 
+@functools.cache
+def _file_cache(directory: str) -> BaseCache:
+    return FileBasedCache(directory, {"TIMEOUT": None})
+
+
+def _store() -> BaseCache:
+    if settings.REDIS_URL:
+        return cache
+    return _file_cache(str(Path(settings.VAR_DIR) / "stats-cache"))
+
+
 def _node_key(node: str) -> str:
     return f"stats:node:{node}"
 
@@ -57,19 +74,19 @@ def publish_node(node: str, *, sessions: list[LiveSession], totals: dict[str, in
     """Store this node's snapshot and list the node in the index (an entry is re-added every interval, so
     one lost to a concurrent index write by another node returns within an interval)."""
     now = time.time()
-    cache.set(_node_key(node), {"at": now, "sessions": sessions, "totals": totals}, timeout=_ttl())
-    nodes = cache.get(NODES_KEY) or {}
+    _store().set(_node_key(node), {"at": now, "sessions": sessions, "totals": totals}, timeout=_ttl())
+    nodes = _store().get(NODES_KEY) or {}
     nodes = {name: seen for name, seen in nodes.items() if now - seen < _ttl()}
     nodes[node] = now
-    cache.set(NODES_KEY, nodes, timeout=_ttl() * 10)
+    _store().set(NODES_KEY, nodes, timeout=_ttl() * 10)
 
 
 def node_snapshots() -> dict[str, dict[str, Any]]:
     """The current snapshot of every node that published within the last three intervals."""
-    nodes = cache.get(NODES_KEY) or {}
+    nodes = _store().get(NODES_KEY) or {}
     if not nodes:
         return {}
-    found = cache.get_many([_node_key(n) for n in nodes])
+    found = _store().get_many([_node_key(n) for n in nodes])
     return {node: found[_node_key(node)] for node in nodes if _node_key(node) in found}
 
 
@@ -90,7 +107,7 @@ def sessions_by_relay(sessions: Iterable[LiveSession]) -> dict[str, int]:
 def _growth(snapshots: dict[str, dict[str, Any]]) -> dict[str, int]:
     """How much each counter grew on all nodes since the previous sample (a counter below its previous
     value means the node restarted: all of it is new)."""
-    previous: dict[str, dict[str, int]] = cache.get(PREVIOUS_KEY) or {}
+    previous: dict[str, dict[str, int]] = _store().get(PREVIOUS_KEY) or {}
     growth = dict.fromkeys(COUNTERS, 0)
     current: dict[str, dict[str, int]] = {}
     for node, snap in snapshots.items():
@@ -102,7 +119,7 @@ def _growth(snapshots: dict[str, dict[str, Any]]) -> dict[str, int]:
                 continue  # first sight of the node: its history predates this sample
             value, old = totals[name], int(before.get(name, 0))
             growth[name] += value - old if value >= old else value
-    cache.set(PREVIOUS_KEY, current, timeout=None)
+    _store().set(PREVIOUS_KEY, current, timeout=None)
     return growth
 
 

@@ -21,6 +21,13 @@ from tests.conftest import hex_key, make_registration, signed
 
 pytestmark = pytest.mark.django_db
 
+
+@pytest.fixture(autouse=True)
+def _own_stats_store(settings, tmp_path):
+    """Without Redis the snapshots live in a file cache under the var folder: one per test."""
+    settings.VAR_DIR = tmp_path
+
+
 MINUTE, HOUR = StatSample.Resolution.MINUTE, StatSample.Resolution.HOUR
 
 
