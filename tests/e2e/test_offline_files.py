@@ -2,7 +2,8 @@
 a reference worker with a drive): the worker's file stays readable from its mirrored drive (ranges too),
 uploads are refused without an escrow lease and stored under one in the relay's gateway drive, streamed
 (the web process does not grow by the file's size), and a join request no worker can take is kept as an
-artifact."""
+artifact; when the worker returns it is pushed what the gateway holds, copies it into its own drive, and
+reports resync-complete, after which the gateway clears its pending writes and releases the lease."""
 
 from __future__ import annotations
 
@@ -70,18 +71,17 @@ def test_files_stay_readable_and_uploads_need_a_lease_while_the_worker_is_offlin
     original = os.urandom(300_000)
     (files / "photo.jpg").write_bytes(original)
     digest = hashlib.sha256(original).hexdigest()
-    worker = stack.start_worker(
+    worker_args = (
         "files",
         "--blind-peer",
         "gateway",
         "--drive-import",
         str(files),
-        "--issue-token",
         "--gateway-writer-out",
         str(tmp_path / "gateway-writer.json"),
         *_escrow_flags(stack, tmp_path / "signing.hex"),
-        storage=tmp_path / "worker",
     )
+    worker = stack.start_worker(*worker_args, "--issue-token", storage=tmp_path / "worker")
     relay_key = worker.markers["HYPERTUNA_WORKER_READY"]["relayKey"]
     token = worker.wait_marker("HYPERTUNA_WORKER_TOKEN", timeout=60)["token"]
     worker.wait_marker("HYPERTUNA_WORKER_ESCROW", timeout=60)
@@ -148,11 +148,49 @@ def test_files_stay_readable_and_uploads_need_a_lease_while_the_worker_is_offlin
     assert status == 202, body
     assert json.loads(body)["artifactPath"].startswith("/join/")
 
+    assert _django(stack, _OPEN_WRITES.format(relay_key=relay_key)) == ["drive", "http-join"]
+
+    # The worker returns: the push names the gateway drive, the worker copies the file and the artifact into
+    # its own drive and reports resync-complete; the gateway clears its pending writes and lets the lease go.
+    returned = stack.start_worker(*worker_args, storage=tmp_path / "worker")
+    deadline = time.monotonic() + 60
+    while _django(stack, f"from relays.pending_push import push; print(json.dumps(push({relay_key!r})))") != (
+        "acknowledged"
+    ):
+        assert time.monotonic() < deadline, stack.log_tail(60)
+        time.sleep(1)
+    resync = returned.wait_marker("HYPERTUNA_WORKER_RESYNC", timeout=90)
+    identifier = returned.markers["HYPERTUNA_WORKER_READY"]["identifier"]
+    assert f"/{identifier}/{name}" in resync["copied"], resync
+    assert any(path.startswith("/gateway-artifacts/join/") for path in resync["copied"]), resync
+    deadline = time.monotonic() + 30
+    while _django(stack, _OPEN_WRITES.format(relay_key=relay_key)) != []:
+        assert time.monotonic() < deadline, stack.log_tail(60)
+        time.sleep(1)
+    # Files are the worker's to serve again (the gateway's copies answer only when no worker does).
+    status, headers, body = _request(stack, "GET", f"/drive/{relay_key}/{digest}.jpg")
+    assert status == 200 and body == original and "X-Hypertuna-Source" not in headers, headers
+    # The lease is gone: with the worker back, the escrow grants none and nothing more is stored for it.
+    status, _, body = _request(stack, "PUT", f"/drive/{relay_key}/{name}", upload[:10], put_headers)
+    assert status == 425, body
+
+
+_OPEN_WRITES = (
+    "from replicas.models import PendingWrite as P;"
+    "print(json.dumps(sorted(P.objects.filter(relay_key={relay_key!r},cleared_at=None).values_list('write_type',flat=True))))"
+)
+
+
+def _django(stack, code):
+    """Run ``code`` in a Django shell of the stack and return the JSON its last line prints."""
     env = {**stack.env, "DJANGO_SETTINGS_MODULE": "hypertuna.settings"}
-    code = (
-        "import django,json;django.setup();from replicas.models import PendingWrite as P;"
-        f"print(json.dumps(sorted(P.objects.filter(relay_key={relay_key!r},cleared_at=None)"
-        ".values_list('write_type',flat=True))))"
+    out = subprocess.run(
+        [sys.executable, "-c", "import django,json;django.setup();" + code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["drive", "http-join"], out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

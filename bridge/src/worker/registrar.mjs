@@ -72,6 +72,18 @@ export class Registrar {
     }
   }
 
+  /** Tell the gateway this worker holds what it wrote meanwhile (x-signature over {action, relayKey}). */
+  async resyncComplete (relayKey) {
+    const signature = hmacHex(this.secret, stableStringify({ action: 'resync-complete', relayKey }))
+    const res = await fetch(`${this.gatewayUrl}/api/relays/${encodeURIComponent(relayKey)}/resync-complete`, {
+      method: 'POST',
+      headers: { 'x-signature': signature, accept: 'application/json' },
+      signal: AbortSignal.timeout(this.timeoutMs)
+    })
+    await res.text()
+    return { status: res.status, ok: res.ok }
+  }
+
   async issueToken ({ relayKey, relayAuthToken, pubkey, scope = 'relay-access', ttlSeconds }) {
     const payload = { relayKey, relayAuthToken, pubkey, scope }
     if (ttlSeconds) payload.ttlSeconds = ttlSeconds

@@ -11,6 +11,7 @@ export class WorkerRoutes {
     r.add('POST', '/register', () => ({ statusCode: 200, headers: JSONH, body: { status: 'acknowledged', timestamp: Date.now() } }))
     r.add('POST', '/post/relay/:identifier', (req) => this._postRelay(req))
     r.add('GET', '/get/relay/:identifier/:connectionKey', (req) => this._getRelay(req))
+    r.add('POST', '/gateway/pending-writes', (req) => this._pendingWrites(req))
     for (const m of ['GET', 'HEAD', 'OPTIONS']) {
       r.add(m, '/drive/:identifier/:file', (req) => this._drive(req))
     }

@@ -21,6 +21,7 @@ import { WorkerGatewayWriter } from './gateway-writer.mjs'
 import { WorkerJoin } from './join.mjs'
 import { WorkerRegistration } from './registration.mjs'
 import { WorkerRoutes } from './routes.mjs'
+import { WorkerPendingWrites } from './pending-writes.mjs'
 
 export const WORKER_CAPABILITIES = ['http', 'websocket', 'health', 'telemetry', 'wsframe-push']
 /** What real workers advertise: no ws-frame push. */
@@ -255,6 +256,7 @@ export class ReferenceWorker extends EventEmitter {
       join: this.joinState,
       gatewayWriterKey: this.gatewayWriter ? this.gatewayWriter.writerKey : null,
       escrow: this.escrowState,
+      pendingWrites: this.pendingWrites || null,
       pid: process.pid
     }
   }
@@ -364,7 +366,7 @@ export class ReferenceWorker extends EventEmitter {
  * itself (they share its state: relay, gateways, registrar, options); their methods are copied
  * onto ReferenceWorker's prototype here, so callers see one object.
  */
-for (const part of [WorkerRoutes, WorkerFrames, WorkerRegistration, WorkerGatewayWriter, WorkerJoin]) {
+for (const part of [WorkerRoutes, WorkerFrames, WorkerRegistration, WorkerGatewayWriter, WorkerJoin, WorkerPendingWrites]) {
   for (const name of Object.getOwnPropertyNames(part.prototype)) {
     if (name === 'constructor') continue
     if (Object.prototype.hasOwnProperty.call(ReferenceWorker.prototype, name)) throw new Error(`worker method ${name} defined twice`)
