@@ -25,6 +25,7 @@ from hypertuna.console import Console, ControlServer, LogFile, control_socket_pa
 from hypertuna.nostr import sign_event
 from hypertuna.supervisor import Member, Supervisor, stop_all
 from tests.e2e.procs import free_port, spawn
+from tests.hypertuna.test_supervisor import Clock
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 # What the members print while idle or starting: none of it belongs on the console.
@@ -138,14 +139,6 @@ def test_member_stdout_and_stderr_go_to_its_log_file_and_only_errors_to_the_cons
         assert len(lines) == 2 and all(line.endswith("web: ERROR relays.api: database is locked") for line in lines)
     finally:
         stop_all([member])
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
