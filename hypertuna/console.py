@@ -40,11 +40,14 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 CONSOLE_MESSAGE_CHARS = 160
 CONTROL_TIMEOUT_SECONDS = 30.0
 NAME_WAIT_SECONDS = 3.0
+# The same error line is shown once in this window; the next one after it says how many were held back.
+REPEAT_WINDOW_SECONDS = 60.0
 # Python's text log format (hypertuna.settings) and Celery's own: "... ERROR logger [request-id] message" and
 # "[date: ERROR/MainProcess] message".
 _TEXT_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \S+ (?P<level>[A-Z]+) (?P<logger>\S+) \[[^\]]*\] (?P<msg>.*)$")
 _CELERY_RECORD = re.compile(r"^\[[^\]]*: (?P<level>[A-Z]+)/(?P<logger>[^\]]+)\] (?P<msg>.*)$")
 _ERROR_LEVELS = {"error", "critical", "fatal"}
+ERROR = "ERROR"
 _NOT_GRANTED = {"refused", "conflict", "error", "unavailable"}
 
 
@@ -84,7 +87,7 @@ def notable(member: str, line: str) -> str | None:
     if record["level"].lower() in _ERROR_LEVELS:
         text = msg if len(msg) <= CONSOLE_MESSAGE_CHARS else msg[: CONSOLE_MESSAGE_CHARS - 1] + "…"
         error = record.get("error")
-        return f"{member}: ERROR {logger}: {text}" + (f" ({error})" if isinstance(error, str) and error else "")
+        return f"{member}: {ERROR} {logger}: {text}" + (f" ({error})" if isinstance(error, str) and error else "")
     return None
 
 
@@ -189,13 +192,27 @@ class Console:
         self.banner = ""
         self._lock = threading.Lock()
         self._logs: dict[str, LogFile] = {}
+        self._errors_shown: dict[str, tuple[float, int]] = {}  # error line -> (shown at, held back since)
         # Swarm public key -> a friendly name ("demo worker"), learnt from the demo worker's ready marker.
         self.peer_names: dict[str, str] = {}
 
     def say(self, text: str) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError, ValueError):  # a closed terminal stops nothing
             self.out.write(f"{time.strftime('%H:%M:%S')}  {text}\n")
             self.out.flush()
+
+    def _unless_repeated(self, line: str) -> str | None:
+        """``line`` the first time in ``REPEAT_WINDOW_SECONDS`` (with the count held back before), else None."""
+        now = time.monotonic()
+        with self._lock:
+            shown_at, held = self._errors_shown.get(line, (-REPEAT_WINDOW_SECONDS, 0))
+            if now - shown_at < REPEAT_WINDOW_SECONDS:
+                self._errors_shown[line] = (shown_at, held + 1)
+                return None
+            if len(self._errors_shown) > 1000:
+                self._errors_shown = {k: v for k, v in self._errors_shown.items() if now - v[0] < REPEAT_WINDOW_SECONDS}
+            self._errors_shown[line] = (now, 0)
+        return line + (f" (and {held} more times in the minute before)" if held else "")
 
     def show_banner(self) -> None:
         with self._lock:
@@ -212,6 +229,8 @@ class Console:
         """One line a member wrote (stdout or stderr): into its log file; onto the console if notable."""
         self.log_file(member).write(raw if raw.endswith(b"\n") else raw + b"\n")
         line = notable(member, raw.decode("utf-8", "replace").strip())
+        if line is not None and f": {ERROR} " in line:
+            line = self._unless_repeated(line)
         if line is not None:
             self.say(line)
 

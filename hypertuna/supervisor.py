@@ -153,7 +153,9 @@ class Member:
                 except ValueError:
                     pass
             if self.output is not None:
-                self.output(self.name, raw)
+                # Keep draining whatever happens to the log file: a member whose pipe fills up would block.
+                with contextlib.suppress(OSError):
+                    self.output(self.name, raw)
             else:
                 print(f"[{self.name}] {line}", flush=True)
 

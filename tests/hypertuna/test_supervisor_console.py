@@ -20,6 +20,7 @@ import pytest
 import websockets
 from coincurve import PrivateKey
 
+from hypertuna import console as console_module
 from hypertuna import supervisor
 from hypertuna.console import Console, ControlServer, LogFile, control_socket_path, notable, send_command
 from hypertuna.nostr import sign_event
@@ -105,6 +106,27 @@ def test_a_log_file_keeps_the_previous_run_and_rotates_past_its_bound(tmp_path):
     assert path.read_bytes() == b"z\n"
 
 
+def test_a_repeated_error_is_shown_once_a_minute_with_the_count_held_back(tmp_path, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(console_module.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    console = Console(tmp_path, out=out)
+    error = b'{"level": "ERROR", "logger": "relays.api", "message": "database is locked"}'
+    for _ in range(5):
+        console.member_output("web", error)
+        now[0] += 10
+    console.member_output("web", b'{"level": "ERROR", "logger": "relays.api", "message": "another"}')
+    now[0] += 20
+    console.member_output("web", error)
+    lines = [line.split("  ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "web: ERROR relays.api: database is locked",
+        "web: ERROR relays.api: another",
+        "web: ERROR relays.api: database is locked (and 4 more times in the minute before)",
+    ]
+    assert (tmp_path / "web.log").read_bytes().count(b"database is locked") == 6
+
+
 def _chatty_script(tmp_path: Path) -> list[str]:
     lines = [*CHATTER, '{"ts": "x", "level": "ERROR", "logger": "relays.api", "message": "database is locked"}']
     script = tmp_path / "chatty.py"
@@ -135,8 +157,9 @@ def test_member_stdout_and_stderr_go_to_its_log_file_and_only_errors_to_the_cons
         wait_for(lambda: log.exists() and log.read_text().count("database is locked") == 2)
         text = log.read_text()
         assert all(text.count(line) == 2 for line in CHATTER)  # stdout and stderr, whole
+        # Printed twice (stdout, stderr), shown once: the same error within a minute is held back.
         lines = out.getvalue().splitlines()
-        assert len(lines) == 2 and all(line.endswith("web: ERROR relays.api: database is locked") for line in lines)
+        assert len(lines) == 1 and lines[0].endswith("web: ERROR relays.api: database is locked")
     finally:
         stop_all([member])
 
