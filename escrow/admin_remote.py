@@ -163,19 +163,13 @@ def is_remote() -> bool:
 
 
 def _remote_get(path: str) -> dict[str, Any]:
-    from escrow.transport import EscrowHTTPError, EscrowUnavailable, MTLSClient
+    from escrow.transport import EscrowHTTPError, EscrowUnavailable, gateway_client
 
-    url, ca, cert, key = (
-        settings.HYPERTUNA_ESCROW_URL,
-        settings.HYPERTUNA_ESCROW_CA,
-        settings.HYPERTUNA_ESCROW_CLIENT_CERT,
-        settings.HYPERTUNA_ESCROW_CLIENT_KEY,
-    )
-    if not (url and ca and cert and key):
-        raise EscrowUnreachable("mutual TLS settings incomplete (check escrow.E001)")
     try:
-        timeout = min(REMOTE_TIMEOUT, settings.HYPERTUNA_ESCROW_TIMEOUT)
-        return MTLSClient(url, ca=ca, cert=cert, key=key, timeout=timeout).request("GET", path)
+        client = gateway_client(timeout=REMOTE_TIMEOUT)
+        if client is None:
+            raise EscrowUnreachable("mutual TLS settings incomplete (check escrow.E001)")
+        return client.request("GET", path)
     except EscrowHTTPError as exc:
         raise EscrowUnreachable(f"escrow answered {exc.status} {exc.code}") from None
     except (EscrowUnavailable, OSError, ValueError) as exc:

@@ -52,7 +52,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from escrow import crypto, metrics
-from escrow.transport import EscrowHTTPError, EscrowUnavailable, MTLSClient
+from escrow.transport import EscrowHTTPError, EscrowUnavailable, gateway_client
 from escrow.vault import LeaseVault, StaleLease, VaultEntry
 from escrow.worker_client import PolicyError, verify_policy
 
@@ -465,20 +465,11 @@ _coordinator_lock = threading.Lock()
 
 
 def build_default_coordinator() -> EscrowCoordinator:
-    client: EscrowClient | None = None
-    if settings.HYPERTUNA_ESCROW_URL:
-        ca, cert, key = (
-            settings.HYPERTUNA_ESCROW_CA,
-            settings.HYPERTUNA_ESCROW_CLIENT_CERT,
-            settings.HYPERTUNA_ESCROW_CLIENT_KEY,
-        )
-        if not (ca and cert and key):
-            # Never fall back to plain TLS or the system trust store (system check escrow.E001 says the same).
-            raise ImproperlyConfigured(
-                "HYPERTUNA_ESCROW_URL needs HYPERTUNA_ESCROW_CA, _CLIENT_CERT and _CLIENT_KEY (mutual TLS only)."
-            )
-        client = MTLSClient(
-            settings.HYPERTUNA_ESCROW_URL, ca=ca, cert=cert, key=key, timeout=settings.HYPERTUNA_ESCROW_TIMEOUT
+    client: EscrowClient | None = gateway_client()
+    if settings.HYPERTUNA_ESCROW_URL and client is None:
+        # Never fall back to plain TLS or the system trust store (system check escrow.E001 says the same).
+        raise ImproperlyConfigured(
+            "HYPERTUNA_ESCROW_URL needs HYPERTUNA_ESCROW_CA, _CLIENT_CERT and _CLIENT_KEY (mutual TLS only)."
         )
     return EscrowCoordinator(
         client,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from escrow.api import views
 from hypertuna import views as base_views
@@ -19,4 +19,6 @@ urlpatterns = [
     path("escrow/revoke", views.RevokeView.as_view(), name="escrow-revoke"),
     path("escrow/leases", views.LeasesView.as_view(), name="escrow-leases"),
     path("escrow/relays/<str:relay_key>", views.RelayStatusView.as_view(), name="escrow-relay-status"),
+    # Read-only lists for the gateway's admin (gateway and operator certificates; no key material).
+    path("", include("escrow.api.admin_read")),
 ]

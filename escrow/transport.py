@@ -71,3 +71,21 @@ class MTLSClient:
         if status >= 400:
             raise EscrowHTTPError(status, data)
         return data
+
+
+def gateway_client(*, timeout: float | None = None) -> MTLSClient | None:
+    """The gateway's mutual-TLS client of the escrow, from settings (``timeout`` caps
+    ``HYPERTUNA_ESCROW_TIMEOUT``); None unless the URL, the CA, the client certificate and its key are all set:
+    never plain TLS or the system trust store."""
+    from django.conf import settings
+
+    url, ca, cert, key = (
+        settings.HYPERTUNA_ESCROW_URL,
+        settings.HYPERTUNA_ESCROW_CA,
+        settings.HYPERTUNA_ESCROW_CLIENT_CERT,
+        settings.HYPERTUNA_ESCROW_CLIENT_KEY,
+    )
+    if not (url and ca and cert and key):
+        return None
+    limit = settings.HYPERTUNA_ESCROW_TIMEOUT
+    return MTLSClient(url, ca=ca, cert=cert, key=key, timeout=limit if timeout is None else min(timeout, limit))

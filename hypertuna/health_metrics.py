@@ -34,23 +34,11 @@ PENDING = ("gateway_replica_pending_events", "Events written under a lease that 
 
 
 def _probe_escrow() -> tuple[bool, str]:
-    from escrow.transport import MTLSClient
+    from escrow.transport import gateway_client
 
-    url, ca, cert, key = (
-        settings.HYPERTUNA_ESCROW_URL,
-        settings.HYPERTUNA_ESCROW_CA,
-        settings.HYPERTUNA_ESCROW_CLIENT_CERT,
-        settings.HYPERTUNA_ESCROW_CLIENT_KEY,
-    )
-    if not (url and ca and cert and key):
+    client = gateway_client(timeout=ESCROW_PROBE_TIMEOUT)
+    if client is None:
         return False, "mutual TLS settings incomplete (check escrow.E001)"
-    client = MTLSClient(
-        url,
-        ca=ca,
-        cert=cert,
-        key=key,
-        timeout=min(ESCROW_PROBE_TIMEOUT, settings.HYPERTUNA_ESCROW_TIMEOUT),
-    )
     return client.request("GET", "/health").get("status") == "ok", "health"
 
 

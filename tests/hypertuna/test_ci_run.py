@@ -1,7 +1,7 @@
 """`.ci/run` (the CI entry point) runs `make lint` and `make test`, and fails when either fails.
 
-Run with stand-ins on PATH for make, pg_isready, redis-cli, psql, caddy, promtool and apt-get that only record
-their calls."""
+Run with stand-ins on PATH for make, pg_isready, redis-cli, psql, caddy, promtool, chromium and apt-get
+that only record their calls."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ STUBS = {
     "redis-server": 'echo "redis-server $*" >> "$CI_CALLS"',
     "caddy": "exit 0",
     "promtool": "exit 0",
+    "chromium": "exit 0",
     "apt-get": 'echo "apt-get $*" >> "$CI_CALLS"; exit 1',
 }
 
