@@ -212,7 +212,7 @@ class Console:
             if len(self._errors_shown) > 1000:
                 self._errors_shown = {k: v for k, v in self._errors_shown.items() if now - v[0] < REPEAT_WINDOW_SECONDS}
             self._errors_shown[line] = (now, 0)
-        return line + (f" (and {held} more times in the minute before)" if held else "")
+        return line + (f" (seen {held} more times since it was last shown)" if held else "")
 
     def show_banner(self) -> None:
         with self._lock:

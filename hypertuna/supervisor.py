@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for member in [*members, demo]:
         member.output = console.member_output
+        console.log_file(member.name)  # this run's file from the start (the previous run's becomes .1)
     supervisor = Supervisor(members, say=console.say, log_hint=lambda m: f" (see {console.log_dir / m.name}.log)")
     for member in members:
         member.start(member.env or env)

@@ -122,7 +122,7 @@ def test_a_repeated_error_is_shown_once_a_minute_with_the_count_held_back(tmp_pa
     assert lines == [
         "web: ERROR relays.api: database is locked",
         "web: ERROR relays.api: another",
-        "web: ERROR relays.api: database is locked (and 4 more times in the minute before)",
+        "web: ERROR relays.api: database is locked (seen 4 more times since it was last shown)",
     ]
     assert (tmp_path / "web.log").read_bytes().count(b"database is locked") == 6
 
