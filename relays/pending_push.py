@@ -34,7 +34,7 @@ from relays import selectors
 from relays.api.serializers import ErrorResponse, StatusResponse
 from relays.api.views import ERRORS, SIGNATURE_HEADER, ResyncCompleteView
 from replicas import blindpeer
-from replicas.models import GatewayDrive, PendingWrite
+from replicas.models import GatewayDrive, PendingWrite, ReplicaEvent
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,12 @@ def _ms(moment: datetime | None) -> int | None:
     return int(moment.timestamp() * 1000) if moment else None
 
 
-def push_body(relay_key: str, state: str, rows: list[PendingWrite], drive: GatewayDrive | None) -> dict[str, Any]:
-    """The push a worker receives: which kinds of writes, where the files are, and since when."""
-    types = sorted({row.write_type for row in rows})
+def push_body(
+    relay_key: str, state: str, rows: list[PendingWrite], drive: GatewayDrive | None, *, events: int = 0
+) -> dict[str, Any]:
+    """The push a worker receives: which kinds of writes (``event`` when leased events await linearizing),
+    where the files are, and since when."""
+    types = sorted({row.write_type for row in rows} | ({"event"} if events else set()))
     if any(t.startswith("http-") for t in types) and "drive" not in types:
         types.append("drive")  # artifacts live in the gateway drive too: the worker must replicate it
     lease_ids = sorted({row.lease_id for row in rows if row.lease_id})
@@ -85,9 +88,10 @@ def push_body(relay_key: str, state: str, rows: list[PendingWrite], drive: Gatew
     return body
 
 
-def _open_rows(relay_key: str) -> tuple[list[PendingWrite], GatewayDrive | None]:
+def _open_rows(relay_key: str) -> tuple[list[PendingWrite], GatewayDrive | None, int]:
     rows = list(PendingWrite.objects.filter(relay_key=relay_key, cleared_at__isnull=True).order_by("created_at"))
-    return rows, GatewayDrive.objects.filter(relay_key=relay_key).first()
+    events = ReplicaEvent.objects.filter(replica__relay_key=relay_key, pending=True).count()
+    return rows, GatewayDrive.objects.filter(relay_key=relay_key).first(), events
 
 
 async def _send(relay_key: str, body: dict[str, Any]) -> tuple[int, str]:
@@ -115,11 +119,12 @@ async def _send(relay_key: str, body: dict[str, Any]) -> tuple[int, str]:
 
 def push(relay_key: str) -> str:
     """One pending push for a relay (sync: Celery and tests call it); returns the result label."""
-    rows, drive = _open_rows(relay_key)
+    rows, drive, events = _open_rows(relay_key)
     waiting = [row for row in rows if row.acknowledged_at is None]
     if not waiting:
         return "nothing"
-    acked, problem = async_to_sync(_send)(relay_key, push_body(relay_key, "pending", rows, drive))
+    body = push_body(relay_key, "pending", rows, drive, events=events)
+    acked, problem = async_to_sync(_send)(relay_key, body)
     now = timezone.now()
     with transaction.atomic():
         for row in PendingWrite.objects.select_for_update().filter(pk__in=[r.pk for r in waiting]):
@@ -147,10 +152,10 @@ def complete_resync(relay_key: str) -> int:
     from escrow.coordinator import get_coordinator
 
     now = timezone.now()
-    rows, drive = _open_rows(relay_key)
+    rows, drive, events = _open_rows(relay_key)
     cleared = PendingWrite.objects.filter(pk__in=[r.pk for r in rows]).update(cleared_at=now)
     if rows:
-        acked, _ = async_to_sync(_send)(relay_key, push_body(relay_key, "cleared", rows, drive))
+        acked, _ = async_to_sync(_send)(relay_key, push_body(relay_key, "cleared", rows, drive, events=events))
         push_total.labels("cleared" if acked else "cleared-unsent").inc()
     released = async_to_sync(get_coordinator().release)(relay_key, reason="worker-resync")
     logger.info("worker resync complete", extra={"relay": relay_key, "cleared": cleared, "lease_released": released})
