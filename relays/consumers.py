@@ -148,8 +148,13 @@ class RelayConsumer(AsyncWebsocketConsumer):
         )
         if auth.token:
             usage.connection_opened(auth.token.token_id)
-        rt.add(session)
+        rt.add(session, connection=self._connection)
         return session
+
+    def _connection(self) -> tuple[int | None, str]:
+        """(token row id, client address) of this socket, as authenticated (the token follows a refresh)."""
+        auth: GatewayAuth = self.scope["gateway"]
+        return (auth.token.token_id if auth.token else None, str(auth.client_ip or ""))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.session is None or self.session.closed or not await self._token_in_force():

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -50,6 +51,7 @@ pushed_frames = Counter("gateway_pushed_frames_total", "Frames workers pushed to
 class Runtime:
     def __init__(self) -> None:
         self.sessions: dict[str, GatewaySession] = {}
+        self.connections: dict[str, Callable[[], tuple[int | None, str]]] = {}
         self.fallbacks: dict[str, set[ReplicaFallback]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: LeaseWriter | None = None
@@ -88,12 +90,17 @@ class Runtime:
             asyncio.create_task(self._publish_stats(), name="gateway-stats-publish"),
         ]
 
-    def add(self, session: GatewaySession) -> None:
+    def add(self, session: GatewaySession, connection: Callable[[], tuple[int | None, str]] | None = None) -> None:
+        """Register an open session; ``connection()`` says which token row (it changes when a refreshed token
+        carries the socket on) and which client address it serves, for the operators' "connected now"."""
         self.sessions[session.connection_key] = session
+        if connection is not None:
+            self.connections[session.connection_key] = connection
         active_sessions.set(len(self.sessions))
 
     def remove(self, session: GatewaySession) -> None:
         self.sessions.pop(session.connection_key, None)
+        self.connections.pop(session.connection_key, None)
         active_sessions.set(len(self.sessions))
 
     def joined(self, layer: Any, group: str, channel: str) -> None:
@@ -207,7 +214,8 @@ class Runtime:
         now_wall, now_mono = time.time(), time.monotonic()
         rows: list[stats.LiveSession] = []
         for session in list(self.sessions.values()):
-            token_id, address = _connection_of(session)
+            connection = self.connections.get(session.connection_key)
+            token_id, address = connection() if connection is not None else (None, "")
             rows.append(
                 {
                     "relay": session.relay_key,
@@ -247,15 +255,6 @@ class Runtime:
 def _counter_total(counter: Counter) -> int:
     """A labelled counter's value summed over its labels (this process's, since it started)."""
     return int(sum(s.value for metric in counter.collect() for s in metric.samples if s.name.endswith("_total")))
-
-
-def _connection_of(session: GatewaySession) -> tuple[int | None, str]:
-    """(token row id, client address) of the socket ``session`` serves. The session's close callback is its
-    consumer's bound method; the consumer's scope holds what ``relays.middleware`` authenticated."""
-    consumer = getattr(session._close, "__self__", None)
-    auth = (getattr(consumer, "scope", None) or {}).get("gateway")
-    token = getattr(auth, "token", None)
-    return (getattr(token, "token_id", None), str(getattr(auth, "client_ip", "") or ""))
 
 
 _runtimes: dict[int, Runtime] = {}

@@ -138,15 +138,8 @@ def test_collect_task_writes_a_sample():
 
 def test_runtime_publishes_its_sessions_with_token_address_and_frames():
     runtime = Runtime()
-    scope = {"gateway": SimpleNamespace(token=SimpleNamespace(token_id=42), client_ip="192.0.2.7")}
-    consumer = SimpleNamespace(scope=scope, close=lambda code, reason: None)
-    sess = SimpleNamespace(
-        relay_key="rk",
-        connection_key="c1",
-        _close=SimpleNamespace(__self__=consumer),
-        stats=SessionStats(frames_in=3, frames_out=5),
-    )
-    runtime.sessions["c1"] = sess  # type: ignore[assignment]
+    sess = SimpleNamespace(relay_key="rk", connection_key="c1", stats=SessionStats(frames_in=3, frames_out=5))
+    runtime.add(sess, connection=lambda: (42, "192.0.2.7"))  # type: ignore[arg-type]
     runtime.publish_stats()
     (row,) = stats.live_sessions()
     assert (row["relay"], row["token"], row["address"], row["framesIn"], row["framesOut"]) == (
