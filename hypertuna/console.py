@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -132,6 +133,22 @@ def ready_banner(
         "",
     ]
     return "\n".join(lines)
+
+
+def wait_ready(url: str, members: list[Member], timeout: float = 60.0) -> bool:
+    """True once ``url`` (``/ready``) answers 200; False when a member exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(m.process is not None and m.process.poll() is not None for m in members):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback URL we built)
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def wait_demo_relay(

@@ -32,12 +32,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypertuna.console import Console, ControlServer, control_socket_path, ready_banner, wait_demo_relay
+from hypertuna.console import Console, ControlServer, control_socket_path, ready_banner, wait_demo_relay, wait_ready
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 10
@@ -247,21 +246,6 @@ def prepare_escrow(env: dict[str, str], var_dir: Path, port: int, output: int | 
     service_dir.mkdir(parents=True, exist_ok=True)
     run_step([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], escrow_env, output)
     return escrow_env
-
-
-def wait_ready(url: str, members: list[Member], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(m.process is not None and m.process.poll() is not None for m in members):
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback URL we built)
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
 
 
 def stop_all(members: list[Member]) -> None:
