@@ -56,9 +56,11 @@ def bounded_notice(frame: str) -> str:
 
 
 async def healthy_peers(relay_key: str) -> list[str]:
-    """The relay's peers the registry holds healthy now (cached snapshot)."""
+    """The relay's peers the registry holds healthy now (cached snapshot), less those whose connection this
+    node's bridge saw close (a replicated relay is then answered at once instead of after a dial timeout)."""
     snapshot = await database_sync_to_async(selectors.live_relay)(relay_key)
-    return list(snapshot.peers) if snapshot is not None else []
+    rt = runtime()
+    return [p for p in snapshot.peers if not rt.peer_down(p)] if snapshot is not None else []
 
 
 def bridge_transport() -> BridgePeerTransport:
@@ -130,7 +132,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
         self.fallback = rt.fallback_for(auth.relay.relay_key) if auth.replica else None
         session = GatewaySession(
             relay_key=auth.relay.relay_key,
-            peers=list(auth.relay.peers),
+            # With a replica to answer from, a worker this node's bridge saw go away is not tried first.
+            peers=[p for p in auth.relay.peers if not (auth.replica and rt.peer_down(p))],
             transport=self.transport_factory(),
             send=self._send_frame,
             close=self._close_from_session,

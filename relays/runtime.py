@@ -40,6 +40,9 @@ from relays.session import GatewaySession
 
 logger = logging.getLogger(__name__)
 
+# How long a worker whose connection closed is skipped by new sockets of a replicated relay when nothing says it
+# is back; after that it is tried again like any registered peer.
+DOWN_MARK_SECONDS = 60.0
 USAGE_FLUSH_SECONDS = 30.0
 BRIDGE_TOPICS = ("peer.wsframe", "peer.connected", "peer.disconnected")
 
@@ -52,6 +55,10 @@ class Runtime:
     def __init__(self) -> None:
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: dict[str, Callable[[], tuple[int | None, str]]] = {}
+        # Workers whose connection this node's bridge reported closed (monotonic time of the report), until it
+        # reports them connected again or the mark ages out: the registry may still list them as healthy for a
+        # while (its snapshot is cached, and without Redis each process caches its own).
+        self.down_peers: dict[str, float] = {}
         self.fallbacks: dict[str, set[ReplicaFallback]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: LeaseWriter | None = None
@@ -193,8 +200,23 @@ class Runtime:
         peer = str(data.get("peerKey") or "")
         if not peer or (name == "peer.disconnected" and data.get("reason") in BENIGN_CLOSES):
             return
+        if name == "peer.connected":
+            self.down_peers.pop(peer, None)
+        else:
+            self.down_peers[peer] = time.monotonic()
         for session in list(self.sessions.values()):
             session.peer_changed(peer, up=name == "peer.connected")
+
+    def peer_down(self, peer: str) -> bool:
+        """Whether this node's bridge saw ``peer``'s connection close within ``DOWN_MARK_SECONDS`` and not open
+        again since."""
+        at = self.down_peers.get(peer)
+        if at is None:
+            return False
+        if time.monotonic() - at > DOWN_MARK_SECONDS:
+            del self.down_peers[peer]
+            return False
+        return True
 
     def deliver(self, data: dict[str, Any]) -> None:
         frame = data.get("frame") if isinstance(data, dict) else None
