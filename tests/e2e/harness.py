@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hypertuna.supervisor import daphne_argv
+from hypertuna.supervisor import celery_argv, daphne_argv
 from tests.e2e.procs import (
     BRIDGE_DIR,
     ROOT,
@@ -189,26 +189,7 @@ class Stack:
         )
         self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
         if self._with_celery:
-            self.procs.append(
-                self._spawn(
-                    "celery",
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "hypertuna.celery",
-                        "worker",
-                        "-B",
-                        "--concurrency",
-                        "1",
-                        "--loglevel",
-                        "INFO",
-                        "-s",
-                        str(self.var / "beat-schedule"),
-                    ],
-                )
-            )
+            self.procs.append(self._spawn("celery", celery_argv(sys.executable, 1, self.var / "beat-schedule")))
         self.wait_ready()
         return self
 
