@@ -84,7 +84,7 @@ def test_files_stay_readable_and_uploads_need_a_lease_while_the_worker_is_offlin
     worker = stack.start_worker(*worker_args, "--issue-token", storage=tmp_path / "worker")
     relay_key = worker.markers["HYPERTUNA_WORKER_READY"]["relayKey"]
     token = worker.wait_marker("HYPERTUNA_WORKER_TOKEN", timeout=60)["token"]
-    worker.wait_marker("HYPERTUNA_WORKER_ESCROW", timeout=60)
+    deposited = worker.wait_marker("HYPERTUNA_WORKER_ESCROW", timeout=60)
 
     status, headers, body = _request(stack, "GET", f"/drive/{relay_key}/{digest}.jpg")
     assert status == 200 and body == original and headers.get("X-Hypertuna-Source") is None  # the worker's answer
@@ -173,6 +173,26 @@ def test_files_stay_readable_and_uploads_need_a_lease_while_the_worker_is_offlin
     # The lease is gone: with the worker back, the escrow grants none and nothing more is stored for it.
     status, _, body = _request(stack, "PUT", f"/drive/{relay_key}/{name}", upload[:10], put_headers)
     assert status == 425, body
+
+    # The worker rotates its gateway writer and deposits anew; the escrow's audit chain verifies and shows
+    # the lease ended.
+    deadline = time.monotonic() + 60
+    while returned.markers.get("HYPERTUNA_WORKER_ESCROW", deposited)["depositId"] == deposited["depositId"]:
+        assert time.monotonic() < deadline, stack.log_tail(60)
+        time.sleep(1)
+    audit = subprocess.run(
+        [sys.executable, "manage.py", "escrow_audit", "verify", "--relay", relay_key],
+        cwd=ROOT,
+        env=stack.escrow_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert audit.returncode == 0 and "OK:" in audit.stdout, audit.stdout + audit.stderr
+    actions = [line.split()[2] for line in audit.stdout.splitlines() if line.startswith("  #")]
+    granted = actions.index("unlock-granted")
+    # The lease ended: by the worker's rotation when it reconnected, or by the gateway's release at resync.
+    assert {"rotation", "revoke"} & set(actions[granted + 1 :]), audit.stdout
 
 
 _OPEN_WRITES = (
