@@ -44,8 +44,6 @@ drive_writes = Counter(
     "gateway_drive_writes_total", "Files and artifacts stored in gateway drives, by type and result", ["type", "result"]
 )
 
-drives.register_collector()
-
 UPLOAD_CHUNK = 256 * 1024
 # What a worker names files with (worker-data-layout §3): one path segment, never "." or "..".
 _SEGMENT = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._:-]{1,200}$")

@@ -24,15 +24,10 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Min
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
 from prometheus_client import Counter, Histogram
-from rest_framework.request import Request
-from rest_framework.response import Response
 
 from hypertuna.bridge import BridgeClientError, BridgeError
 from relays import selectors
-from relays.api.serializers import ErrorResponse, StatusResponse
-from relays.api.views import ERRORS, SIGNATURE_HEADER, ResyncCompleteView
 from replicas import blindpeer
 from replicas.models import GatewayDrive, PendingWrite, ReplicaEvent
 
@@ -81,6 +76,7 @@ def push_body(
         "writes": [
             {"type": row.write_type, "path": row.reference, "size": row.size, "driveVersion": row.drive_version}
             for row in rows[:500]
+            if row.write_type != PendingWrite.Type.EVENT
         ],
     }
     if state == "cleared":
@@ -160,22 +156,6 @@ def complete_resync(relay_key: str) -> int:
     released = async_to_sync(get_coordinator().release)(relay_key, reason="worker-resync")
     logger.info("worker resync complete", extra={"relay": relay_key, "cleared": cleared, "lease_released": released})
     return cleared
-
-
-class ResyncCompleteAndRelease(ResyncCompleteView):
-    """``POST /api/relays/<key>/resync-complete``: the registration's own handling (signature, pending marks),
-    then the gateway lets go of what it held for the relay."""
-
-    @extend_schema(
-        request=None,
-        parameters=[SIGNATURE_HEADER],
-        responses={200: StatusResponse, 404: ErrorResponse, **ERRORS},
-        summary="Worker replicated the gateway's writes: pending writes cleared, the relay's lease released",
-    )
-    def post(self, request: Request, relay_key: str) -> Response:
-        response = super().post(request, relay_key)
-        complete_resync(relay_key)
-        return response
 
 
 @shared_task(ignore_result=True)

@@ -309,7 +309,15 @@ def resync_complete(*, relay_key: str, signature: str | None) -> Relay:
             if not k.startswith(_PENDING_PREFIX) and k not in ("gatewayLeaseVersion", "gatewayLeaseActive")
         }
         relay.save(update_fields=["metadata"])
+        transaction.on_commit(lambda: _resync_done(relay.relay_key))
     return relay
+
+
+def _resync_done(relay_key: str) -> None:
+    """Let go of what the gateway held for the relay: pending writes cleared, its lease released."""
+    from relays.pending_push import complete_resync
+
+    complete_resync(relay_key)
 
 
 def expire_registrations(*, now: datetime | None = None) -> int:

@@ -8,6 +8,7 @@ class ReplicasConfig(AppConfig):
     verbose_name = "Replicas"
 
     def ready(self) -> None:
-        from replicas import metrics
+        from replicas import drives, metrics
 
         metrics.register_collectors()
+        drives.register_collector()

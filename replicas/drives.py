@@ -105,10 +105,28 @@ def record_pending_write(
         )
 
 
+def note_leased_events(relay_key: str, event_id: str) -> None:
+    """Leased events await the relay's worker: one open ``event`` row per relay marks that it must be told (the
+    events themselves are the replica's pending rows). New events after an acknowledgement re-arm the push."""
+    now = timezone.now()
+    open_rows = PendingWrite.objects.filter(
+        relay_key=relay_key, write_type=PendingWrite.Type.EVENT, cleared_at__isnull=True
+    )
+    if not open_rows.update(acknowledged_at=None, next_push_at=now, reference=event_id):
+        PendingWrite.objects.create(
+            relay_key=relay_key, write_type=PendingWrite.Type.EVENT, reference=event_id, next_push_at=now
+        )
+
+
 def pending_counts() -> dict[str, int]:
     """Open pending writes per relay: uncleared files and artifacts plus leased events not yet linearized."""
     counts: dict[str, int] = {}
-    rows = PendingWrite.objects.filter(cleared_at__isnull=True).values("relay_key").annotate(n=Count("id"))
+    rows = (
+        PendingWrite.objects.filter(cleared_at__isnull=True)
+        .exclude(write_type=PendingWrite.Type.EVENT)  # a marker: the events are counted from the replica
+        .values("relay_key")
+        .annotate(n=Count("id"))
+    )
     for row in rows:
         counts[row["relay_key"]] = counts.get(row["relay_key"], 0) + row["n"]
     events = ReplicaEvent.objects.filter(pending=True).values_list("replica__relay_key").annotate(n=Count("id"))

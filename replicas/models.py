@@ -296,7 +296,8 @@ class GatewayDrive(models.Model):
 class PendingWrite(models.Model):
     """A file or HTTP artifact the gateway stored for a relay while no worker answered, until the relay's
     worker acknowledged the push and completed its resync. Leased EVENTs are not repeated here: they are
-    the relay's ``ReplicaEvent`` rows with ``pending=True`` (``replicas.drives.pending_counts``)."""
+    the relay's ``ReplicaEvent`` rows with ``pending=True`` (``replicas.drives.pending_counts``); one open row of
+    type ``event`` per relay only marks that its worker must be told of them."""
 
     class Type(models.TextChoices):
         EVENT = "event", "Nostr event"

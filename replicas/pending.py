@@ -14,6 +14,7 @@ from __future__ import annotations
 from django.db import transaction
 
 from hypertuna.nostr import Event
+from replicas.drives import note_leased_events
 from replicas.materialize import materialize_events
 from replicas.models import Replica
 from replicas.readiness import replica_for
@@ -35,4 +36,6 @@ def store_leased_event(*, relay_key: str, event: Event) -> bool:
         if inserted or removed:
             replica.event_count = max(0, replica.event_count + inserted - removed)
             replica.save(update_fields=["event_count", "updated_at"])
+        if inserted:
+            note_leased_events(relay_key, event.id)
     return inserted > 0

@@ -128,3 +128,27 @@ def test_resync_complete_clears_pushes_cleared_and_releases_the_lease(workers, a
     ((_, _, _, body),) = workers.pushes
     assert body["state"] == "cleared" and body["clearedAt"] and body["driveKey"] == "e" * 64
     assert pending_push.push(key) == "nothing"
+
+
+def test_a_relay_whose_only_offline_writes_are_leased_events_is_pushed_too(workers):
+    """Leased events are the replica's pending rows; one marker row per relay gets its worker told, and a new
+    event after the acknowledgement re-arms the push. The gauge counts the events, not the marker."""
+    from hypertuna.nostr import sign_event
+    from replicas.drives import pending_counts
+    from replicas.pending import store_leased_event
+
+    key = hex_key()
+    register(key, [WORKER])
+    secret = bytes(range(1, 33))
+    first, second = (
+        sign_event(secret, kind=1, content=text, tags=[], created_at=1_700_000_000 + i)
+        for i, text in enumerate(("one", "two"))
+    )
+    assert store_leased_event(relay_key=key, event=first)
+    assert pending_push.push_due_pending_writes() == 1
+    ((_, _, _, body),) = workers.pushes
+    assert body["types"] == ["event"] and body["writes"] == [] and body["reason"] == "autobase"
+    assert pending_push.push_due_pending_writes() == 0  # acknowledged
+    assert store_leased_event(relay_key=key, event=second)
+    assert pending_push.push_due_pending_writes() == 1
+    assert pending_counts() == {key: 2}
