@@ -266,12 +266,14 @@ def _filter_sql(relay_key: str, f: Filter, limit: int) -> tuple[str, list[Any]]:
     return _with_json(relay_key, candidates, params)
 
 
-def _fetch(cursor: Any, sql: str, params: list[Any]) -> list[Any]:
+def _fetch(cursor: Any, sql: str, params: list[Any], *, prepare: bool = True) -> list[Any]:
     """The rows of one REQ statement. On Postgres it runs as a server-side prepared statement on the same
     connection (psycopg 3, which keeps the last 100 per connection): a statement's text depends on the
     filter's shape, not its values, so a serving node parses it once per shape and connection. Django's
-    own cursors bind client-side and never prepare, which is right for the rest of the ORM (poolers)."""
-    if connection.vendor == "postgresql":
+    own cursors bind client-side and never prepare, which is right for the rest of the ORM (poolers).
+    ``prepare=False`` for a statement whose best plan depends on its values (the probe: a generic plan
+    cannot tell how many of the newest events the authors own; measured 3.6 ms p50 against 1.9 at 1M)."""
+    if connection.vendor == "postgresql" and prepare:
         import psycopg
 
         with psycopg.Cursor(connection.connection) as server:
@@ -298,7 +300,7 @@ def query_events(relay_key: str, filters: Sequence[Filter], *, max_limit: int | 
             rows: list[Any] = []
             probe = _probe_sql(relay_key, f, limit)
             if probe is not None:
-                rows = _fetch(cursor, *_with_json(relay_key, *probe))
+                rows = _fetch(cursor, *_with_json(relay_key, *probe), prepare=False)
             if len(rows) < limit:
                 rows = _fetch(cursor, *_filter_sql(relay_key, f, limit))
             for eid, created_at, text in rows:
