@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -112,6 +113,10 @@ def serve_replica(port: int, relay_key: str) -> None:
 # --- WebSocket client -----------------------------------------------------------------------------------
 
 
+# The type and subscription of a relay frame, whatever its spacing: ["EVENT", "s1", {...}].
+_FRAME_HEAD = re.compile(r'\[\s*"([A-Z]+)"\s*,\s*"([^"]*)"')
+
+
 async def _time_ws(url: str, mix: dict[str, list[dict[str, Any]]], budget_s: float) -> dict[str, Any]:
     """Sequential REQ → EOSE timings on one connection; the same code drives both servers."""
     import websockets
@@ -128,12 +133,17 @@ async def _time_ws(url: str, mix: dict[str, list[dict[str, Any]]], budget_s: flo
             started = time.perf_counter()
             await ws.send(json.dumps(["REQ", sub, f]))
             count = 0
-            while True:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                if frame[0] == "EVENT" and frame[1] == sub:
-                    count += 1
-                elif frame[0] == "EOSE" and frame[1] == sub:
-                    break
+            # One deadline per REQ and frames told apart by their head, not parsed whole: the client's own
+            # cost per frame stays small beside either server's (the answers are checked by _first_answers).
+            async with asyncio.timeout(30):
+                while True:
+                    head = _FRAME_HEAD.match(await ws.recv())
+                    if head is None or head[2] != sub:
+                        continue
+                    if head[1] == "EVENT":
+                        count += 1
+                    elif head[1] == "EOSE":
+                        break
             elapsed = time.perf_counter() - started
             await ws.send(json.dumps(["CLOSE", sub]))
             return elapsed, count
