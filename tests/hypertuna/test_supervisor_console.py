@@ -294,6 +294,8 @@ def _make(target: str, var_dir: Path) -> subprocess.CompletedProcess[str]:
 def test_make_run_console_open_relay_and_demo_worker_stop_start(tmp_path):
     var_dir = tmp_path / "var"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "HYPERTUNA_VAR_DIR")}
+    # make run's own default (CI lowers the level for the test run, which would keep INFO lines out of the logs).
+    env["HYPERTUNA_LOG_LEVEL"] = "INFO"
     argv = [sys.executable, "-m", "hypertuna.supervisor", "--var-dir", str(var_dir)]
     argv += ["--port", str(free_port()), "--escrow-port", str(free_port())]
     controller, terminal = os.openpty()
