@@ -74,6 +74,8 @@ try:
     HYPERTUNA_POLL_INTERVAL_MS = env.int("HYPERTUNA_POLL_INTERVAL_MS", 1000, min_value=50, max_value=60000)
     HYPERTUNA_MAX_FRAME_BYTES = env.int("HYPERTUNA_MAX_FRAME_BYTES", 131072, min_value=1024, max_value=16 * 1024 * 1024)
     HYPERTUNA_MAX_QUEUED_FRAMES = env.int("HYPERTUNA_MAX_QUEUED_FRAMES", 64, min_value=1, max_value=10000)
+    # Open subscriptions per socket (NIP-11 max_subscriptions); one more REQ is answered CLOSED.
+    HYPERTUNA_MAX_SUBSCRIPTIONS = env.int("HYPERTUNA_MAX_SUBSCRIPTIONS", 64, min_value=1, max_value=10000)
     HYPERTUNA_RELAY_ALIASES = env.list("HYPERTUNA_RELAY_ALIASES")
     # Lifetime of a socket's channel-group membership: every open socket re-adds itself four times per
     # lifetime (relays.runtime), so a membership whose disconnect was lost lapses within it.

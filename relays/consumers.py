@@ -143,6 +143,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
                 request_timeout=settings.HYPERTUNA_PEER_REQUEST_TIMEOUT,
                 poll_interval=settings.HYPERTUNA_POLL_INTERVAL_MS / 1000,
                 max_queued_frames=settings.HYPERTUNA_MAX_QUEUED_FRAMES,
+                max_subscriptions=settings.HYPERTUNA_MAX_SUBSCRIPTIONS,
             ),
             on_forward=lambda relay: forwarded_messages.labels(relay=relay).inc(),
             on_accepted=self._publish_accepted,

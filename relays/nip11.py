@@ -98,6 +98,7 @@ def information_document(relay: Relay, lookup: RelayLookup) -> dict[str, Any]:
         "software": SOFTWARE,
         "limitation": {
             "max_message_length": settings.HYPERTUNA_MAX_FRAME_BYTES,
+            "max_subscriptions": settings.HYPERTUNA_MAX_SUBSCRIPTIONS,
             "max_subid_length": MAX_SUBSCRIPTION_ID_LENGTH,
             "max_filters": DEFAULT_FRAME_LIMITS.max_filters,
             "max_limit": max_limit,

@@ -102,7 +102,7 @@ class GatewaySession:
         # Called once per EVENT a worker accepted through this socket: the gateway-side live fan-out.
         self._on_accepted = on_accepted
         self._rotation = PeerRotation(peers)
-        self._subscriptions = Subscriptions()
+        self._subscriptions = Subscriptions(max_open=self.config.max_subscriptions)
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self.config.max_queued_frames)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -237,9 +237,9 @@ class GatewaySession:
             except InvalidEvent as exc:
                 await self.send(ok_frame(message.event.id, False, exc.message))
                 return
-        if isinstance(message, ReqMessage):
-            self._subscriptions.open(message, raw)
-        elif isinstance(message, CloseMessage):
+        if isinstance(message, ReqMessage) and (refused := self._subscriptions.open(message, raw)) is not None:
+            return await self.send(refused)
+        if isinstance(message, CloseMessage):
             self._subscriptions.close(message.subscription_id)
         if isinstance(message, (ReqMessage, CloseMessage)):
             self._schedule.settled(message.subscription_id)

@@ -20,6 +20,7 @@ class SessionConfig:
     poll_interval: float = 1.0
     poll_timeout: float = 5.0
     max_queued_frames: int = 64
+    max_subscriptions: int | None = None  # open REQs per socket; one more is answered CLOSED
     # Consecutive poll failures on one peer before the session moves on to the next.
     poll_failures_before_failover: int = 2
     # Fast polling while a REQ's EOSE is awaited (see PollSchedule).

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hypertuna.nostr import Event, ReqMessage, matches_any
+from hypertuna.nostr import Event, ReqMessage, closed_frame, matches_any
 from relays.frames_filter import SUBSCRIPTION_FRAMES, DeliveredIds, WorkerFrame
 
 
@@ -44,9 +44,10 @@ class Subscription:
 
 
 class Subscriptions:
-    def __init__(self, delivered_size: int = 2048) -> None:
+    def __init__(self, delivered_size: int = 2048, *, max_open: int | None = None) -> None:
         self._open: dict[str, Subscription] = {}
         self._delivered = DeliveredIds(delivered_size)
+        self.max_open = max_open
 
     def __len__(self) -> int:
         return len(self._open)
@@ -57,10 +58,16 @@ class Subscriptions:
     def items(self) -> Iterator[tuple[str, Subscription]]:
         return iter(list(self._open.items()))
 
-    def open(self, message: ReqMessage, raw: str) -> None:
-        """A REQ: a subscription with an open id is replaced and starts afresh."""
-        self.close(message.subscription_id)
-        self._open[message.subscription_id] = Subscription(raw=raw, message=message)
+    def open(self, message: ReqMessage, raw: str) -> str | None:
+        """A REQ: a subscription with an open id is replaced and starts afresh. Returns the CLOSED frame to answer
+        instead when it would be one more than ``max_open`` (nothing is opened or replaced then)."""
+        sub_id = message.subscription_id
+        if self.max_open is not None and sub_id not in self._open and len(self._open) >= self.max_open:
+            reason = f"error: too many open subscriptions (at most {self.max_open}); close one first"
+            return closed_frame(sub_id, reason)
+        self.close(sub_id)
+        self._open[sub_id] = Subscription(raw=raw, message=message)
+        return None
 
     def close(self, subscription_id: str) -> None:
         self._open.pop(subscription_id, None)

@@ -57,6 +57,7 @@ def test_live_relay_document_from_its_registration(settings):
         "version": nip11.gateway_version(),
         "limitation": {
             "max_message_length": 65536,
+            "max_subscriptions": 64,
             "max_subid_length": 64,
             "max_filters": 20,
             "max_limit": 5000,
