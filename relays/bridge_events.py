@@ -24,12 +24,14 @@ import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.core.cache import cache
 
 from hypertuna.bridge import BridgeClient, BridgeClientError, BridgeEvent, BridgeTimeout
 from hypertuna.compat.relaykeys import HEX64
 from relays import blind_trust, selectors, services
 from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS
 from replicas import events as replica_events
+from replicas.blindpeer import PUBLIC_CACHE_KEY
 from replicas.keys import normalize_core_key
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ TOPICS = (
 )
 # Closes the gateway asked for, or a newer connection replacing an older one: not a health signal.
 RECONCILE_INTERVAL_S = 60.0
+# The replica node republishes its blind peer's summary on every reconcile; it outlives three of them.
+PUBLISHED_SECONDS = int(3 * RECONCILE_INTERVAL_S)
 
 
 def register_answer(peer_key: str, blind_peer: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -82,9 +86,10 @@ def _trust_for_registered_peer(peer_key: str, body: Any) -> list[dict[str, Any]]
 
 async def answer_register(client: BridgeClient, data: dict[str, Any]) -> None:
     peer_key = str(data.get("peerKey") or "")
-    status, body = await sync_to_async(register_answer)(peer_key, await blind_peer_summary(client))
+    own = await own_blind_peer(client)
+    status, body = await sync_to_async(register_answer)(peer_key, await blind_peer_summary(client, own))
     params: dict[str, Any] = {"registerId": str(data["registerId"]), "statusCode": status, "body": body}
-    if status == 200:
+    if status == 200 and (own is None or own["enabled"]):
         scopes = await sync_to_async(_trust_for_registered_peer)(peer_key, data.get("body"))
         try:
             await blind_trust.push(client, scopes)
@@ -96,17 +101,24 @@ async def answer_register(client: BridgeClient, data: dict[str, Any]) -> None:
 
 
 async def reconcile_trust(client: BridgeClient) -> dict[str, Any]:
-    """Replace the bridge's whole blind-peer trust table with what the database says now."""
+    """Replace the bridge's whole blind-peer trust table with what the database says now (and publish the
+    blind peer's summary for the other nodes). Nothing to do on a bridge without a blind peer."""
+    own = await own_blind_peer(client)
+    if own is not None and not own["enabled"]:
+        return {}
+    if own is not None:
+        await cache.aset(PUBLIC_CACHE_KEY, own, timeout=PUBLISHED_SECONDS)
     scopes = await sync_to_async(blind_trust.relay_scopes)()
     return await blind_trust.push(client, scopes, replace_all=True)
 
 
-async def blind_peer_summary(client: BridgeClient) -> dict[str, Any]:
-    """What workers need to mirror into the gateway's blind peer (``{"enabled": False}`` when it is off)."""
+async def own_blind_peer(client: BridgeClient) -> dict[str, Any] | None:
+    """This node's bridge's blind peer: ``{"enabled": False}`` when it says it runs none, None when it could
+    not tell (the call failed)."""
     try:
         status = await client.call("blindPeer.status", timeout_s=5)
     except BridgeClientError:
-        return {"enabled": False}
+        return None
     if not isinstance(status, dict) or not status.get("enabled"):
         return {"enabled": False}
     return {
@@ -117,15 +129,34 @@ async def blind_peer_summary(client: BridgeClient) -> dict[str, Any]:
     }
 
 
+async def blind_peer_summary(client: BridgeClient, own: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What workers need to mirror into the gateway's blind peer. With several nodes only the replica node's
+    bridge runs one (the others have ``HYPERTUNA_BRIDGE_BLIND_PEER=off``): that node's consumer publishes
+    its summary in the shared cache on every reconcile, where every node's ``GET /api/blind-peer`` and
+    swarm registration answers find it, so every worker mirrors into the one bridge the replica sync reads."""
+    own = own or await own_blind_peer(client)
+    if own is not None and own["enabled"]:
+        return own
+    published = await cache.aget(PUBLIC_CACHE_KEY)
+    return published if isinstance(published, dict) and published.get("enabled") else {"enabled": False}
+
+
+def node_of(client: BridgeClient) -> str:
+    """This node's name among the gateway's nodes: its bridge's swarm key (each node has its own)."""
+    info = getattr(client, "server_info", None) or {}
+    return str(info.get("gatewayPublicKey") or "")
+
+
 async def handle(client: BridgeClient, event: BridgeEvent) -> None:
     data = event.data
     peer_key = str(data.get("peerKey") or "")
+    node = node_of(client)
     if event.name == "peer.connected" or (event.name == "peer.health" and data.get("ok")):
         await sync_to_async(services.record_peer_health)(
-            peer_key=peer_key, healthy=True, latency_ms=data.get("latencyMs")
+            peer_key=peer_key, healthy=True, latency_ms=data.get("latencyMs"), node=node
         )
     elif event.name == "peer.health" or (event.name == "peer.disconnected" and data.get("reason") not in BENIGN_CLOSES):
-        await sync_to_async(services.record_peer_health)(peer_key=peer_key, healthy=False)
+        await sync_to_async(services.record_peer_health)(peer_key=peer_key, healthy=False, node=node)
     elif event.name.startswith("mirror."):
         await sync_to_async(replica_events.handle_bridge_event)(event.name, data)
     elif event.name == "peer.register":
