@@ -80,7 +80,7 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 	@touch $@
 
 bench: install install-interop $(BENCH_STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var bridge/node_modules interop/node_modules clients/node_modules .pytest_cache .mypy_cache .ruff_cache
