@@ -14,6 +14,9 @@ idle socket far more than today. So the schedule has two modes:
 
 An EVENT asks for one immediate poll (:meth:`poll_now`) and does not start the awaiting mode.
 
+While the worker serving the socket pushes (:attr:`PollSchedule.pushing`, see ``relays.session_poll``) the idle
+interval is ``keepalive`` instead, and a push (:meth:`pushed`) ends the awaiting mode: the frames come by push.
+
 Pure: the caller passes the clock; tests drive it without a loop.
 """
 
@@ -28,6 +31,8 @@ class PollSchedule:
     min_gap: float = 0.002
     growth: float = 0.25
     bound: float = 5.0
+    keepalive: float = 240.0
+    pushing: bool = False
     _awaited: set[str] = field(default_factory=set)
     _since: float | None = None
     _now_requested: bool = False
@@ -54,6 +59,11 @@ class PollSchedule:
         if not self._awaited:
             self._since = None
 
+    def pushed(self) -> None:
+        """A push arrived: the worker delivers this connection's frames (EOSEs too) without being polled."""
+        self._awaited.clear()
+        self._since = None
+
     def polled(self, now: float) -> None:
         """A poll finished (with or without frames)."""
         self._last_poll = now
@@ -72,4 +82,4 @@ class PollSchedule:
             # The worker is slow to answer this REQ (or never will): back to the idle rhythm.
             self._awaited.clear()
             self._since = None
-        return max(0.0, last + self.idle - now)
+        return max(0.0, last + (self.keepalive if self.pushing else self.idle) - now)

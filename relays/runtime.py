@@ -12,6 +12,10 @@ mass disconnect) must not stay in the relay's group forever. The channel layer d
 ``HYPERTUNA_CHANNEL_GROUP_EXPIRY``; the runtime re-adds this node's open sockets four times per expiry, so
 only the lost ones lapse.
 
+Push-capable workers: a worker whose handshake (on this node's bridge) advertises ``wsframe-push`` delivers
+every frame of a connection by push, so its sessions do not poll it at the idle rhythm (``relays.session_poll``).
+The runtime learns it from ``peer.connected`` and, for a worker connected before, from one ``peer.connect`` call.
+
 Dashboard: every ``relays.stats.PUBLISH_INTERVAL`` seconds the runtime publishes this node's open sessions and
 its cumulative frame and fallback counters to the shared cache (one write per node, see ``relays.stats``).
 """
@@ -66,6 +70,9 @@ class Runtime:
         self.memberships: dict[str, tuple[Any, str, asyncio.Task[Any] | None]] = {}
         self.bridge_up = True
         self._restore: asyncio.Task[None] | None = None
+        # Worker peer -> whether its handshake advertised wsframe-push (absent: not known yet).
+        self.push_peers: dict[str, bool] = {}
+        self._learning: set[str] = set()
         self.node = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     def fallback_for(self, relay_key: str) -> ReplicaFallback:
@@ -101,6 +108,7 @@ class Runtime:
         """Register an open session; ``connection()`` says which token row (it changes when a refreshed token
         carries the socket on) and which client address it serves, for the operators' "connected now"."""
         self.sessions[session.connection_key] = session
+        session.pushes = self.pushes
         if connection is not None:
             self.connections[session.connection_key] = connection
         active_sessions.set(len(self.sessions))
@@ -202,8 +210,10 @@ class Runtime:
             return
         if name == "peer.connected":
             self.down_peers.pop(peer, None)
+            self.push_peers[peer] = _advertises_push(data.get("handshake"))
         else:
             self.down_peers[peer] = time.monotonic()
+            self.push_peers.pop(peer, None)
         for session in list(self.sessions.values()):
             session.peer_changed(peer, up=name == "peer.connected")
 
@@ -229,7 +239,25 @@ class Runtime:
             return
         texts = [json.dumps(f, ensure_ascii=False, separators=(",", ":")) for f in frames if isinstance(f, list)]
         pushed_frames.labels(result="delivered").inc(len(texts))
-        asyncio.get_running_loop().create_task(session.deliver(texts))
+        asyncio.get_running_loop().create_task(session.deliver(texts, peer=str(data.get("peerKey") or "") or None))
+
+    def pushes(self, peer: str) -> bool:
+        """Whether ``peer`` advertised wsframe-push to this node's bridge; learnt once in the background when
+        not known yet (a worker connected before this runtime listened), False meanwhile."""
+        known = self.push_peers.get(peer)
+        if known is None and peer not in self._learning and self.bridge_up:
+            self._learning.add(peer)
+            asyncio.get_running_loop().create_task(self._learn_push(peer), name="gateway-learn-push")
+        return bool(known)
+
+    async def _learn_push(self, peer: str) -> None:
+        try:
+            entry = await get_bridge().peer_connect(peer, timeout_ms=REDIAL_TIMEOUT_MS)
+            self.push_peers.setdefault(peer, _advertises_push(entry.get("handshake")))
+        except Exception as exc:  # unreachable now: its peer.connected event tells later
+            logger.debug("worker capabilities unknown", extra={"peer": peer[:16], "error": str(exc)})
+        finally:
+            self._learning.discard(peer)
 
     def live_sessions(self) -> list[stats.LiveSession]:
         """This node's open sessions, as the dashboard shows them (no token material: the token's row id)."""
@@ -272,6 +300,11 @@ class Runtime:
             await asyncio.sleep(USAGE_FLUSH_SECONDS)
             with contextlib.suppress(Exception):
                 await sync_to_async(usage.flush)()
+
+
+def _advertises_push(handshake: Any) -> bool:
+    caps = handshake.get("capabilities") if isinstance(handshake, dict) else None
+    return isinstance(caps, list) and "wsframe-push" in caps
 
 
 def _counter_total(counter: Counter) -> int:

@@ -15,7 +15,8 @@ Guarantees:
   fallback (read-only replica, leased writes) can serve it;
 - every error the client sees is a ``NOTICE`` (or an ``OK false`` / ``CLOSED`` for the frame at fault);
 - polling follows :class:`~relays.poll_schedule.PollSchedule`: once per idle interval, and fast right after
-  a forwarded REQ until its EOSE arrives (workers that never push answer REQs only through polls);
+  a forwarded REQ until its EOSE arrives (workers that never push answer REQs only through polls); a worker
+  that pushes is only polled to keep the connection known to it (``relays.session_poll``);
 - the client sees only frames of subscriptions it has open, each live event once per subscription (the
   gateway's fan-out of an accepted EVENT and the worker's later copy are one delivery), and never the
   worker's subscription chatter; a worker that refuses the client's credentials ends the socket once,
@@ -52,7 +53,7 @@ from hypertuna.nostr import (
     verify_event,
 )
 from relays.bridge_outage import BRIDGE_BACK_NOTICE, BRIDGE_DOWN_NOTICE, BridgeDown, outage_reply
-from relays.forwarding import PeerError, PeerTransport, poll_relay, post_relay
+from relays.forwarding import PeerError, PeerTransport, post_relay
 from relays.frames_filter import accepted_event, read_frame, relay_not_loaded, worker_frames_dropped
 from relays.inflight import InFlight
 from relays.peer_rotation import PeerRotation
@@ -65,12 +66,13 @@ from relays.session_config import (
     SessionConfig,
     SessionStats,
 )
+from relays.session_poll import SessionPolling
 from relays.subscriptions import Subscriptions
 
 logger = logging.getLogger(__name__)
 
 
-class GatewaySession:
+class GatewaySession(SessionPolling):
     def __init__(
         self,
         *,
@@ -112,6 +114,7 @@ class GatewaySession:
             min_gap=self.config.fast_poll_min_gap,
             growth=self.config.fast_poll_growth,
             bound=self.config.fast_poll_bound,
+            keepalive=self.config.push_keepalive,
         )
         self._wake = asyncio.Event()
         self._fallback_polled = 0.0
@@ -181,8 +184,9 @@ class GatewaySession:
         self.stats.bytes_out += len(frame)
         await self._send(frame)
 
-    async def deliver(self, frames: list[str]) -> None:
-        """Frames pushed by a worker (ws-frame message) for this connection."""
+    async def deliver(self, frames: list[str], peer: str | None = None) -> None:
+        """Frames pushed by a worker (``peer`` when known; a ws-frame message) for this connection."""
+        self._pushed(peer)
         await self._relay_frames(frames)
 
     async def offer_live(self, event: Event) -> None:
@@ -250,7 +254,7 @@ class GatewaySession:
         if isinstance(message, ReqMessage):
             self._await_eose(message.subscription_id)
         elif isinstance(message, EventMessage):
-            if self._subscriptions:
+            if self._subscriptions and not self.pushing():  # a pushing worker pushes the live copies
                 self._schedule.poll_now()
                 self._wake.set()
             if self._on_accepted is not None and accepted_event(frames, message.event.id):
@@ -259,7 +263,7 @@ class GatewaySession:
     def _await_eose(self, subscription_id: str) -> None:
         """A worker has the REQ: poll fast until its EOSE arrives (it comes only by poll from real workers)."""
         sub = self._subscriptions.get(subscription_id)
-        if sub is not None and not sub.eose_sent:
+        if sub is not None and not sub.eose_sent and not self.pushing():
             self._schedule.await_eose(subscription_id, asyncio.get_running_loop().time())
             self._wake.set()
 
@@ -367,6 +371,7 @@ class GatewaySession:
         previous, self._rotation.current = self._rotation.current, peer
         self._poll_failures = 0
         if previous is not None and previous != peer:
+            self._wake.set()  # the new peer may not push: the poll loop re-plans
             self.stats.failovers += 1
             logger.info(
                 "session failed over",
@@ -399,72 +404,7 @@ class GatewaySession:
             self._closed = True
             await self._close(CLOSE_NO_PEERS, "No peers available")
 
-    # --- polling ----------------------------------------------------------------------------------
-
-    async def _poll_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closed:
-            delay = self._schedule.next_delay(loop.time())
-            if delay > 0:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                    continue  # woken early (a REQ or EVENT was forwarded): the schedule changed
-                except TimeoutError:
-                    pass
-            if self._closed:
-                return
-            try:
-                if self._bridge_down:
-                    await self._poll_fallback(loop.time())
-                    continue
-                needs_failover = self._rotation.stuck() or self._on_fallback or self._resume
-                if needs_failover and not await self._failover_for_poll():
-                    await self._poll_fallback(loop.time())
-                    continue
-                await self._poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Polling must outlive any single failure, or the client silently stops getting events.
-                logger.exception("session poll failed", extra={"relay": self.relay_key})
-            finally:
-                self._schedule.polled(loop.time())
-
-    async def _poll_once(self) -> None:
-        peer = self._rotation.current
-        if peer is None:
-            return
-        self.stats.polls += 1
-        try:
-            frames = await poll_relay(
-                self.transport,
-                peer,
-                relay_key=self.relay_key,
-                connection_key=self.connection_key,
-                auth_token=self.auth_token,
-                timeout=self.config.poll_timeout,
-            )
-        except BridgeDown:
-            return  # not the worker's failure: the bridge's return re-opens the subscriptions
-        except PeerError as exc:
-            self._poll_failures += 1
-            if self._poll_failures >= self.config.poll_failures_before_failover or exc.unreachable:
-                await self._peer_failed(peer, f"poll: {exc}")
-                await self._failover_for_poll()
-            return
-        self._poll_failures = 0
-        await self._relay_frames(frames)
-        await self._poll_fallback(asyncio.get_running_loop().time())
-
-    async def _poll_fallback(self, now: float) -> None:
-        """Live events from the fallback (a database query per subscription): at the idle rhythm only,
-        never at the fast rhythm of a REQ awaiting its EOSE from a worker."""
-        if self.fallback is None or now - self._fallback_polled < self.config.poll_interval * 0.9:
-            return
-        self._fallback_polled = now
-        for frame in await self.fallback.poll():
-            await self.send(frame)
+    # --- polling: relays.session_poll ------------------------------------------------------------
 
     async def _auth_rejected(self, reason: str) -> None:
         """The worker refuses this client's credentials (and would say so on every poll): tell the client

@@ -27,6 +27,9 @@ class SessionConfig:
     fast_poll_min_gap: float = 0.002
     fast_poll_growth: float = 0.25
     fast_poll_bound: float = 5.0
+    # While the worker pushes, it is polled only this often: the worker forgets connections it has not heard
+    # of for 10 minutes (its subscriptions with them).
+    push_keepalive: float = 240.0
 
 
 class HealthReporter(Protocol):
