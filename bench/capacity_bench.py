@@ -2,13 +2,16 @@
 the writes are spread over several workers (each a push-capable reference worker hosting its own relay),
 so that no single worker is the bottleneck. Clients hold one WebSocket each and send signed EVENTs back to
 back; the figure is accepted OKs per second over the whole run, with each process's CPU % of a core over
-the same window (the process near 100 % is the bottleneck). Goal (issue row): ≥ 2,000 EVENT→OK/s through
+the same window (the process near 100 % is the bottleneck). The same clients then send as many EVENTs
+straight to the workers through the bridge (no gateway session): when that rate is as low, the time goes in
+the workers (or the bridge), not in the gateway. Goal (issue row): ≥ 2,000 EVENT→OK/s through
 one node. Loopback only. ``python -m bench capacity [--workers N]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 import tempfile
 import time
@@ -18,7 +21,8 @@ from typing import Any
 import websockets
 
 from bench.procstat import CpuWindow
-from bench.routing_bench import ReferenceWorkerLauncher, _events, _gateway_event
+from bench.routing_bench import Direct, LaunchedWorker, ReferenceWorkerLauncher, _events, _gateway_event
+from hypertuna.bridge import BridgeClient
 
 GOAL_PER_S = 2000.0
 CLIENTS_PER_WORKER = 8
@@ -53,6 +57,26 @@ async def _load(urls: list[str], pids: dict[str, int]) -> dict[str, Any]:
     }
 
 
+async def _direct(socket_path: str, launched: list[LaunchedWorker]) -> dict[str, Any]:
+    """The same load sent straight to the workers through the bridge: the workers' and bridge's own rate."""
+    client = BridgeClient(socket_path=socket_path, client_name="bench-capacity")
+    await client.connect()
+    try:
+        routes = [(Direct(client, w), secrets.token_hex(16)) for w in launched for _ in range(CLIENTS_PER_WORKER)]
+        batches = [_events(EVENTS_PER_CLIENT) for _ in routes]
+
+        async def one(direct: Direct, conn: str, events: list[dict[str, Any]]) -> None:
+            for event in events:
+                await direct.event(event, conn)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(d, c, b) for (d, c), b in zip(routes, batches, strict=True)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await client.close()
+    return {"seconds": round(elapsed, 2), "events_per_s": round(len(routes) * EVENTS_PER_CLIENT / elapsed, 1)}
+
+
 def run(workers: int = 3) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.e2e.harness import Stack
@@ -66,7 +90,9 @@ def run(workers: int = 3) -> dict[str, Any]:
                 launcher = ReferenceWorkerLauncher(push=True)
                 launched.append(launcher.start_named(stack, f"bench-capacity-{i}"))
             pids = {proc.name: proc.process.pid for proc in stack.procs + stack.workers}
-            return asyncio.run(_load([w.url for w in launched], pids))
+            result = asyncio.run(_load([w.url for w in launched], pids))
+            result["direct"] = asyncio.run(_direct(stack.env["HYPERTUNA_BRIDGE_SOCKET"], launched))
+            return result
         finally:
             stack.stop()
 
@@ -80,6 +106,8 @@ def report(result: dict[str, Any]) -> str:
             f"{result['events']} events in {result['seconds']} s)",
             f"  accepted EVENT->OK/s: {rate} | goal >= {GOAL_PER_S:.0f}/s: "
             f"{'met' if rate >= GOAL_PER_S else 'MISSED'} (x{rate / GOAL_PER_S:.2f} of the goal)",
+            f"  the same load straight to the workers through the bridge (no gateway): "
+            f"{result['direct']['events_per_s']}/s",
             f"  busiest process: {busiest[0]} at {busiest[1]} % of a core; all: "
             + ", ".join(f"{name} {pct} %" for name, pct in result["cpu_percent_of_a_core"].items()),
         ]

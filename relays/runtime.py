@@ -242,8 +242,8 @@ class Runtime:
         asyncio.get_running_loop().create_task(session.deliver(texts, peer=str(data.get("peerKey") or "") or None))
 
     def pushes(self, peer: str) -> bool:
-        """Whether ``peer`` advertised wsframe-push to this node's bridge; learnt once in the background when
-        not known yet (a worker connected before this runtime listened), False meanwhile."""
+        """Whether ``peer`` advertised wsframe-push to this node's bridge; asked once per process in the
+        background when not known yet (a worker connected before this runtime listened), False meanwhile."""
         known = self.push_peers.get(peer)
         if known is None and peer not in self._learning and self.bridge_up:
             self._learning.add(peer)
@@ -256,8 +256,6 @@ class Runtime:
             self.push_peers.setdefault(peer, _advertises_push(entry.get("handshake")))
         except Exception as exc:  # unreachable now: its peer.connected event tells later
             logger.debug("worker capabilities unknown", extra={"peer": peer[:16], "error": str(exc)})
-        finally:
-            self._learning.discard(peer)
 
     def live_sessions(self) -> list[stats.LiveSession]:
         """This node's open sessions, as the dashboard shows them (no token material: the token's row id)."""
