@@ -2,7 +2,9 @@
 
 Sessions report each success and failure; the tracker writes to the database only when a peer's
 reachability flips, or to refresh ``last_healthy_at``/latency at most once a minute per peer, so a busy
-relay costs no database write per frame.
+relay costs no database write per frame. Observations are this node's (its bridge's swarm key names it):
+a session failing on a worker another node still reaches does not mark it down for that node
+(``relays.peers``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ peer_request_duration = Histogram(
 )
 
 
+def this_node() -> str:
+    """This node's name: the swarm key of the bridge its sessions use ("" before the bridge answered)."""
+    from relays.bridge import get_bridge
+
+    return str(get_bridge().server_info.get("gatewayPublicKey") or "")
+
+
 class PeerHealthTracker:
     def __init__(self) -> None:
         self._state: dict[str, tuple[bool, float]] = {}
@@ -31,7 +40,7 @@ class PeerHealthTracker:
         previous = self._state.get(peer_key)
         self._state[peer_key] = (False, time.monotonic())
         if previous is None or previous[0]:
-            await sync_to_async(services.record_peer_health)(peer_key=peer_key, healthy=False)
+            await sync_to_async(services.record_peer_health)(peer_key=peer_key, healthy=False, node=this_node())
 
     async def peer_ok(self, peer_key: str, latency_ms: float) -> None:
         peer_request_duration.observe(latency_ms / 1000)
@@ -40,7 +49,9 @@ class PeerHealthTracker:
         if previous is not None and previous[0] and now - previous[1] < REFRESH_SECONDS:
             return
         self._state[peer_key] = (True, now)
-        await sync_to_async(services.record_peer_health)(peer_key=peer_key, healthy=True, latency_ms=latency_ms)
+        await sync_to_async(services.record_peer_health)(
+            peer_key=peer_key, healthy=True, latency_ms=latency_ms, node=this_node()
+        )
 
 
 tracker = PeerHealthTracker()

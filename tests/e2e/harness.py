@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from hypertuna.supervisor import celery_argv, daphne_argv
+from tests.e2e.nodes import Node
 from tests.e2e.procs import (
     BRIDGE_DIR,
     ROOT,
@@ -40,6 +41,7 @@ __all__ = [
     "ROOT",
     "START_TIMEOUT",
     "Leftover",
+    "Node",
     "Proc",
     "Stack",
     "free_port",
@@ -84,6 +86,7 @@ class Stack:
         self.secret = secrets.token_hex(24)
         self.procs: list[Proc] = []
         self.workers: list[Proc] = []
+        self.nodes: list[Node] = []
         self._with_celery = celery
         self._with_escrow = escrow
         self.pki = self.var / "escrow" / "pki"
@@ -270,8 +273,19 @@ class Stack:
         worker.wait_marker("HYPERTUNA_WORKER_READY")
         return worker
 
+    def add_node(self, name: str, env: dict[str, str] | None = None) -> Node:
+        """Start one more gateway node (bridge, web, events) on this stack's database, Redis and testnet
+        (``start_testnet`` before ``start``); ``env`` adds to the stack's environment."""
+        node = Node(self, name, env)
+        self.nodes.append(node)
+        return node.start()
+
     def stop(self) -> None:
-        for proc in reversed(self.workers + self.procs):
+        for proc in reversed(self.workers):
+            proc.stop()
+        for node in reversed(self.nodes):
+            node.stop()
+        for proc in reversed(self.procs):
             proc.stop()
         with contextlib.suppress(Exception):
             self._drop_db()
@@ -288,7 +302,7 @@ class Stack:
 
     def log_tail(self, lines: int = 40) -> str:
         parts = []
-        for proc in self.procs + self.workers:
+        for proc in self.procs + [p for node in self.nodes for p in node.procs] + self.workers:
             with contextlib.suppress(OSError):
                 text = proc.log_path.read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {proc.name} ---\n" + "\n".join(text))
