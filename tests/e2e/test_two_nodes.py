@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import time
 import urllib.request
 
@@ -26,28 +24,13 @@ from coincurve import PrivateKey
 from hypertuna.nostr import sign_event
 from tests.conftest import signed_payload
 from tests.e2e.harness import Stack, node_available
-from tests.hypertuna.test_redis_outage import PrivateRedis
+from tests.e2e.test_burst import redis_url  # noqa: F401, F811  (the run's Redis, or a private redis-server)
 
 OPERATOR = ("e2e-ops", "operator-secret-for-e2e")
 
 
 @pytest.fixture(scope="module")
-def redis_url():
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-        return
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs REDIS_URL or redis-server")
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory, redis_url):
+def two_nodes(tmp_path_factory, redis_url):  # noqa: F811
     if not node_available():
         pytest.fail("end-to-end tests need Node 20 and `npm ci` in bridge/ (make test installs both)")
     stack = Stack(
