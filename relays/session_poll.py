@@ -134,5 +134,6 @@ class SessionPolling:
         if self.fallback is None or now - self._fallback_polled < self.config.poll_interval * 0.9:
             return
         self._fallback_polled = now
-        for frame in await self.fallback.poll():
-            await self.send(frame)
+        # Through the same admission as a worker's frames: an event this socket already got live (another
+        # node's fan-out, or a worker before the failover) is dropped by id, not sent again from the replica.
+        await self._relay_frames(await self.fallback.poll())
