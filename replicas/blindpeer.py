@@ -65,5 +65,8 @@ async def public_summary() -> dict[str, Any]:
     if isinstance(cached, dict):
         return cached
     summary = await _public_from_bridge()
-    await cache.aset(PUBLIC_CACHE_KEY, summary, timeout=PUBLIC_CACHE_SECONDS if summary["enabled"] else 5)
+    if summary["enabled"]:
+        await cache.aset(PUBLIC_CACHE_KEY, summary, timeout=PUBLIC_CACHE_SECONDS)
+    # A bridge without a blind peer (a node other than the replica node) never writes the shared key: that
+    # would hide the replica node's blind peer from every node until it expired.
     return summary

@@ -115,6 +115,12 @@ def test_blind_peer_public_summary_says_disabled_without_a_bridge(api, settings,
     settings.HYPERTUNA_BRIDGE_SOCKET = str(tmp_path / "no-bridge.sock")
     body = api.get("/api/blind-peer").json()
     assert body["enabled"] is False and body["publicKey"] is None and body["summary"]["enabled"] is False
+    # Not shared: on several nodes the replica node publishes its blind peer under this key for all of them.
+    from django.core.cache import cache
+
+    from replicas.blindpeer import PUBLIC_CACHE_KEY
+
+    assert cache.get(PUBLIC_CACHE_KEY) is None
 
 
 def test_summary_and_replicas_with_a_signed_request(api, bridge_status):
