@@ -37,11 +37,22 @@ def _gateway_settings(settings: Any) -> None:
     settings.HYPERTUNA_BRIDGE_REQUIRED = False
 
 
+def _clear_own_cache() -> None:
+    """Empty this test run's cache only. On Redis, ``cache.clear()`` is FLUSHDB: it would also wipe the keys of
+    the end-to-end stacks running beside the tests on the same database (their own prefixes), such as the blind
+    peer the replica node publishes for the other nodes."""
+    delete_pattern = getattr(cache, "delete_pattern", None)
+    if delete_pattern is not None:
+        delete_pattern("*")
+    else:
+        cache.clear()
+
+
 @pytest.fixture(autouse=True)
 def _clean_cache() -> Any:
-    cache.clear()
+    _clear_own_cache()
     yield
-    cache.clear()
+    _clear_own_cache()
 
 
 @pytest.fixture(autouse=True, scope="session")
