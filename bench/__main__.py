@@ -15,12 +15,25 @@ and writes every figure to ``bench/results/<UTC date-time>.json`` (format: bench
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 SECTIONS = ("routing", "replicas", "burst", "fallback", "idle", "capacity")
+MODULES = {name: f"{'replica' if name == 'replicas' else name}_bench" for name in SECTIONS}
+
+
+def _run(name: str, module: Any, args: argparse.Namespace) -> Any:
+    """One section's figures, with the options that section takes."""
+    if name == "replicas":
+        return module.run(args.events, seconds=args.seconds, compare=not args.no_compare)
+    if name == "idle":
+        return module.run(args.sockets)
+    if name == "capacity":
+        return module.run(args.workers)
+    return module.run()
 
 
 def main(argv: list[str]) -> int:
@@ -40,48 +53,17 @@ def main(argv: list[str]) -> int:
         wanted.add("fallback")
     began = datetime.now(UTC)
     sections: dict[str, Any] = {}
-    if "routing" in wanted:
-        from bench import routing_bench
-
+    for name in SECTIONS:  # in this order, whatever order they were named in
+        if name not in wanted:
+            continue
+        module = importlib.import_module(f"bench.{MODULES[name]}")
         started = time.monotonic()
-        sections["routing"] = routing_bench.run()
-        print(routing_bench.report(sections["routing"]))
-        print(f"  (routing section took {time.monotonic() - started:.0f} s)\n", flush=True)
-    if "replicas" in wanted:
-        from bench import replica_bench
-
-        started = time.monotonic()
-        sections["replicas"] = replica_bench.run(args.events, seconds=args.seconds, compare=not args.no_compare)
-        replica_bench.print_report(sections["replicas"])
-        print(f"  (replicas section took {time.monotonic() - started:.0f} s)", flush=True)
-    if "burst" in wanted:
-        from bench import burst_bench
-
-        started = time.monotonic()
-        sections["burst"] = burst_bench.run()
-        print(burst_bench.report(sections["burst"]))
-        print(f"  (burst section took {time.monotonic() - started:.0f} s)", flush=True)
-    if "fallback" in wanted:
-        from bench import fallback_bench
-
-        started = time.monotonic()
-        sections["fallback"] = fallback_bench.run()
-        print(fallback_bench.report(sections["fallback"]))
-        print(f"  (fallback section took {time.monotonic() - started:.0f} s)", flush=True)
-    if "idle" in wanted:
-        from bench import idle_bench
-
-        started = time.monotonic()
-        sections["idle"] = idle_bench.run(args.sockets)
-        print(idle_bench.report(sections["idle"]))
-        print(f"  (idle section took {time.monotonic() - started:.0f} s)", flush=True)
-    if "capacity" in wanted:
-        from bench import capacity_bench
-
-        started = time.monotonic()
-        sections["capacity"] = capacity_bench.run(args.workers)
-        print(capacity_bench.report(sections["capacity"]))
-        print(f"  (capacity section took {time.monotonic() - started:.0f} s)", flush=True)
+        sections[name] = _run(name, module, args)
+        if name == "replicas":
+            module.print_report(sections[name])
+        else:
+            print(module.report(sections[name]))
+        print(f"  ({name} section took {time.monotonic() - started:.0f} s)", flush=True)
     from bench import summary
 
     print()
