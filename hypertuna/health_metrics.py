@@ -81,24 +81,19 @@ class ReplicaBacklogCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from django.db.models import Count
 
-        from replicas.models import Replica, ReplicaEvent
+        from replicas.models import Replica
+        from replicas.selectors import pending_event_counts
 
         states = GaugeMetricFamily(*REPLICAS, labels=["state"])
         pending = GaugeMetricFamily(*PENDING, labels=["relay"])
         try:
             counts = dict(Replica.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
-            rows = (
-                ReplicaEvent.objects.filter(pending=True)
-                .values_list("replica__relay_key")
-                .annotate(n=Count("id"))
-                .values_list("replica__relay_key", "n")
-            )
-            backlog = list(rows)
+            backlog = pending_event_counts()
         except Exception:  # a scrape must not fail because the database is briefly unavailable
             return
         for state in Replica.State.values:
             states.add_metric([state], counts.get(state, 0))
-        for relay_key, count in backlog:
+        for relay_key, count in backlog.items():
             pending.add_metric([relay_key], count)
         yield states
         yield pending

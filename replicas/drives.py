@@ -22,7 +22,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from replicas.models import CoreType, GatewayDrive, MirrorCore, PendingWrite, Replica, ReplicaEvent
+from replicas.models import CoreType, GatewayDrive, MirrorCore, PendingWrite, Replica
+from replicas.selectors import pending_event_counts
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,7 @@ def pending_counts() -> dict[str, int]:
     )
     for row in rows:
         counts[row["relay_key"]] = counts.get(row["relay_key"], 0) + row["n"]
-    events = ReplicaEvent.objects.filter(pending=True).values_list("replica__relay_key").annotate(n=Count("id"))
-    for key, n in events:
+    for key, n in pending_event_counts().items():
         counts[key] = counts.get(key, 0) + n
     return counts
 

@@ -477,3 +477,10 @@ def replicas_behind(queryset: QuerySet[Replica], seconds: int, now: datetime | N
 
     now = now or timezone.now()
     return queryset.filter(Q(behind_since__lt=now - timedelta(seconds=seconds)))
+
+
+def pending_event_counts() -> dict[str, int]:
+    """Events written under a lease that no worker has linearized yet, per relay (partial index
+    ``replica_ev_pending``)."""
+    rows = ReplicaEvent.objects.filter(pending=True).values_list("replica__relay_key").annotate(n=Count("id"))
+    return dict(rows.values_list("replica__relay_key", "n"))
