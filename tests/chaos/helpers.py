@@ -192,20 +192,6 @@ def issue_token(stack: Stack, relay_key: str) -> tuple[int, dict[str, str], Any]
 # --- Replica sync and database probes in the stack's environment -----------------------------------------
 
 
-def run_manage(
-    stack: Stack, *argv: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """A management command in the stack's environment (or ``env``, e.g. the escrow role's)."""
-    return subprocess.run(
-        [sys.executable, "manage.py", *argv],
-        cwd=ROOT,
-        env=env or stack.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def probe(stack: Stack, code: str, timeout: float = 60) -> Any:
     """Run ``code`` (which assigns ``result``) with Django set up on the stack's database; returns ``result``."""
     script = f"import django, json\ndjango.setup()\n{code}\nprint('PROBE ' + json.dumps(result))\n"

@@ -17,7 +17,6 @@ from tests.chaos.helpers import (
     make_events,
     publish,
     recv,
-    run_manage,
     sync_until_caught_up,
     wait_listening,
     wait_readable,
@@ -137,5 +136,5 @@ def test_escrow_down_and_back(stack, tmp_path):
 
     asyncio.run(write_until_granted())
     wait_readable(url, [*before, offline], timeout=30)
-    audit = run_manage(stack, "escrow_audit", "verify", env=stack.escrow_env)
+    audit = stack.manage("escrow_audit", "verify", env=stack.escrow_env)
     assert audit.returncode == 0 and "OK:" in audit.stdout, audit.stdout + audit.stderr

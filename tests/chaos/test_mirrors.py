@@ -22,7 +22,6 @@ from tests.chaos.helpers import (
     publish,
     replica_ids,
     replica_row,
-    run_manage,
     signed_body,
     sync_until_caught_up,
     wait_readable,
@@ -168,7 +167,7 @@ def test_corrupted_mirror_metadata_and_view_reads(stack, tmp_path):
     assert len(replica_ids(stack, damaged_key)) == len(damaged_events) - 1
     assert all(proc.process.poll() is None for proc in stack.procs), stack.log_tail()
 
-    clean = run_manage(stack, "replicas_sync", "--full", "--relay", damaged_key)
+    clean = stack.manage("replicas_sync", "--full", "--relay", damaged_key)
     assert clean.returncode == 0, clean.stderr
     assert sorted(replica_ids(stack, damaged_key)) == sorted(e.id for e in damaged_events)
     assert replica_row(stack, damaged_key)["consecutiveFailures"] == 0
@@ -237,7 +236,7 @@ def test_worker_killed_mid_sync(stack, tmp_path):
     assert len({eid for eid, _ in prefix}) == len(prefix)
 
     stack.start_worker("bulk", "--blind-peer", "gateway", storage=tmp_path / "bulk")
-    resumed = run_manage(stack, "replicas_sync", "--relay", relay_key)
+    resumed = stack.manage("replicas_sync", "--relay", relay_key)
     assert resumed.returncode == 0, resumed.stderr
     # It went on from the checkpoint: it added exactly the events the killed run had not committed.
     assert f"+{len(published) - len(prefix)} events" in resumed.stdout, (len(prefix), resumed.stdout)

@@ -290,6 +290,19 @@ class Stack:
         with contextlib.suppress(Exception):
             self._drop_db()
 
+    def manage(
+        self, *argv: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """A management command in the stack's environment (or ``env``, e.g. the escrow role's ``escrow_env``)."""
+        return subprocess.run(
+            [sys.executable, "manage.py", *argv],
+            cwd=ROOT,
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     def operator_get(self, path: str, operator: tuple[str, str]) -> dict[str, Any]:
         """GET an operator API ``path`` (a ``?query`` included), signed as ``operator`` (key id, secret)."""
         from hypertuna import reqsign

@@ -186,14 +186,7 @@ def test_files_stay_readable_and_uploads_need_a_lease_while_the_worker_is_offlin
     while returned.markers.get("HYPERTUNA_WORKER_ESCROW", deposited)["depositId"] == deposited["depositId"]:
         assert time.monotonic() < deadline, stack.log_tail(60)
         time.sleep(1)
-    audit = subprocess.run(
-        [sys.executable, "manage.py", "escrow_audit", "verify", "--relay", relay_key],
-        cwd=ROOT,
-        env=stack.escrow_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    audit = stack.manage("escrow_audit", "verify", "--relay", relay_key, env=stack.escrow_env)
     assert audit.returncode == 0 and "OK:" in audit.stdout, audit.stdout + audit.stderr
     actions = [line.split()[2] for line in audit.stdout.splitlines() if line.startswith("  #")]
     granted = actions.index("unlock-granted")

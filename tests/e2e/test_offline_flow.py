@@ -20,8 +20,6 @@ import contextlib
 import json
 import secrets
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,7 +32,7 @@ from coincurve import PrivateKey
 from bench.routing_bench import Direct, LaunchedWorker, _flat
 from hypertuna.bridge import BridgeClient, BridgeClientError
 from hypertuna.nostr import sign_event
-from tests.e2e.harness import ROOT, Stack, node_available
+from tests.e2e.harness import Stack, node_available
 from tests.e2e.test_escrow import _escrow_flags
 
 # Reads from the replica may wait out one bridge connect timeout (5 s) first; the refusal must come before
@@ -332,14 +330,7 @@ def test_offline_relay_reads_writes_under_renewed_leases_and_the_worker_takes_ov
     asyncio.run(offline_flow())
 
     # The escrow's audit chain verifies, and lists each step of the flow in order.
-    result = subprocess.run(
-        [sys.executable, "manage.py", "escrow_audit", "verify", "--relay", relay_key],
-        cwd=ROOT,
-        env=stack.escrow_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = stack.manage("escrow_audit", "verify", "--relay", relay_key, env=stack.escrow_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK:" in result.stdout, result.stdout
     steps = [line.split()[2:4] for line in result.stdout.splitlines() if line.startswith("  #")]
