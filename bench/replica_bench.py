@@ -1,7 +1,8 @@
 """Replica benchmark: REQ latency from the materialized replica, sync/upsert throughput, and the same REQ mix
 against the PyPI ``nostr-relay`` package on the same events, in the same run.
 
-``run(events=100_000) -> dict``; ``python -m bench.replica_bench [--events N] [--seconds S] [--no-compare]``.
+``run(events=100_000) -> dict``;
+``python -m bench.replica_bench [--events N] [--seconds S] [--no-compare] [--profile FILE]``.
 
 Method (performance-anchors §6):
 
@@ -18,15 +19,26 @@ Method (performance-anchors §6):
   the replica sync) in batches of ``HYPERTUNA_REPLICA_BATCH_SIZE`` view blocks, with signature
   verification on (``verified_events_per_s``, measured when the cache is generated) and, each run on a
   throw-away ``<name>_run`` database, off for a 20k sample (``upsert_events_per_s``).
-- **REQ latency** per shape, three ways: ``in_process`` (``query_events`` call: SQL + row decoding),
-  ``replica_ws`` (a subprocess serving the replica over a loopback WebSocket — REQ in, EVENT… EOSE out —
-  like the gateway's replica path) and ``nostr_relay_ws`` (``nostr-relay`` served by uvicorn on loopback,
-  loaded with the same events through its own ``load`` command, i.e. its storage API with its
-  signature validator on). The same client drives both WebSockets: one connection, sequential REQs, time
-  from sending REQ to receiving EOSE, frames counted. Shapes and parameters are identical for both.
-  ``nostr-relay`` runs on its default SQLite storage (its Postgres path needs asyncpg); compare it with
-  this project on SQLite for a like-for-like storage engine.
-- **Ratios** are nostr-relay ÷ replica (above 1 means the replica is faster), computed within the run.
+- **REQ latency** per shape, four ways: ``in_process`` (``query_events`` call: SQL + row decoding);
+  ``bare_ws`` (a subprocess serving the replica over a loopback WebSocket with nothing but the query and the
+  frames — REQ in, EVENT… EOSE out: what the SQL plus a minimal server cost); ``gateway_ws``, the figure the
+  goal rows report: the real gateway (Daphne → ``RelayAuthMiddleware`` → ``RelayConsumer`` →
+  ``GatewaySession`` with no usable worker → ``ReplicaFallback`` → ``query_events``, frames back through the
+  session and the consumer; set up by :mod:`bench.replica_gateway`: no bridge, in-memory channel layer and
+  cache, no rate limits) at ``ws://…/<relayKey>``, so ``gateway_ws`` minus ``bare_ws`` is the gateway's own cost per
+  shape; and ``nostr_relay_ws`` (``nostr-relay`` served by uvicorn on loopback, loaded with the same events
+  through its own ``load`` command, i.e. its storage API with its signature validator on). The same client
+  drives every WebSocket: one connection, sequential REQs, time from sending REQ to receiving EOSE, frames
+  counted. Shapes and parameters are identical for all. ``nostr-relay`` runs on its default SQLite storage
+  (its Postgres path needs asyncpg); compare it with this project on SQLite for a like-for-like storage
+  engine.
+- **Agreement**: the first three REQs of every shape are sent to each server and the ids compared. The
+  gateway must answer exactly what the bare server answers (same ids, same order) — a fast gateway that
+  answers something else is not a result (the goal rows then carry no figure); against nostr-relay the
+  counts are reported, not enforced.
+- **Profile** (``--profile FILE``, py-spy installed): the gateway's mix is driven once more while py-spy
+  samples the Daphne process; the hottest functions are printed (those timings are not kept).
+- **Ratios** are nostr-relay ÷ gateway (above 1 means the gateway is faster), computed within the run.
 
 Everything listens on 127.0.0.1 only; each phase has a time budget and the run stops by itself.
 """
@@ -42,7 +54,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +71,7 @@ from bench.replica_data import (
     query_mix,
     setup_django,
 )
+from bench.replica_gateway import ensure_offline_relay, gateway_server, hot_spots, profiled
 
 
 def time_in_process(relay_key: str, mix: dict[str, list[dict[str, Any]]], budget_s: float) -> dict[str, Any]:
@@ -108,6 +122,27 @@ def serve_replica(port: int, relay_key: str) -> None:
             await asyncio.Future()
 
     asyncio.run(main())
+
+
+@contextmanager
+def bare_server(database_url: str, relay_key: str) -> Iterator[str]:
+    """:func:`serve_replica` in a child process on a free loopback port; yields its URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.replica_bench", "--serve", str(port), "--relay", relay_key],
+        env={**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        line = server.stdout.readline() if server.stdout else b""
+        if b"READY" not in line:
+            raise RuntimeError("replica WebSocket server did not start")
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        stop_process(server)
 
 
 # --- WebSocket client -----------------------------------------------------------------------------------
@@ -195,6 +230,16 @@ def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
     return round(a[key] / b[key], 2)
 
 
+def _agreement(ours: list[list[str]], theirs: list[list[str]]) -> dict[str, int]:
+    """How many of the check REQs two servers answered with the same ids in the same order, and as a set."""
+    pairs = list(zip(ours, theirs, strict=True))
+    return {
+        "same_order": sum(a == b for a, b in pairs),
+        "same_set": sum(set(a) == set(b) for a, b in pairs),
+        "of": len(pairs),
+    }
+
+
 def run(
     events: int = 100_000,
     *,
@@ -202,14 +247,17 @@ def run(
     compare: bool = True,
     seed: int = 1,
     per_shape: int = 40,
+    profile: Path | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
     """Run the benchmark (see the module docstring) and return the results.
 
     ``seconds`` is the time budget of each latency phase (split over the shapes); loading nostr-relay is
     capped at 30 minutes. The data set, the materialized replica and nostr-relay's loaded store are
-    generated once under ``bench-cache/`` and reused (see :mod:`bench.replica_data`). Returns ``{"config", "ingest", "in_process", "replica_ws", "nostr_relay_ws",
-    "ratios", "agreement"}``.
+    generated once under ``bench-cache/`` and reused (see :mod:`bench.replica_data`). With ``profile``, the
+    gateway's mix is driven once more while py-spy samples the gateway into that file (those timings are not
+    kept). Returns ``{"config", "ingest", "in_process", "bare_ws", "gateway_ws", "nostr_relay_ws", "ratios",
+    "agreement"}`` (and ``"gateway_profile"`` with ``profile``).
     """
     if events < 1000:
         raise ValueError("events must be at least 1000")
@@ -250,29 +298,29 @@ def run(
         log("REQ latency: in process")
         result["in_process"] = time_in_process(relay_key, mix, seconds)
 
-        port = free_port()
-        child_env = {**os.environ, "DATABASE_URL": cached.database_url, "PYTHONUNBUFFERED": "1"}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bench.replica_bench", "--serve", str(port), "--relay", relay_key],
-            env=child_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        try:
-            line = server.stdout.readline() if server.stdout else b""
-            if b"READY" not in line:
-                raise RuntimeError("replica WebSocket server did not start")
-            log("REQ latency: replica over WebSocket")
-            result["replica_ws"] = asyncio.run(_time_ws(f"ws://127.0.0.1:{port}", mix, seconds))
-            replica_answers = asyncio.run(_first_answers(f"ws://127.0.0.1:{port}", mix))
-        finally:
-            stop_process(server)
+        log("REQ latency: bare replica server over WebSocket")
+        with bare_server(cached.database_url, relay_key) as url:
+            result["bare_ws"] = asyncio.run(_time_ws(url, mix, seconds))
+            bare_answers = asyncio.run(_first_answers(url, mix))
+
+        # The relay row the gateway needs to serve the relay from its replica, in the cached database.
+        ensure_offline_relay(relay_key)
+        log("REQ latency: the gateway (Daphne, consumer, session, replica fallback) over WebSocket")
+        with gateway_server(cached.database_url) as gateway:
+            url = gateway.relay_url(relay_key)
+            result["gateway_ws"] = asyncio.run(_time_ws(url, mix, seconds))
+            gateway_answers = asyncio.run(_first_answers(url, mix))
+            if profile is not None:
+                log(f"profile: the same mix again while py-spy samples the gateway (into {profile})")
+                with profiled(gateway.pid, profile):
+                    asyncio.run(_time_ws(url, mix, seconds))
+                result["gateway_profile"] = {"file": str(profile), **hot_spots(profile)}
+    result["agreement"] = {
+        shape: {"gateway_bare": _agreement(gateway_answers[shape], bare_answers[shape])} for shape in SHAPES
+    }
 
     result["nostr_relay_ws"] = None
     result["ratios"] = {}
-    result["agreement"] = {}
     if compare:
         try:
             import nostr_relay  # noqa: F401
@@ -295,18 +343,13 @@ def run(
         finally:
             if proc is not None:
                 stop_process(proc)
-        ours, theirs = result["replica_ws"], result["nostr_relay_ws"]
+        ours, theirs = result["gateway_ws"], result["nostr_relay_ws"]
         for shape in SHAPES:
             result["ratios"][shape] = {
                 "p50": _ratio(theirs[shape], ours[shape], "p50_ms"),
                 "p99": _ratio(theirs[shape], ours[shape], "p99_ms"),
             }
-            pairs = list(zip(replica_answers[shape], nostr_answers[shape], strict=True))
-            result["agreement"][shape] = {
-                "same_order": sum(a == b for a, b in pairs),
-                "same_set": sum(set(a) == set(b) for a, b in pairs),
-                "of": len(pairs),
-            }
+            result["agreement"][shape]["nostr_relay"] = _agreement(gateway_answers[shape], nostr_answers[shape])
         if result["ingest"]["verified_events_per_s"]:
             result["ratios"]["ingest"] = round(
                 result["ingest"]["verified_events_per_s"] / result["ingest"]["nostr_relay_load_events_per_s"], 2
@@ -314,31 +357,49 @@ def run(
     return result
 
 
+def _cell(d: dict[str, Any]) -> str:
+    return f"{d.get('p50_ms', '-')}/{d.get('p99_ms', '-')}"
+
+
+def _agree_text(agree: dict[str, int] | None) -> str:
+    return f"{agree['same_order']}/{agree['same_set']} of {agree['of']}" if agree else "-"
+
+
 def print_report(result: dict[str, Any]) -> None:
     print(json.dumps(result["config"]))
     print("ingest:", json.dumps(result["ingest"]))
-    header = (
-        f"{'shape':26} {'in-proc p50/p99 ms':>20} {'replica ws p50/p99':>20} {'nostr-relay p50/p99':>20} "
-        f"{'ratio p50/p99':>14} {'events ours/theirs':>18} {'same order/set':>14}"
+    print(
+        f"{'shape':26} {'in-proc p50/p99 ms':>19} {'bare ws p50/p99':>16} {'gateway p50/p99':>16} "
+        f"{'nostr-relay p50/p99':>20} {'ratio p50/p99':>14} {'events':>6} {'gw=bare':>11} {'gw~nostr-relay':>14}"
     )
-    print(header)
     theirs = result.get("nostr_relay_ws") or {}
     for shape in SHAPES:
-        a, b = result["in_process"][shape], result["replica_ws"][shape]
         c = theirs.get(shape, {}) if isinstance(theirs, dict) else {}
         r = result["ratios"].get(shape, {})
-        cell = lambda d: f"{d.get('p50_ms', '-')}/{d.get('p99_ms', '-')}"  # noqa: E731
-        agree = result["agreement"].get(shape)
-        agree_text = f"{agree['same_order']}/{agree['same_set']} of {agree['of']}" if agree else "-"
+        agree = result["agreement"].get(shape, {})
         print(
-            f"{shape:26} {cell(a):>20} {cell(b):>20} {cell(c):>20} "
+            f"{shape:26} {_cell(result['in_process'][shape]):>19} {_cell(result['bare_ws'][shape]):>16} "
+            f"{_cell(result['gateway_ws'][shape]):>16} {_cell(c):>20} "
             f"{str(r.get('p50', '-')) + '/' + str(r.get('p99', '-')):>14} "
-            f"{str(b.get('mean_events', 0)) + '/' + str(c.get('mean_events', '-')):>18} {agree_text:>14}"
+            f"{result['gateway_ws'][shape].get('mean_events', 0):>6} "
+            f"{_agree_text(agree.get('gateway_bare')):>11} {_agree_text(agree.get('nostr_relay')):>14}"
         )
+    print("ratio: nostr-relay ÷ gateway; events: mean per gateway answer; gw=bare, gw~nostr-relay: check REQs")
+    print("answered with the same ids in the same order / as the same set")
     if "ingest" in result["ratios"]:
         print(f"ingest ratio (replica verified ÷ nostr-relay load): {result['ratios']['ingest']}")
     if isinstance(theirs, dict) and "skipped" in theirs:
         print(f"nostr-relay comparison skipped: {theirs['skipped']}")
+    profile = result.get("gateway_profile")
+    if profile:
+        print(
+            f"gateway profile ({profile['file']}): {profile['samples']} samples, {profile['idle']} % idle; "
+            "share of the busy samples in %:"
+        )
+        for label in ("self", "project"):
+            print(f"  {label}:")
+            for frame, share in profile[label]:
+                print(f"    {share:5.1f}  {frame}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,13 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-compare", action="store_true", help="skip nostr-relay")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument(
+        "--profile", type=Path, help="also sample the gateway with py-spy into this file (raw collapsed stacks)"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--relay", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve_replica(args.serve, args.relay)
         return 0
-    result = run(args.events, seconds=args.seconds, compare=not args.no_compare, seed=args.seed)
+    result = run(args.events, seconds=args.seconds, compare=not args.no_compare, seed=args.seed, profile=args.profile)
     print_report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
