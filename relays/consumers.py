@@ -22,7 +22,7 @@ from django.conf import settings
 
 from hypertuna import ratelimit
 from hypertuna.nostr import Event, notice_frame
-from relays import fanout, selectors, usage
+from relays import selectors, usage
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
 from relays.fallback import ReplicaFallback
 from relays.health import tracker
@@ -117,8 +117,9 @@ class RelayConsumer(AsyncWebsocketConsumer):
                 await self.send(notice_frame(rejection.notice))
                 await self.close(code=rejection.code)
             return
-        # Registered (live count, node registry) before the handshake completes, so that anything that
-        # happens once the client sees the socket open also sees this session.
+        # Registered (live count, node registry, the relay's live fan-out) before the handshake completes, so
+        # that anything that happens once the client sees the socket open also sees this session.
+        await runtime().fanout.attach(auth.relay.relay_key)
         self.session = self._open_session(auth)
         await self.accept()
         self.session.start()
@@ -147,6 +148,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
             ),
             on_forward=lambda relay: forwarded_messages.labels(relay=relay).inc(),
             on_accepted=self._publish_accepted,
+            send_many=self._send_frames,
             fallback=self.fallback,
             refresh_peers=partial(healthy_peers, auth.relay.relay_key),
         )
@@ -257,14 +259,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def _publish_accepted(self, event: Event) -> None:
-        if self.group:
-            await fanout.publish(self.channel_layer, self.group, event)
-
-    async def relay_event(self, message: dict[str, Any]) -> None:
-        """Channel-layer message from ``fanout.publish`` (any gateway node): a live event of this relay."""
-        event = fanout.event_of(message)
-        if event is not None and self.session is not None and not self.session.closed:
-            await self.session.offer_live(event)
+        if self.session is not None:
+            await runtime().fanout.publish(self.session.relay_key, event)
 
     async def _send_frame(self, frame: str) -> None:
         frame = bounded_notice(frame)
@@ -272,6 +268,16 @@ class RelayConsumer(AsyncWebsocketConsumer):
         if token:
             usage.record(token.token_id, bytes_out=len(frame))
         await self.send(frame)
+
+    async def _send_frames(self, frames: list[str]) -> None:
+        """Several frames of one answer (a replica REQ's events): one usage record, straight to the socket."""
+        frames = [bounded_notice(frame) for frame in frames]
+        token = self.scope["gateway"].token
+        if token:
+            usage.record(token.token_id, bytes_out=sum(map(len, frames)))
+        send = self.base_send
+        for frame in frames:
+            await send({"type": "websocket.send", "text": frame})
 
     async def _close_from_session(self, code: int, reason: str) -> None:
         await self.close(code=code)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from prometheus_client import Counter, Gauge
 
@@ -40,6 +41,7 @@ from hypertuna.bridge import BridgeClient
 from relays import stats, usage
 from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS, get_bridge
 from relays.fallback import LeaseWriter, ReplicaFallback, fallback_reads, fallback_writes
+from relays.fanout import NodeFanout
 from relays.session import GatewaySession
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ pushed_frames = Counter("gateway_pushed_frames_total", "Frames workers pushed to
 class Runtime:
     def __init__(self) -> None:
         self.sessions: dict[str, GatewaySession] = {}
+        # relay key -> this node's open sessions of it (live fan-out, relays.fanout).
+        self.by_relay: dict[str, dict[str, GatewaySession]] = {}
+        self.fanout = NodeFanout(lambda relay_key: list(self.by_relay.get(relay_key, {}).values()), get_channel_layer)
         self.connections: dict[str, Callable[[], tuple[int | None, str]]] = {}
         # Workers whose connection this node's bridge reported closed (monotonic time of the report), until it
         # reports them connected again or the mark ages out: the registry may still list them as healthy for a
@@ -108,6 +113,7 @@ class Runtime:
         """Register an open session; ``connection()`` says which token row (it changes when a refreshed token
         carries the socket on) and which client address it serves, for the operators' "connected now"."""
         self.sessions[session.connection_key] = session
+        self.by_relay.setdefault(session.relay_key, {})[session.connection_key] = session
         session.pushes = self.pushes
         if connection is not None:
             self.connections[session.connection_key] = connection
@@ -115,6 +121,11 @@ class Runtime:
 
     def remove(self, session: GatewaySession) -> None:
         self.sessions.pop(session.connection_key, None)
+        relay_sessions = self.by_relay.get(session.relay_key)
+        if relay_sessions is not None:
+            relay_sessions.pop(session.connection_key, None)
+            if not relay_sessions:
+                del self.by_relay[session.relay_key]
         self.connections.pop(session.connection_key, None)
         active_sessions.set(len(self.sessions))
 
@@ -127,8 +138,9 @@ class Runtime:
         self.memberships.pop(channel, None)
 
     async def refresh_groups(self) -> int:
-        """Re-add every live membership of this node (one round); returns how many were refreshed."""
-        refreshed = 0
+        """Re-add every live membership of this node, its sockets' and its own node-group ones (one round), and
+        leave the node groups of relays it holds no socket of any more; returns how many were refreshed."""
+        refreshed = await self.fanout.refresh()
         for channel, (layer, group, task) in list(self.memberships.items()):
             if task is not None and task.done():
                 del self.memberships[channel]  # the consumer is gone without leaving: let the membership lapse

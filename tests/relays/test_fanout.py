@@ -3,6 +3,7 @@ matching subscription once, however the worker's own copy arrives later."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -21,16 +22,16 @@ NO_IDLE_POLL = SessionConfig(poll_interval=60, request_timeout=1, poll_timeout=1
 
 
 class Group:
-    """The channel-layer group of one relay, in memory: counts the messages published."""
+    """One node's fan-out of one relay (no channel layer: a single node); counts the events published."""
 
     def __init__(self) -> None:
         self.sessions: list = []
-        self.published: list[dict] = []
+        self.published: list[Event] = []
+        self.fanout = fanout.NodeFanout(lambda relay_key: self.sessions, lambda: None)
 
     async def publish(self, event: Event) -> None:
-        self.published.append(fanout.message(event))
-        for session in self.sessions:
-            await session.offer_live(fanout.event_of(self.published[-1]))
+        self.published.append(event)
+        await self.fanout.publish("relay", event)
 
     def join(self, workers, client, **kwargs):
         session = make_session(workers, client, on_accepted=self.publish, config=NO_IDLE_POLL, **kwargs)
@@ -168,3 +169,65 @@ async def test_fanout_through_the_channel_layer_between_two_sockets(monkeypatch,
     assert await reader.receive_nothing(timeout=0.2)
     await reader.disconnect()
     await writer.disconnect()
+
+
+class LiveSink:
+    """A session stand-in that records the live events offered to it."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.got: list[str] = []
+
+    async def offer_live(self, ev: Event) -> None:
+        self.got.append(ev.id)
+
+
+async def test_two_nodes_each_deliver_once_with_one_message_per_batch():
+    from channels.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    here, there = [LiveSink(), LiveSink()], [LiveSink()]
+    node_a = fanout.NodeFanout(lambda key: here if key == "r" else [], lambda: layer)
+    node_b = fanout.NodeFanout(lambda key: there if key == "r" else [], lambda: layer)
+    await node_a.attach("r")
+    await node_b.attach("r")
+    sent = [Event.from_json(event(f"n{i}", 100 + i)) for i in range(20)]
+    before = fanout.fanout_messages.labels(direction="out")._value.get()
+    for ev in sent:
+        await node_a.publish("r", ev)
+    ids = [ev.id for ev in sent]
+    assert [s.got for s in here] == [ids, ids]  # this node's sockets: at once, in order
+    await until(lambda: there[0].got == ids)
+    messages = fanout.fanout_messages.labels(direction="out")._value.get() - before
+    assert 1 <= messages < len(sent)  # batched while a message was on its way
+    # Node A's own message came back to it too: skipped, nothing delivered twice.
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+    assert [s.got for s in here] == [ids, ids] and there[0].got == ids
+    await node_a.close()
+    await node_b.close()
+
+
+async def test_a_node_without_sockets_of_a_relay_leaves_its_group_at_the_next_refresh():
+    from channels.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    sockets: list[LiveSink] = [LiveSink()]
+    node = fanout.NodeFanout(lambda key: sockets, lambda: layer)
+    await node.attach("r")
+    assert node.channel in layer.groups[fanout.node_group("r")]
+    assert await node.refresh() == 1
+    sockets.clear()
+    assert await node.refresh() == 0
+    assert node.channel not in layer.groups.get(fanout.node_group("r"), {})
+    await node.attach("r")  # a socket of the relay again: back in the group
+    assert node.channel in layer.groups[fanout.node_group("r")]
+    await node.close()
+
+
+def test_node_group_names_are_valid_for_any_relay_key():
+    from channels.layers import BaseChannelLayer
+
+    layer = BaseChannelLayer()
+    for key in ("a" * 64, "npub1venxvenx:demo", "ä/ö relay " * 20):
+        assert layer.require_valid_group_name(fanout.node_group(key))
