@@ -10,8 +10,11 @@ subscriptions on its worker (``GatewaySession.bridge_changed``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hypertuna.nostr import CloseMessage, EventMessage, ReqMessage, closed_frame, notice_frame, ok_frame
 from relays.forwarding import PeerError
+from relays.frames_filter import Frame
 from relays.session_config import Fallback
 
 BRIDGE_DOWN_NOTICE = "gateway: connection to workers interrupted; reconnecting"
@@ -23,7 +26,7 @@ class BridgeDown(PeerError):
     """The local bridge itself is not answering: no peer can be reached through this node."""
 
 
-async def outage_reply(message: object, raw: str, fallback: Fallback | None) -> list[str]:
+async def outage_reply(message: object, raw: str, fallback: Fallback | None) -> Sequence[Frame]:
     """The answer to one client frame while the bridge is away (a REQ refused with ``CLOSED`` is closed in
     the session as the frame passes, so it is not re-opened on the worker when the bridge is back)."""
     if fallback is not None and isinstance(message, (ReqMessage, CloseMessage)):

@@ -28,7 +28,7 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,7 @@ from hypertuna.nostr import (
     notice_frame,
     ok_frame,
 )
+from relays.frames_filter import Frame, event_frame_read
 
 if TYPE_CHECKING:
     from escrow.coordinator import EscrowCoordinator, LeaseHandle
@@ -333,7 +334,7 @@ class ReplicaFallback:
         self._pending: list[str] = []
         self._siblings = peers_of_relay  # callable: other fallbacks of this relay on this node
 
-    async def handle(self, message: EventMessage | ReqMessage | CloseMessage, raw: str) -> list[str] | None:
+    async def handle(self, message: EventMessage | ReqMessage | CloseMessage, raw: str) -> Sequence[Frame] | None:
         if isinstance(message, ReqMessage):
             return await self._req(message)
         if isinstance(message, CloseMessage):
@@ -341,20 +342,22 @@ class ReplicaFallback:
             return []
         return await self._event(message)
 
-    async def _req(self, message: ReqMessage) -> list[str]:
+    async def _req(self, message: ReqMessage) -> list[Frame]:
         from replicas.selectors import query_events
 
         events = await sync_to_async(query_events)(
             self.relay_key, message.filters, max_limit=settings.HYPERTUNA_REPLICA_MAX_LIMIT
         )
         fallback_reads.labels(relay=self.relay_key).inc()
+        sub_id = message.subscription_id
         sub = _Sub(message.filters)
-        frames = []
+        frames: list[Frame] = []
         for stored in events:
             sub.note(stored.id, stored.created_at)
-            frames.append(event_frame_from_json(message.subscription_id, stored.json))
-        self._subs[message.subscription_id] = sub
-        frames.append(eose_frame(message.subscription_id))
+            text = event_frame_from_json(sub_id, stored.json)
+            frames.append(event_frame_read(text, sub_id, stored.id, stored.created_at))
+        self._subs[sub_id] = sub
+        frames.append(eose_frame(sub_id))
         return frames
 
     async def _event(self, message: EventMessage) -> list[str]:
@@ -391,11 +394,12 @@ class ReplicaFallback:
                     json.dumps(["EVENT", sub_id, event.to_dict()], ensure_ascii=False, separators=(",", ":"))
                 )
 
-    async def poll(self) -> list[str]:
+    async def poll(self) -> list[Frame]:
         """Live events since the last answer: written here, or newly materialized from the mirror."""
         from replicas.selectors import query_events
 
-        frames, self._pending = self._pending, []
+        frames: list[Frame] = list(self._pending)
+        self._pending = []
         for sub_id, sub in list(self._subs.items()):
             if sub.newest is None:
                 since_filters = sub.filters
@@ -406,5 +410,6 @@ class ReplicaFallback:
             events = await sync_to_async(query_events)(self.relay_key, since_filters, max_limit=100)
             for stored in reversed(events):  # oldest first, as live events arrive
                 if sub.note(stored.id, stored.created_at):
-                    frames.append(event_frame_from_json(sub_id, stored.json))
+                    text = event_frame_from_json(sub_id, stored.json)
+                    frames.append(event_frame_read(text, sub_id, stored.id, stored.created_at))
         return frames

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,22 @@ class WorkerFrame:
         return self.notice is not None and self.notice.startswith(RELAY_NOT_LOADED_PREFIX)
 
 
+# A client-bound frame as text, or already read by whoever built it (the gateway's own replica answers, so
+# that the session does not parse back what it has just serialized).
+Frame = str | WorkerFrame
+
+
+def frame_text(frame: Frame) -> str:
+    """The text a client receives for ``frame``."""
+    return frame if isinstance(frame, str) else frame.text
+
+
+def event_frame_read(text: str, subscription_id: str, event_id: str, created_at: int) -> WorkerFrame:
+    """An EVENT frame built by the gateway itself (``text`` is ``["EVENT", subscription_id, {…}]``), with what
+    the session's admission reads of it."""
+    return WorkerFrame(text, "EVENT", subscription_id=subscription_id, event={"id": event_id, "created_at": created_at})
+
+
 def relay_not_loaded(frames: list[str]) -> bool:
     """Whether a worker's whole answer is "this relay is not loaded here (yet)": nothing a client should
     see; the message goes to another peer or the replica, and the worker is asked again later."""
@@ -95,9 +112,10 @@ def read_frame(text: str) -> WorkerFrame:
     return WorkerFrame(text, kind)
 
 
-def accepted_event(frames: list[str], event_id: str) -> bool:
+def accepted_event(frames: Sequence[Frame], event_id: str) -> bool:
     """Whether a worker's reply stored ``event_id`` now: ``OK true``, not a ``duplicate:`` of one it had."""
-    for text in frames:
+    for item in frames:
+        text = frame_text(item)
         if not text.startswith('["OK"'):
             continue
         try:

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from hypertuna.nostr import (
     CloseMessage,
@@ -54,7 +54,14 @@ from hypertuna.nostr import (
 )
 from relays.bridge_outage import BRIDGE_BACK_NOTICE, BRIDGE_DOWN_NOTICE, BridgeDown, outage_reply
 from relays.forwarding import PeerError, PeerTransport, post_relay
-from relays.frames_filter import accepted_event, read_frame, relay_not_loaded, worker_frames_dropped
+from relays.frames_filter import (
+    Frame,
+    WorkerFrame,
+    accepted_event,
+    read_frame,
+    relay_not_loaded,
+    worker_frames_dropped,
+)
 from relays.inflight import InFlight
 from relays.peer_rotation import PeerRotation
 from relays.poll_schedule import PollSchedule
@@ -88,6 +95,7 @@ class GatewaySession(SessionPolling):
         config: SessionConfig | None = None,
         on_forward: Callable[[str], None] | None = None,
         on_accepted: Callable[[Event], Awaitable[None]] | None = None,
+        send_many: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.relay_key = relay_key
         self.connection_key = secrets.token_hex(16)
@@ -98,6 +106,8 @@ class GatewaySession(SessionPolling):
         self.fallback = fallback
         self.stats = SessionStats()
         self._send = send
+        # Several frames of one answer at once (the consumer's batch send); else one ``send`` each.
+        self._send_many = send_many
         self._close = close
         self._refresh_peers = refresh_peers
         self._on_forward = on_forward
@@ -184,6 +194,18 @@ class GatewaySession(SessionPolling):
         self.stats.bytes_out += len(frame)
         await self._send(frame)
 
+    async def send_all(self, frames: list[str]) -> None:
+        """Frames of one answer, in order, handed to the socket together."""
+        if self._closed or not frames:
+            return
+        if self._send_many is None or len(frames) == 1:
+            for frame in frames:
+                await self.send(frame)
+            return
+        self.stats.frames_out += len(frames)
+        self.stats.bytes_out += sum(map(len, frames))
+        await self._send_many(frames)
+
     async def deliver(self, frames: list[str], peer: str | None = None) -> None:
         """Frames pushed by a worker (``peer`` when known; a ws-frame message) for this connection."""
         self._pushed(peer)
@@ -195,12 +217,15 @@ class GatewaySession(SessionPolling):
         answer the worker is producing). The worker's own copy, arriving later, is then dropped by id."""
         await self._relay_frames([event_frame(sub_id, event) for sub_id in self._subscriptions.matching(event)])
 
-    async def _relay_frames(self, frames: list[str]) -> None:
-        """Send worker frames to the client, minus frames of subscriptions it has not opened and what it
-        already has, and remember what each subscription delivered."""
-        for text in frames:
-            frame = read_frame(text)
+    async def _relay_frames(self, frames: Sequence[Frame]) -> None:
+        """Send worker (or fallback) frames to the client, minus frames of subscriptions it has not opened and
+        what it already has, and remember what each subscription delivered. Frames the gateway built itself
+        come already read (``WorkerFrame``) and are not parsed again."""
+        admitted: list[str] = []
+        for item in frames:
+            frame = item if isinstance(item, WorkerFrame) else read_frame(item)
             if frame.is_auth_rejection:
+                await self.send_all(admitted)
                 await self._auth_rejected(frame.notice or "")
                 return
             dropped = self._subscriptions.admit(frame)
@@ -209,7 +234,8 @@ class GatewaySession(SessionPolling):
                 continue
             if frame.kind in ("EOSE", "CLOSED"):
                 self._schedule.settled(frame.subscription_id or "")
-            await self.send(text)
+            admitted.append(frame.text)
+        await self.send_all(admitted)
 
     # --- frames -----------------------------------------------------------------------------------
 
@@ -267,7 +293,7 @@ class GatewaySession(SessionPolling):
             self._schedule.await_eose(subscription_id, asyncio.get_running_loop().time())
             self._wake.set()
 
-    async def _forward(self, raw: str, message: object) -> tuple[list[str], bool]:
+    async def _forward(self, raw: str, message: object) -> tuple[Sequence[Frame], bool]:
         """The frames answering ``raw``, and whether a worker gave them (not the fallback, not an error)."""
         tried: set[str] = set()
         last_error = "No peers available"

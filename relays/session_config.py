@@ -4,10 +4,12 @@ the health and fallback interfaces it calls, its counters and the close codes it
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from hypertuna.nostr import CloseMessage, EventMessage, ReqMessage
+from relays.frames_filter import Frame
 
 CLOSE_NO_PEERS = 1013
 CLOSE_GATEWAY_ERROR = 1011
@@ -42,9 +44,9 @@ class Fallback(Protocol):
     """Serves a frame when no worker can (read-only replica, leased writes). Returns client frames, or
     None when it cannot serve this frame either."""
 
-    async def handle(self, message: EventMessage | ReqMessage | CloseMessage, raw: str) -> list[str] | None: ...
+    async def handle(self, message: EventMessage | ReqMessage | CloseMessage, raw: str) -> Sequence[Frame] | None: ...
 
-    async def poll(self) -> list[str]: ...
+    async def poll(self) -> Sequence[Frame]: ...
 
 
 @dataclass

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from relays.bridge_outage import BridgeDown
 from relays.forwarding import PeerError, PeerTransport, poll_relay
+from relays.frames_filter import Frame
 from relays.peer_rotation import PeerRotation
 from relays.poll_schedule import PollSchedule
 from relays.session_config import Fallback, SessionConfig, SessionStats
@@ -52,7 +53,7 @@ class SessionPolling:
         _schedule: PollSchedule
 
         async def send(self, frame: str) -> None: ...
-        async def _relay_frames(self, frames: list[str]) -> None: ...
+        async def _relay_frames(self, frames: Sequence[Frame]) -> None: ...
         async def _peer_failed(self, peer: str, reason: str) -> None: ...
         async def _failover_for_poll(self) -> bool: ...
 

@@ -16,6 +16,7 @@ from escrow.transport import EscrowHTTPError, EscrowUnavailable
 from hypertuna.nostr import Event, parse_client_message, sign_event
 from relays import fallback as fallback_module
 from relays.fallback import LeaseWriter, ReplicaFallback
+from relays.frames_filter import frame_text
 from replicas.models import ReplicaEvent
 from tests.relays.test_fallback import KEY, FakeBridge, FakeCoordinator, signed
 from tests.replicas.helpers import ensure_replica, ingest
@@ -34,7 +35,7 @@ def node(writer: LeaseWriter) -> ReplicaFallback:
 
 async def send(fallback: ReplicaFallback, frame: list) -> list:
     raw = json.dumps(frame)
-    return [json.loads(f) for f in await fallback.handle(parse_client_message(raw), raw)]
+    return [json.loads(frame_text(f)) for f in await fallback.handle(parse_client_message(raw), raw)]
 
 
 async def publish(fallback: ReplicaFallback, event: Event) -> list:
@@ -42,7 +43,7 @@ async def publish(fallback: ReplicaFallback, event: Event) -> list:
 
 
 async def polled(fallback: ReplicaFallback) -> list:
-    return [json.loads(f) for f in await fallback.poll()]
+    return [json.loads(frame_text(f)) for f in await fallback.poll()]
 
 
 @pytest.fixture
