@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from hypertuna.nostr import Event, eose_frame, event_frame_from_json
+from relays.frames_filter import event_frame_read
 from tests.relays.test_session import Client, event, make_session
 
 
@@ -41,3 +42,43 @@ async def test_an_event_got_live_is_not_sent_again_by_the_replica_poll():
     await session.stop()
     assert client.frames.count(["EVENT", "live", ev]) == 1
     assert client.frames.count(["EVENT", "live", fresh]) == 1
+
+
+class PreReadReplica(ReplicaFake):
+    """Answers a REQ as the real fallback does: pre-read EVENT frames (one of them twice), then EOSE."""
+
+    def __init__(self, events: list[dict]) -> None:
+        super().__init__()
+        self.events = events
+
+    async def handle(self, message, raw):
+        sub = message.subscription_id
+        self.sub_ids.append(sub)
+        frames = [
+            event_frame_read(event_frame_from_json(sub, json.dumps(e)), sub, e["id"], e["created_at"])
+            for e in [*self.events, self.events[0]]
+        ]
+        return [*frames, eose_frame(sub)]
+
+
+async def test_a_replica_answer_goes_to_the_socket_in_one_batch_in_order_without_repeats():
+    stored = [event(f"stored {i}", created_at=1_700_000_100 - i) for i in range(5)]
+    client = Client()
+    batches: list[list[str]] = []
+
+    async def send_many(frames: list[str]) -> None:
+        batches.append(frames)
+        for frame in frames:
+            await client.send(frame)
+
+    session = make_session({}, client, peers=[], fallback=PreReadReplica(stored), send_many=send_many)
+    session.start()
+    session.enqueue(json.dumps(["REQ", "feed", {"kinds": [1]}]))
+    await client.wait_for(lambda f: ["EOSE", "feed"] in f)
+    assert client.frames == [*(["EVENT", "feed", e] for e in stored), ["EOSE", "feed"]]
+    assert len(batches) == 1 and len(batches[0]) == len(stored) + 1
+    assert session.stats.frames_out == len(stored) + 1
+    # What the pre-read frames delivered is remembered like any frame: a live copy is not sent again.
+    await session.offer_live(Event.from_json(stored[0]))
+    await session.stop()
+    assert client.frames.count(["EVENT", "feed", stored[0]]) == 1
