@@ -6,7 +6,8 @@ Redis channel layer: errors and stale group members), fallback (a relay whose wo
 answer, EVENT→OK under a lease, under refusal and with the escrow down; ``failover`` names its first figure,
 the held socket's first answer after a SIGKILL), idle (N idle WebSockets: memory per socket and CPU per
 process), capacity (EVENT→OK/s through one node over several workers). ``python -m bench routing`` runs one;
-``--events N`` sizes the replica data set (cached under var/bench-cache/), ``--sockets N`` the idle section.
+``--events N`` sizes the replica data set (cached under var/bench-cache/), ``--sockets N`` the idle section,
+``--workers N`` and ``--store memory|autobase`` the capacity section's workers.
 
 Every section prints its figures beside their goals; the run ends with the goal table (figure, goal, ratio)
 and writes every figure to ``bench/results/<UTC date-time>.json`` (format: bench/results/README.md).
@@ -32,7 +33,7 @@ def _run(name: str, module: Any, args: argparse.Namespace) -> Any:
     if name == "idle":
         return module.run(args.sockets)
     if name == "capacity":
-        return module.run(args.workers)
+        return module.run(args.workers, args.store)
     return module.run()
 
 
@@ -44,6 +45,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-compare", action="store_true", help="replicas: skip nostr-relay")
     parser.add_argument("--sockets", type=int, default=1000, help="idle sockets to hold (default 1000)")
     parser.add_argument("--workers", type=int, default=3, help="capacity: reference workers (default 3)")
+    parser.add_argument(
+        "--store",
+        choices=("memory", "autobase"),
+        default="memory",
+        help="capacity: the workers keep events in memory (default, measures the gateway) or in their Autobase",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.sections) - {*SECTIONS, "failover"}
     if unknown:

@@ -108,9 +108,9 @@ def _replica_rows(result: dict[str, Any]) -> list[Row]:
 
 
 def _capacity_rows(result: dict[str, Any]) -> list[Row]:
-    from bench.capacity_bench import GOAL_PER_S
+    from bench.capacity_bench import GOAL_PER_S, WORKER_KINDS
 
-    note = f"{result['workers']} reference workers, {result['clients']} clients"
+    note = f"{result['workers']} {WORKER_KINDS[result.get('store', 'autobase')]}, {result['clients']} clients"
     return [Row("EVENT->OK through one node", "capacity", result["events_per_s"], "/s", GOAL_PER_S, False, note)]
 
 

@@ -63,6 +63,13 @@ Reference Hypertuna worker: hosts one relay and serves the worker protocol on a 
   --escrow-verify-key HEX  pin the escrow's policy verify key   [HYPERTUNA_WORKER_ESCROW_VERIFY_KEY]
   --escrow-heartbeat-ms MS heartbeat interval (default 30000)   [HYPERTUNA_WORKER_ESCROW_HEARTBEAT_MS]
   --wakeup-interval-ms MS  how often to look for other writers' new blocks (default 5000)
+  --memory-store           for benchmarks only: keep the relay's events in memory (lost on exit)
+                           instead of the Autobase, and check an event's id but not its signature
+                           (the gateway verifies it before forwarding), so EVENT is answered at
+                           once and the worker is not what a benchmark measures; the wire
+                           protocol, registration and push are unchanged. Not with --blind-peer,
+                           --relay-cores (or --real-worker-mode), --allow-join, --join,
+                           --gateway-writer(-out) or --escrow-url, which need the Autobase
   --help
 `
 
@@ -141,6 +148,7 @@ async function main () {
       'escrow-verify-key': { type: 'string' },
       'escrow-heartbeat-ms': { type: 'string' },
       'wakeup-interval-ms': { type: 'string' },
+      'memory-store': { type: 'boolean' },
       help: { type: 'boolean' }
     }
   })
@@ -210,6 +218,21 @@ async function main () {
 
   const real = !!values['real-worker-mode']
   if (values['separate-blind-peer-key'] && !blindPeer) fail('--separate-blind-peer-key needs --blind-peer')
+  const memoryStore = !!values['memory-store']
+  if (memoryStore) {
+    const needsAutobase = {
+      'blind-peer': blindPeer,
+      'relay-cores': values['relay-cores'],
+      'real-worker-mode': real,
+      'allow-join': values['allow-join'],
+      join: values.join,
+      'gateway-writer': values['gateway-writer'],
+      'gateway-writer-out': values['gateway-writer-out'],
+      'escrow-url': escrowUrl
+    }
+    const clash = Object.keys(needsAutobase).filter((flag) => needsAutobase[flag])
+    if (clash.length) fail(`--memory-store cannot be used with ${clash.map((f) => '--' + f).join(', ')} (they need the Autobase)`)
+  }
 
   let ownerHex = null
   if (values.owner) {
@@ -248,6 +271,8 @@ async function main () {
     gatewayWriter: !!values['gateway-writer'],
     escrow,
     wakeupIntervalMs: num(values['wakeup-interval-ms'], 5000, '--wakeup-interval-ms'),
+    memoryStore,
+    verifySignatures: !memoryStore,
     logger: log
   })
 

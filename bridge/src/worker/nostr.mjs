@@ -29,14 +29,21 @@ export function structuralProblem (ev) {
   return null
 }
 
-/**
- * Full verification: structure, id equals the recomputed hash, and a valid BIP-340 Schnorr
- * signature by `pubkey` over that id. Returns a NIP-01 "invalid: ..." reason or null.
- */
-export function verifyEvent (ev) {
+/** Structure, and the id equals the recomputed hash (no signature check); a NIP-01 "invalid: ..." reason or null. */
+export function idProblem (ev) {
   const problem = structuralProblem(ev)
   if (problem) return `invalid: ${problem}`
   if (computeEventId(ev) !== ev.id) return 'invalid: event id does not match its content'
+  return null
+}
+
+/**
+ * Full verification: idProblem, and a valid BIP-340 Schnorr signature by `pubkey` over the id.
+ * Returns a NIP-01 "invalid: ..." reason or null.
+ */
+export function verifyEvent (ev) {
+  const problem = idProblem(ev)
+  if (problem) return problem
   let ok = false
   try {
     ok = schnorr.verify(Buffer.from(ev.sig, 'hex'), Buffer.from(ev.id, 'hex'), Buffer.from(ev.pubkey, 'hex'))

@@ -10,6 +10,7 @@ import { createSwarm } from '../swarm/bootstrap.mjs'
 import { writeFileAtomic, readJsonIfExists } from '../lib/files.mjs'
 import { createLogger, errorMessage } from '../lib/log.mjs'
 import { RelayStore } from './relay-store.mjs'
+import { MemoryRelayStore } from './memory-store.mjs'
 import { RelayDrive } from './drive.mjs'
 import { Registrar } from './registrar.mjs'
 import { RelayMirror } from './mirror.mjs'
@@ -78,6 +79,8 @@ export class ReferenceWorker extends EventEmitter {
       gatewayWriter: false,
       escrow: null,
       wakeupIntervalMs: 5000,
+      memoryStore: false,
+      verifySignatures: true,
       ...opts
     }
     if (!Array.isArray(this.opts.bootstrap) || this.opts.bootstrap.length === 0) {
@@ -114,6 +117,11 @@ export class ReferenceWorker extends EventEmitter {
       if (!e.transport && !(e.url && e.ca && e.cert && e.key)) throw new Error('the escrow needs url, ca, cert and key')
       if (!(this.opts.gatewayWriterOut || this.opts.gatewayWriter)) throw new Error('the escrow needs a gateway writer (gatewayWriterOut or gatewayWriter)')
     }
+    if (this.opts.memoryStore) {
+      const needsAutobase = ['relayCores', 'blindPeer', 'allowJoin', 'join', 'gatewayWriterOut', 'gatewayWriter', 'escrow']
+      const clash = needsAutobase.filter((name) => this.opts[name])
+      if (clash.length) throw new Error(`a memory-store relay has no Autobase for ${clash.join(', ')}`)
+    }
   }
 
   /** Relay replication runs on swarm connections only for hosts that share a relay. */
@@ -140,17 +148,22 @@ export class ReferenceWorker extends EventEmitter {
     if (this.opts.join && relayMeta && relayMeta.relayKey !== this.opts.join) {
       throw new Error(`storage ${this.storageDir} already hosts relay ${relayMeta.relayKey}`)
     }
+    if (relayMeta && !!relayMeta.memoryStore !== !!this.opts.memoryStore) {
+      throw new Error(`storage ${this.storageDir} hosts ${relayMeta.memoryStore ? 'a memory-store' : 'an Autobase'} relay`)
+    }
     const bootstrapKey = relayMeta?.relayKey || this.opts.join || null
     this.store = new Corestore(path.join(this.storageDir, 'corestore'))
     await this.store.ready()
-    this.relay = new RelayStore(this.store.namespace('relay'), {
-      bootstrap: bootstrapKey ? b4a.from(bootstrapKey, 'hex') : null
-    })
+    // The memory store keeps the relay key across restarts, not its events.
+    this.relay = this.opts.memoryStore
+      ? new MemoryRelayStore({ key: bootstrapKey })
+      : new RelayStore(this.store.namespace('relay'), { bootstrap: bootstrapKey ? b4a.from(bootstrapKey, 'hex') : null })
     await this.relay.ready()
     this.relayKey = this.relay.key
     if (!relayMeta) {
       const meta = { relayKey: this.relayKey, createdAt: Date.now() }
       if (this.opts.join) meta.joinedFrom = this.opts.joinPeer
+      if (this.opts.memoryStore) meta.memoryStore = true
       writeFileAtomic(path.join(this.storageDir, 'relay.json'), JSON.stringify(meta) + '\n')
     }
     this.relay.on('event', (ev, info) => {
