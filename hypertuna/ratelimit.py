@@ -17,6 +17,11 @@ class RateDecision:
     retry_after: int
 
 
+# Window keys this process created lately (bounded; forgetting one costs one extra ``add``).
+CREATED_MEMO = 10_000
+_created: dict[str, bool] = {}
+
+
 def hit(scope: str, identity: str, *, limit: int, window: int = 60) -> RateDecision:
     """Count one hit of ``identity`` in ``scope`` and say whether it is within ``limit`` per ``window`` s."""
     if limit <= 0:
@@ -25,8 +30,13 @@ def hit(scope: str, identity: str, *, limit: int, window: int = 60) -> RateDecis
     start = now - now % window
     key = f"rl:{scope}:{identity}:{start}"
     # add() is SET NX on Redis: only the first hit of a window creates the key, so incr() never races a
-    # concurrent reset. The key outlives the window slightly and then expires on its own.
-    cache.add(key, 0, timeout=window + 5)
+    # concurrent reset. The key outlives the window slightly and then expires on its own. This process
+    # remembers the windows it created, so later hits are one round trip (incr) instead of two.
+    if _created.get(key) is None:
+        if len(_created) >= CREATED_MEMO:
+            _created.clear()
+        cache.add(key, 0, timeout=window + 5)
+        _created[key] = True
     try:
         count = cache.incr(key)
     except ValueError:  # expired between add() and incr(): this hit starts a fresh window

@@ -175,18 +175,28 @@ class RelayConsumer(AsyncWebsocketConsumer):
             return
         auth: GatewayAuth = self.scope["gateway"]
         token = auth.token
-        # Counted in the shared cache so one token's budget holds across sockets and gateway nodes; an
-        # open relay's clients are limited per address instead.
-        identity = f"token:{token.token_id}" if token else f"ip:{auth.client_ip}"
-        decision = await sync_to_async(ratelimit.hit)(
-            "ws-frames", identity, limit=settings.HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE
-        )
-        if not decision.allowed:
-            await self.send(notice_frame(f"rate-limited: too many messages; retry in {decision.retry_after} s"))
-            return
+        limit = settings.HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE
+        if limit > 0:
+            # Counted in the shared cache so one token's budget holds across sockets and gateway nodes; an
+            # open relay's clients are limited per address instead. In the thread pool, not the one thread
+            # Django's sync code shares: frames of all sockets must not queue behind each other there.
+            identity = f"token:{token.token_id}" if token else f"ip:{auth.client_ip}"
+            decision = await sync_to_async(ratelimit.hit, thread_sensitive=False)("ws-frames", identity, limit=limit)
+            if not decision.allowed:
+                await self.send(notice_frame(f"rate-limited: too many messages; retry in {decision.retry_after} s"))
+                return
         if token:
             usage.record(token.token_id, frames=1, bytes_in=len(text_data))
         self.session.enqueue(text_data)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # A client frame skips Channels' per-message ``close_old_connections`` (a hop to Django's one sync
+        # thread for every frame of every socket): nothing here touches the ORM on the event loop, and every
+        # database call goes through ``database_sync_to_async``, which closes old connections itself.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
 
     async def disconnect(self, code: int) -> None:
         if self._released:

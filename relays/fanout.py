@@ -19,6 +19,13 @@ Membership: a node joins a relay's node group when its first socket of the relay
 accepted, so nothing published afterwards misses it) and leaves at the first membership refresh that finds
 no socket of the relay left (``refresh``, called by the runtime four times per group expiry, which also
 keeps the memberships from lapsing). A node that dies without leaving lapses with the group expiry.
+
+Presence: a node sends the relay's events to the other nodes only while it knows of one. Joining, a node
+says ``hello`` to the group and every member answers with its own; each refresh says it again, and a batch
+from another node counts too. A node not heard of for a group expiry is taken to be gone. So a single node
+(the common deployment) sends nothing through the channel layer for its live events. Until the answers to
+its hello arrive (one round trip), a joining node's live events reach the other nodes' sockets through
+their workers only.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from hypertuna.nostr import Event, InvalidEvent
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "relay.events"  # handled by NodeFanout's receive loop
+HELLO_TYPE = "relay.nodes.hello"
 # At most this many events in one message to the other nodes; more go in the following ones.
 BATCH_MAX = 256
 
@@ -87,8 +95,17 @@ class NodeFanout:
     """One per process (owned by ``relays.runtime.Runtime``). ``sessions_of(relay_key)`` lists this node's open
     sessions of a relay; ``layer`` is the channel layer (None: a single node, nothing leaves the process)."""
 
-    def __init__(self, sessions_of: Callable[[str], list[LiveSession]], layer_factory: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        sessions_of: Callable[[str], list[LiveSession]],
+        layer_factory: Callable[[], Any],
+        *,
+        presence_s: float = 300.0,
+    ) -> None:
         self._sessions_of = sessions_of
+        # relay key -> when another node with sockets of it was last heard of (loop time).
+        self._others: dict[str, float] = {}
+        self._presence_s = presence_s
         self._layer_factory = layer_factory
         self._layer: Any = None
         self.channel: str | None = None
@@ -110,6 +127,7 @@ class NodeFanout:
             layer = await self._ensure_channel()
             if layer is not None and self.channel is not None:
                 await layer.group_add(node_group(relay_key), self.channel)
+                await self._hello(relay_key, answer=True)
             self._joined.add(relay_key)
 
     async def refresh(self) -> int:
@@ -120,12 +138,26 @@ class NodeFanout:
                 if self._sessions_of(relay_key):
                     if layer is not None and self.channel is not None:
                         await layer.group_add(node_group(relay_key), self.channel)
+                        await self._hello(relay_key, answer=False)
                     kept += 1
                     continue
                 self._joined.discard(relay_key)
                 if layer is not None and self.channel is not None:
                     await layer.group_discard(node_group(relay_key), self.channel)
             return kept
+
+    async def _hello(self, relay_key: str, *, answer: bool) -> None:
+        """Tell the relay's other nodes this one holds sockets of it (``answer``: ask them to say so too)."""
+        hello = {"type": HELLO_TYPE, "relay": relay_key, "origin": self.channel, "answer": answer}
+        try:
+            await self._layer.group_send(node_group(relay_key), hello)
+        except Exception as exc:  # the channel layer (Redis) may be briefly unavailable: the next refresh says it
+            logger.warning("live fan-out hello failed", extra={"error": str(exc)})
+
+    def others_present(self, relay_key: str) -> bool:
+        """Whether another node with sockets of the relay was heard of within the presence window."""
+        heard = self._others.get(relay_key)
+        return heard is not None and asyncio.get_running_loop().time() - heard < self._presence_s
 
     async def _ensure_channel(self) -> Any:
         if self._layer is None:
@@ -143,7 +175,7 @@ class NodeFanout:
         to the other nodes' in the next batch. Never raises (a failure costs live copies, which the workers
         still deliver, never the client's OK)."""
         fanout_published.inc()
-        if self.channel is not None and relay_key in self._joined:
+        if self.channel is not None and relay_key in self._joined and self.others_present(relay_key):
             self._outbox.setdefault(relay_key, []).append(event)
             if relay_key not in self._sending:
                 self._sending[relay_key] = asyncio.get_running_loop().create_task(self._send(relay_key))
@@ -177,10 +209,16 @@ class NodeFanout:
                 logger.warning("live fan-out receive failed", extra={"error": str(exc)})
                 await asyncio.sleep(1.0)
                 continue
-            if payload.get("type") != MESSAGE_TYPE or payload.get("origin") == self.channel:
+            kind, relay_key = payload.get("type"), str(payload.get("relay") or "")
+            if kind not in (MESSAGE_TYPE, HELLO_TYPE) or payload.get("origin") == self.channel:
+                continue
+            self._others[relay_key] = asyncio.get_running_loop().time()
+            if kind == HELLO_TYPE:
+                if payload.get("answer") and relay_key in self._joined:
+                    await self._hello(relay_key, answer=False)
                 continue
             fanout_messages.labels(direction="in").inc()
-            sessions = self._sessions_of(str(payload.get("relay") or ""))
+            sessions = self._sessions_of(relay_key)
             for event in events_of(payload):
                 await offer(sessions, event)
 

@@ -62,7 +62,11 @@ class Runtime:
         self.sessions: dict[str, GatewaySession] = {}
         # relay key -> this node's open sessions of it (live fan-out, relays.fanout).
         self.by_relay: dict[str, dict[str, GatewaySession]] = {}
-        self.fanout = NodeFanout(lambda relay_key: list(self.by_relay.get(relay_key, {}).values()), get_channel_layer)
+        self.fanout = NodeFanout(
+            lambda relay_key: list(self.by_relay.get(relay_key, {}).values()),
+            get_channel_layer,
+            presence_s=settings.HYPERTUNA_CHANNEL_GROUP_EXPIRY,
+        )
         self.connections: dict[str, Callable[[], tuple[int | None, str]]] = {}
         # Workers whose connection this node's bridge reported closed (monotonic time of the report), until it
         # reports them connected again or the mark ages out: the registry may still list them as healthy for a

@@ -3,9 +3,9 @@
 Plain asyncio, no Django: the consumer hands it frames and callbacks, tests drive it with fakes.
 
 Guarantees:
-- frames from the client are handled strictly in arrival order (one FIFO, one worker task), and the FIFO
-  is bounded: a client that floods faster than the relay answers gets a ``rate-limited:`` NOTICE for the
-  frames that do not fit, never unbounded memory;
+- frames from the client are handled strictly in arrival order (one FIFO, worked by one task while frames
+  wait), and the FIFO is bounded: a client that floods faster than the relay answers gets a
+  ``rate-limited:`` NOTICE for the frames that do not fit, never unbounded memory;
 - a frame is tried on each usable peer at most once (rotation); a peer that fails to answer is reported
   to the health tracker and skipped; an answer with an error status is relayed, not retried;
 - when the current peer stops answering polls the session moves to the next peer and re-sends its open
@@ -35,6 +35,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from hypertuna.nostr import (
@@ -115,7 +116,10 @@ class GatewaySession(SessionPolling):
         self._on_accepted = on_accepted
         self._rotation = PeerRotation(peers)
         self._subscriptions = Subscriptions(max_open=self.config.max_subscriptions)
-        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=self.config.max_queued_frames)
+        # Client frames waiting, and the task working through them: it exists only while frames wait, so an
+        # idle socket holds no task for it.
+        self._queue: deque[str] = deque()
+        self._draining: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._poll_failures = 0
@@ -156,15 +160,14 @@ class GatewaySession(SessionPolling):
         await self.send(notice_frame(BRIDGE_BACK_NOTICE if up else BRIDGE_DOWN_NOTICE))
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._process_frames(), name=f"session-frames-{self.connection_key[:8]}"),
-            asyncio.create_task(self._poll_loop(), name=f"session-poll-{self.connection_key[:8]}"),
-        ]
+        self._tasks = [asyncio.create_task(self._poll_loop(), name=f"session-poll-{self.connection_key[:8]}")]
 
     async def stop(self) -> None:
         """Cancel the session's tasks (the socket is closing or closed)."""
         self._closed = True
         current = asyncio.current_task()
+        if self._draining is not None:
+            self._tasks.append(self._draining)
         for task in self._tasks:
             if task is not current:
                 task.cancel()
@@ -173,18 +176,22 @@ class GatewaySession(SessionPolling):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._tasks = []
+        self._queue.clear()
 
     def enqueue(self, raw: str) -> bool:
         """Queue a client frame; False (and a NOTICE) when the FIFO is full."""
         self.stats.frames_in += 1
         self.stats.bytes_in += len(raw)
-        try:
-            self._queue.put_nowait(raw)
-        except asyncio.QueueFull:
+        if len(self._queue) >= self.config.max_queued_frames:
             asyncio.get_running_loop().create_task(
                 self.send(notice_frame("rate-limited: too many frames waiting for the relay; slow down"))
             )
             return False
+        self._queue.append(raw)
+        if self._draining is None and not self._closed:
+            self._draining = asyncio.get_running_loop().create_task(
+                self._process_frames(), name=f"session-frames-{self.connection_key[:8]}"
+            )
         return True
 
     async def send(self, frame: str) -> None:
@@ -240,16 +247,20 @@ class GatewaySession(SessionPolling):
     # --- frames -----------------------------------------------------------------------------------
 
     async def _process_frames(self) -> None:
-        while not self._closed:
-            raw = await self._queue.get()
-            try:
-                await self._handle(raw)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A bug handling one frame must not end the conversation: report and continue.
-                logger.exception("session frame handling failed", extra={"relay": self.relay_key})
-                await self.send(notice_frame("error: the gateway could not process this message"))
+        """Handle the waiting frames in order, then end (``enqueue`` starts it again for the next frame)."""
+        try:
+            while self._queue and not self._closed:
+                raw = self._queue.popleft()
+                try:
+                    await self._handle(raw)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # A bug handling one frame must not end the conversation: report and continue.
+                    logger.exception("session frame handling failed", extra={"relay": self.relay_key})
+                    await self.send(notice_frame("error: the gateway could not process this message"))
+        finally:
+            self._draining = None
 
     async def _handle(self, raw: str) -> None:
         try:

@@ -80,7 +80,9 @@ class SessionPolling:
             if delay > 0:
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    # A timeout scope, not ``wait_for``: no extra task per wait on every idle socket.
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
                     continue  # woken early (a REQ or EVENT was forwarded, the peer changed): the schedule changed
                 except TimeoutError:
                     pass

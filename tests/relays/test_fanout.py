@@ -191,6 +191,7 @@ async def test_two_nodes_each_deliver_once_with_one_message_per_batch():
     node_b = fanout.NodeFanout(lambda key: there if key == "r" else [], lambda: layer)
     await node_a.attach("r")
     await node_b.attach("r")
+    await until(lambda: node_a.others_present("r") and node_b.others_present("r"))  # the hellos crossed
     sent = [Event.from_json(event(f"n{i}", 100 + i)) for i in range(20)]
     before = fanout.fanout_messages.labels(direction="out")._value.get()
     for ev in sent:
@@ -231,3 +232,32 @@ def test_node_group_names_are_valid_for_any_relay_key():
     layer = BaseChannelLayer()
     for key in ("a" * 64, "npub1venxvenx:demo", "ä/ö relay " * 20):
         assert layer.require_valid_group_name(fanout.node_group(key))
+
+
+async def test_a_node_alone_with_a_relay_sends_nothing_through_the_channel_layer():
+    from channels.layers import InMemoryChannelLayer
+
+    layer = InMemoryChannelLayer()
+    sockets = [LiveSink()]
+    node = fanout.NodeFanout(lambda key: sockets, lambda: layer, presence_s=0.3)
+    await node.attach("r")
+    before = fanout.fanout_messages.labels(direction="out")._value.get()
+    ev = Event.from_json(event("alone", 100))
+    await node.publish("r", ev)
+    assert sockets[0].got == [ev.id]
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+    assert fanout.fanout_messages.labels(direction="out")._value.get() == before
+    # A second node joins: from its hello on, the first sends; once it is not heard of any more, it stops.
+    other = [LiveSink()]
+    joining = fanout.NodeFanout(lambda key: other, lambda: layer, presence_s=0.3)
+    await joining.attach("r")
+    await until(lambda: node.others_present("r"))
+    second = Event.from_json(event("two nodes", 101))
+    await node.publish("r", second)
+    await until(lambda: other[0].got == [second.id])
+    await joining.close()
+    await until(lambda: not node.others_present("r"))
+    await node.publish("r", Event.from_json(event("alone again", 102)))
+    assert fanout.fanout_messages.labels(direction="out")._value.get() == before + 1
+    await node.close()
