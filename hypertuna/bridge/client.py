@@ -603,10 +603,14 @@ class BridgeClient:
         """Call ``method``; raises BridgeError / BridgeTimeout / BridgeUnavailable."""
         limit = self.call_timeout if timeout_s is None else timeout_s
         deadline = time.monotonic() + limit
-        fut = await asyncio.wait_for(self._send_call(method, params or {}), limit)
+        # Timeout scopes rather than ``wait_for``, which wraps the coroutine in one more task per call: this is
+        # on the path of every client frame.
+        async with asyncio.timeout(limit):
+            fut = await self._send_call(method, params or {})
         remaining = max(0.0, deadline - time.monotonic())
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), remaining)
+            async with asyncio.timeout(remaining):
+                return await asyncio.shield(fut)
         except TimeoutError:
             # The call stays registered so its late answer releases the in-flight slot; nobody
             # awaits it any more, so that answer is dropped.
