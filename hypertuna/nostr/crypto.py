@@ -10,6 +10,7 @@ signature of the wrong length or a message of any length simply does not verify.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import coincurve
@@ -23,12 +24,18 @@ def schnorr_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """True iff ``signature`` is a valid BIP-340 signature of ``message`` by x-only ``public_key``."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
+    key = _xonly_key(public_key)
+    return key is not None and bool(key.verify(signature, message))
+
+
+@functools.lru_cache(maxsize=4096)
+def _xonly_key(public_key: bytes) -> coincurve.PublicKeyXOnly | None:
+    """The parsed key (lifting x to the curve is a square root; a client signs many events with one key)."""
     try:
-        key = coincurve.PublicKeyXOnly(public_key)
+        return coincurve.PublicKeyXOnly(public_key)
     except ValueError:
         # Not the x coordinate of a curve point (or not below the field size): BIP-340 says fail.
-        return False
-    return bool(key.verify(signature, message))
+        return None
 
 
 def generate_secret_key() -> bytes:
