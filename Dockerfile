@@ -41,4 +41,4 @@ RUN groupadd --system --gid 10001 gateway \
  && chmod 0700 /app/var /app/var/bridge /app/var/escrow /run/hypertuna
 USER gateway
 EXPOSE 8000 8443
-CMD ["python", "-m", "daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "--websocket_connect_timeout", "30", "hypertuna.asgi:application"]
+CMD ["python", "-m", "daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "--websocket_connect_timeout", "30", "--ping-interval", "50", "hypertuna.asgi:application"]

@@ -48,6 +48,9 @@ GIVE_UP_AFTER = 5
 # Daphne drops a WebSocket whose handshake the application has not accepted within this many seconds (its own
 # default is 5): hundreds of simultaneous connects are accepted in turn, and the last must not be dropped.
 WEBSOCKET_CONNECT_TIMEOUT = 30
+# Daphne pings every open WebSocket this often (its default is 20 s). Each ping is work per idle socket; 50 s
+# still keeps a connection alive through the usual 60 s idle limits of proxies and load balancers.
+WEBSOCKET_PING_INTERVAL = 50
 PR_SET_PDEATHSIG = 1
 
 
@@ -63,6 +66,8 @@ def daphne_argv(python: str, host: str, port: int) -> list[str]:
         str(port),
         "--websocket_connect_timeout",
         str(WEBSOCKET_CONNECT_TIMEOUT),
+        "--ping-interval",
+        str(WEBSOCKET_PING_INTERVAL),
         "hypertuna.asgi:application",
     ]
 

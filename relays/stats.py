@@ -75,10 +75,24 @@ def publish_node(node: str, *, sessions: list[LiveSession], totals: dict[str, in
     one lost to a concurrent index write by another node returns within an interval)."""
     now = time.time()
     _store().set(_node_key(node), {"at": now, "sessions": sessions, "totals": totals}, timeout=_ttl())
+    _list_node(node, now)
+
+
+def _list_node(node: str, now: float) -> None:
     nodes = _store().get(NODES_KEY) or {}
     nodes = {name: seen for name, seen in nodes.items() if now - seen < _ttl()}
     nodes[node] = now
     _store().set(NODES_KEY, nodes, timeout=_ttl() * 10)
+
+
+def refresh_node(node: str) -> bool:
+    """Keep this node's last snapshot published for another interval without rewriting it; False when it is
+    gone (expired, evicted, the cache restarted): then the caller publishes it whole."""
+    now = time.time()
+    if not _store().touch(_node_key(node), timeout=_ttl()):
+        return False
+    _list_node(node, now)
+    return True
 
 
 def node_snapshots() -> dict[str, dict[str, Any]]:

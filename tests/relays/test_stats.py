@@ -152,6 +152,27 @@ def test_runtime_publishes_its_sessions_with_token_address_and_frames():
     assert row["node"] == runtime.node
 
 
+def test_an_unchanged_node_keeps_its_snapshot_alive_without_rewriting_it(monkeypatch):
+    runtime = Runtime()
+    sess = SimpleNamespace(relay_key="rk", connection_key="c1", stats=SessionStats(frames_in=1, frames_out=1))
+    runtime.add(sess, connection=lambda: (7, "192.0.2.8"))  # type: ignore[arg-type]
+    written = []
+    real_publish = stats.publish_node
+    monkeypatch.setattr(stats, "publish_node", lambda *a, **k: written.append(1) or real_publish(*a, **k))
+    runtime.publish_stats()
+    runtime.publish_stats()  # idle: nothing changed, only kept alive
+    assert len(written) == 1 and len(stats.live_sessions()) == 1
+    sess.stats.frames_out += 1  # the socket got a frame: the snapshot is rewritten
+    runtime.publish_stats()
+    assert len(written) == 2 and stats.live_sessions()[0]["framesOut"] == 2
+    stats._store().delete(stats._node_key(runtime.node))  # expired or evicted meanwhile: published whole
+    runtime.publish_stats()
+    assert len(written) == 3 and len(stats.live_sessions()) == 1
+    runtime.remove(sess)  # type: ignore[arg-type]
+    runtime.publish_stats()
+    assert len(written) == 4 and stats.live_sessions() == []
+
+
 def test_dashboard_numbers_match_the_database(admin_client):
     online, offline, replicated = (hex_key() for _ in range(3))
     for key in (online, offline, replicated):
