@@ -9,7 +9,9 @@ and the consumer.
 The process is set up so that only that path is measured:
 
 - **no bridge**: the bridge socket path names a file that does not exist, so the relay has no live worker
-  and every REQ is the replica's;
+  and every REQ is the replica's (the session takes the bridge for away: the client gets one NOTICE saying
+  so, and each REQ reaches ``ReplicaFallback`` through ``relays.bridge_outage.outage_reply`` rather than
+  after an empty peer rotation — the same fallback call, without the peer loop);
 - **no Redis**: without ``REDIS_URL`` the cache and the channel layer are in memory (one process, as the
   measured path needs nothing shared);
 - **no rate limits** (per address and per token set to 0), logs at WARNING, no escrow;
