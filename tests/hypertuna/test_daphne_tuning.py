@@ -52,3 +52,27 @@ def test_registered_server_close_codes_reach_the_wire_and_others_stay_validated(
     fake.serverClose(4403)
     fake.serverClose(None)
     assert sent == [1013, 1011, ("validated", 4403), ("validated", 1000)]
+
+
+def test_frames_sent_build_no_coloured_log_arguments(monkeypatch):
+    import autobahn.util
+    import autobahn.websocket.protocol
+
+    tune_daphne()
+    styled = []
+    monkeypatch.setattr(autobahn.util, "hl", lambda *a, **k: styled.append(a) or "")
+
+    class Sent(autobahn.websocket.protocol.WebSocketProtocol):
+        def __init__(self):
+            self.send_queue = []
+            self.state = self.STATE_OPEN
+            self.logOctets = False
+            self.written = []
+            self.transport = type("T", (), {"write": lambda _, data: self.written.append(data)})()
+            self.trafficStats = type("S", (), {"outgoingOctetsWireLevel": 0})()
+            self.peer = "tcp:127.0.0.1:1"
+            self.log = type("L", (), {"debug": lambda *a, **k: None})()
+
+    protocol = Sent()
+    protocol.sendData(b"frame")
+    assert protocol.written == [b"frame"] and styled == []
