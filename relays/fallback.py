@@ -48,6 +48,7 @@ from hypertuna.nostr import (
     ReqMessage,
     eose_frame,
     event_frame_from_json,
+    event_frame_head,
     matches_any,
     notice_frame,
     ok_frame,
@@ -351,11 +352,11 @@ class ReplicaFallback:
         fallback_reads.labels(relay=self.relay_key).inc()
         sub_id = message.subscription_id
         sub = _Sub(message.filters)
+        head = event_frame_head(sub_id)
         frames: list[Frame] = []
         for stored in events:
             sub.note(stored.id, stored.created_at)
-            text = event_frame_from_json(sub_id, stored.json)
-            frames.append(event_frame_read(text, sub_id, stored.id, stored.created_at))
+            frames.append(event_frame_read(head + stored.json + "]", sub_id, stored.id, stored.created_at))
         self._subs[sub_id] = sub
         frames.append(eose_frame(sub_id))
         return frames

@@ -208,7 +208,13 @@ def event_frame_from_json(subscription_id: str, event_json: str) -> str:
     The caller vouches that ``event_json`` is one JSON object (e.g. a replica row written from
     :meth:`Event.to_json`); it is inserted verbatim.
     """
-    return '["EVENT",' + dumps(_checked_subscription_id(subscription_id)) + "," + event_json + "]"
+    return event_frame_head(subscription_id) + event_json + "]"
+
+
+def event_frame_head(subscription_id: str) -> str:
+    """``["EVENT",<sub_id>,`` — the part of every EVENT frame of one subscription before the event: an answer
+    of many events checks and encodes the subscription id once (``head + event_json + "]"``)."""
+    return '["EVENT",' + dumps(_checked_subscription_id(subscription_id)) + ","
 
 
 def ok_frame(event_id: str, accepted: bool, message: str = "") -> str:
