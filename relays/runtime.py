@@ -86,6 +86,7 @@ class Runtime:
         # Sessions opened or closed so far, and what the last published stats snapshot was made of.
         self._sessions_changed = 0
         self._published: tuple[Any, ...] | None = None
+        self._published_at = 0.0
 
     def fallback_for(self, relay_key: str) -> ReplicaFallback:
         """A fallback for one socket of ``relay_key``, linked to this node's other sockets of the relay."""
@@ -313,10 +314,11 @@ class Runtime:
             sum(s.stats.frames_in + s.stats.frames_out for s in sessions),
             tuple(totals.values()),
         )
-        if signature == self._published and stats.refresh_node(self.node):
+        fresh = time.monotonic() - self._published_at < stats.SNAPSHOT_TTL / 2
+        if signature == self._published and fresh and stats.refresh_node(self.node):
             return
         stats.publish_node(self.node, sessions=self.live_sessions(), totals=totals)
-        self._published = signature
+        self._published, self._published_at = signature, time.monotonic()
 
     async def _publish_stats(self) -> None:
         while True:

@@ -66,6 +66,11 @@ def _node_key(node: str) -> str:
     return f"stats:node:{node}"
 
 
+# A node's snapshot is kept this long; it counts only while the node is listed in the index (which it renews
+# every interval), and a node whose snapshot did not change rewrites it once per half of this.
+SNAPSHOT_TTL = 60
+
+
 def _ttl() -> int:
     return int(3 * PUBLISH_INTERVAL)
 
@@ -74,7 +79,7 @@ def publish_node(node: str, *, sessions: list[LiveSession], totals: dict[str, in
     """Store this node's snapshot and list the node in the index (an entry is re-added every interval, so
     one lost to a concurrent index write by another node returns within an interval)."""
     now = time.time()
-    _store().set(_node_key(node), {"at": now, "sessions": sessions, "totals": totals}, timeout=_ttl())
+    _store().set(_node_key(node), {"at": now, "sessions": sessions, "totals": totals}, timeout=SNAPSHOT_TTL)
     _list_node(node, now)
 
 
@@ -86,10 +91,10 @@ def _list_node(node: str, now: float) -> None:
 
 
 def refresh_node(node: str) -> bool:
-    """Keep this node's last snapshot published for another interval without rewriting it; False when it is
-    gone (expired, evicted, the cache restarted): then the caller publishes it whole."""
+    """Keep this node's last snapshot current for another interval without rewriting it (only the small index
+    entry is); False when it is gone (evicted, the cache restarted): then the caller publishes it whole."""
     now = time.time()
-    if not _store().touch(_node_key(node), timeout=_ttl()):
+    if not _store().has_key(_node_key(node)):
         return False
     _list_node(node, now)
     return True
@@ -97,7 +102,8 @@ def refresh_node(node: str) -> bool:
 
 def node_snapshots() -> dict[str, dict[str, Any]]:
     """The current snapshot of every node that published within the last three intervals."""
-    nodes = _store().get(NODES_KEY) or {}
+    now = time.time()
+    nodes = {name: seen for name, seen in (_store().get(NODES_KEY) or {}).items() if now - seen < _ttl()}
     if not nodes:
         return {}
     found = _store().get_many([_node_key(n) for n in nodes])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -171,6 +172,17 @@ def test_an_unchanged_node_keeps_its_snapshot_alive_without_rewriting_it(monkeyp
     runtime.remove(sess)  # type: ignore[arg-type]
     runtime.publish_stats()
     assert len(written) == 4 and stats.live_sessions() == []
+
+
+def test_a_node_that_stopped_renewing_its_index_entry_is_not_shown(monkeypatch):
+    runtime = Runtime()
+    sess = SimpleNamespace(relay_key="rk", connection_key="c9", stats=SessionStats())
+    runtime.add(sess, connection=lambda: (None, "192.0.2.9"))  # type: ignore[arg-type]
+    runtime.publish_stats()
+    assert len(stats.live_sessions()) == 1
+    later = time.time() + stats._ttl() + 1  # the node died: its snapshot outlives it, its index entry does not
+    monkeypatch.setattr(stats.time, "time", lambda: later)
+    assert stats.live_sessions() == []
 
 
 def test_dashboard_numbers_match_the_database(admin_client):
