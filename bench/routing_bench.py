@@ -6,9 +6,10 @@ Both paths run in the same process, against the same worker, in one run:
   reaches a worker (the worker has no public socket to compare with);
 - **gateway**: Nostr client → WebSocket → Daphne → ``GatewaySession`` → bridge → worker.
 
-One row set per worker kind (a :class:`WorkerLauncher`): the reference worker pushing live frames, the
-reference worker polled only (``--no-ws-push``, as real workers are), the published worker runtime
-:func:`default_launchers` (the published worker runtime's, for instance). Per worker kind:
+One row set per worker kind (a :class:`WorkerLauncher`, listed in :func:`default_launchers`): the reference
+worker pushing live frames, the same with its events in memory (``--memory-store``: it answers at once, so
+what remains is the gateway's and the bridge's share), the reference worker polled only (``--no-ws-push``, as
+real workers are) and the published worker runtime. Per worker kind:
 
 - **EVENT→OK**: sequential round trips, p50/p99, gateway / direct;
 - **REQ→EOSE** of a REQ that matches nothing: through the gateway vs the worker's own answer time (direct
@@ -80,17 +81,22 @@ class WorkerLauncher(Protocol):
 @dataclass
 class ReferenceWorkerLauncher:
     push: bool = True
+    # Events in memory (``--memory-store``): the worker answers at once, so the figures are the gateway's.
+    memory: bool = False
     label: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.label = "reference worker, ws push" if self.push else "reference worker, poll only"
+        if self.memory:
+            self.label += ", in-memory store"
 
     def start(self, stack: Any) -> LaunchedWorker:
-        return self.start_named(stack, f"bench-{'push' if self.push else 'poll'}")
+        return self.start_named(stack, f"bench-{'push' if self.push else 'poll'}{'-mem' if self.memory else ''}")
 
     def start_named(self, stack: Any, name: str) -> LaunchedWorker:
         """A worker hosting the relay ``name`` (several may run beside one stack)."""
-        worker = stack.start_worker(name, *(() if self.push else ("--no-ws-push",)))
+        args = (() if self.push else ("--no-ws-push",)) + (("--memory-store",) if self.memory else ())
+        worker = stack.start_worker(name, *args)
         ready = worker.markers["HYPERTUNA_WORKER_READY"]
         return LaunchedWorker(
             ready["swarmPublicKey"], ready["relayKey"], f"{stack.ws_url}/{ready['gatewayPath']}", stop=worker.stop
@@ -127,7 +133,12 @@ class RealWorkerLauncher:
 
 def default_launchers() -> list[WorkerLauncher]:
     """The worker kinds measured by ``make bench``; add a launcher here to get one more row set."""
-    return [ReferenceWorkerLauncher(push=True), ReferenceWorkerLauncher(push=False), RealWorkerLauncher()]
+    return [
+        ReferenceWorkerLauncher(push=True),
+        ReferenceWorkerLauncher(push=True, memory=True),
+        ReferenceWorkerLauncher(push=False),
+        RealWorkerLauncher(),
+    ]
 
 
 def _events(n: int, key: PrivateKey | None = None) -> list[dict[str, Any]]:
