@@ -36,7 +36,7 @@ from typing import Any
 import websockets
 
 from bench.procstat import CpuWindow
-from bench.routing_bench import Direct, LaunchedWorker, _events, _gateway_event
+from bench.routing_bench import PRODUCTION_CADENCE, Direct, LaunchedWorker, _events, _gateway_event
 from hypertuna.bridge import BridgeClient
 
 GOAL_PER_S = 2000.0
@@ -48,7 +48,7 @@ WORKER_KINDS = {"memory": "in-memory reference workers", "autobase": "Autobase r
 
 def _start_worker(stack: Any, name: str, store: str) -> LaunchedWorker:
     """A push-capable reference worker hosting the relay ``name``, its events in memory or in its Autobase."""
-    worker = stack.start_worker(name, *(("--memory-store",) if store == "memory" else ()))
+    worker = stack.start_worker(name, *(("--memory-store",) if store == "memory" else ()), *PRODUCTION_CADENCE)
     ready = worker.markers["HYPERTUNA_WORKER_READY"]
     return LaunchedWorker(
         ready["swarmPublicKey"], ready["relayKey"], f"{stack.ws_url}/{ready['gatewayPath']}", stop=worker.stop
