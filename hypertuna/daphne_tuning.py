@@ -24,13 +24,21 @@ and for every frame sent (``sendData``) that means colouring the peer, the lengt
 ``click.style`` — measured at about a tenth of the web process's time serving a 100-event replica answer.
 The highlighting helpers its WebSocket modules call are replaced by ones that return the value as is (debug
 logs, when enabled, read the same without colour).
+
+Periodic scans: Daphne walks every open connection once a second (reaping finished application instances) and
+every two seconds (timeouts and keepalive pings) — work per idle socket, every second. Both scans run every
+``CHECK_INTERVAL`` seconds instead; what they enforce keeps its meaning at that granularity (a ping is sent at
+most that much after its interval, the 30 s handshake limit and the application close timeout are seconds).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 SERVER_CODES = frozenset({1011, 1013})
+CHECK_INTERVAL = 5.0
+_SCANS = frozenset({"application_checker", "timeout_checker"})
 _installed = False
 
 
@@ -77,7 +85,31 @@ def tune_daphne() -> None:
 
     WebSocketFactory.__init__ = factory_init_failing_cleanly  # type: ignore[method-assign]
     _plain_log_values()
+    _slower_scans()
     _installed = True
+
+
+class _ScanSpacingReactor:
+    """Daphne's view of the reactor: its two connection scans are scheduled ``CHECK_INTERVAL`` apart."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(callable, "__name__", "") in _SCANS:
+            delay = max(delay, CHECK_INTERVAL)
+        return self._reactor.callLater(delay, callable, *args, **kwargs)
+
+
+def _slower_scans() -> None:
+    # Only under Daphne's server (its CLI imports it before the application): importing it elsewhere would
+    # install a Twisted reactor in a process that has none.
+    server = sys.modules.get("daphne.server")
+    if server is not None and not isinstance(server.reactor, _ScanSpacingReactor):
+        server.reactor = _ScanSpacingReactor(server.reactor)
 
 
 def _plain(value: Any, *args: Any, **kwargs: Any) -> Any:

@@ -76,3 +76,36 @@ def test_frames_sent_build_no_coloured_log_arguments(monkeypatch):
     protocol = Sent()
     protocol.sendData(b"frame")
     assert protocol.written == [b"frame"] and styled == []
+
+
+def test_daphne_scans_its_connections_every_check_interval_only():
+    from hypertuna import daphne_tuning
+
+    scheduled = []
+
+    class Reactor:
+        running = True
+
+        def callLater(self, delay, fn, *args, **kwargs):
+            scheduled.append((getattr(fn, "__name__", ""), delay))
+
+    spaced = daphne_tuning._ScanSpacingReactor(Reactor())
+
+    def application_checker():
+        pass
+
+    def timeout_checker():
+        pass
+
+    def something_else():
+        pass
+
+    spaced.callLater(1, application_checker)
+    spaced.callLater(2, timeout_checker)
+    spaced.callLater(0.5, something_else)
+    assert scheduled == [
+        ("application_checker", daphne_tuning.CHECK_INTERVAL),
+        ("timeout_checker", daphne_tuning.CHECK_INTERVAL),
+        ("something_else", 0.5),
+    ]
+    assert spaced.running is True  # everything else is the reactor's own
