@@ -108,8 +108,9 @@ def _slower_scans() -> None:
     # Only under Daphne's server (its CLI imports it before the application): importing it elsewhere would
     # install a Twisted reactor in a process that has none.
     server = sys.modules.get("daphne.server")
-    if server is not None and not isinstance(server.reactor, _ScanSpacingReactor):
-        server.reactor = _ScanSpacingReactor(server.reactor)
+    reactor = getattr(server, "reactor", None)
+    if server is not None and reactor is not None and not isinstance(reactor, _ScanSpacingReactor):
+        server.reactor = _ScanSpacingReactor(reactor)  # type: ignore[attr-defined]
 
 
 def _plain(value: Any, *args: Any, **kwargs: Any) -> Any:
