@@ -47,7 +47,9 @@ def burst_stack(tmp_path_factory, redis_url):
     # No poll of the (absent) worker during the test: what is measured is the handshakes and the group.
     stack = Stack(
         tmp_path_factory.mktemp("burst-stack"),
-        env={"REDIS_URL": redis_url, "HYPERTUNA_POLL_INTERVAL_MS": "60000"},
+        # Memberships refreshed every 2 s: the node's own membership of the relay's node group is left at the
+        # first refresh after its last socket closed.
+        env={"REDIS_URL": redis_url, "HYPERTUNA_POLL_INTERVAL_MS": "60000", "HYPERTUNA_CHANNEL_GROUP_EXPIRY": "8"},
     )
     try:
         yield stack.start()
@@ -67,8 +69,10 @@ def register_open_relay(stack: Stack) -> str:
     return key
 
 
-def group_members(store: redis.Redis, prefix: str) -> dict[bytes, int]:
-    return {key: int(store.zcard(key)) for key in store.scan_iter(f"{prefix}:group:*".encode())}
+def group_members(store: redis.Redis, prefix: str, *, nodes: bool = False) -> dict[bytes, int]:
+    """Members of the sockets' groups, or (``nodes``) of the relays' node groups (one channel per node)."""
+    found = {key: int(store.zcard(key)) for key in store.scan_iter(f"{prefix}:group:*".encode())}
+    return {key: n for key, n in found.items() if (b":group:relay-nodes." in key) == nodes}
 
 
 def test_300_simultaneous_connects_then_a_mass_disconnect_leave_no_group_member(burst_stack, redis_url):
@@ -90,11 +94,15 @@ def test_300_simultaneous_connects_then_a_mass_disconnect_leave_no_group_member(
             await asyncio.gather(*(ws.ping() for ws in sockets))
             members = group_members(store, prefix)
             assert list(members.values()) == [CONNECTS], members
+            # The live fan-out's node group: this node once, however many of its sockets serve the relay.
+            assert list(group_members(store, prefix, nodes=True).values()) == [1]
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
 
     asyncio.run(scenario())
     deadline = time.monotonic() + 15
-    while (members := group_members(store, prefix)) and any(members.values()):
+    while (members := {**group_members(store, prefix), **group_members(store, prefix, nodes=True)}) and any(
+        members.values()
+    ):
         assert time.monotonic() < deadline, f"stale group members after the mass disconnect: {members}"
         time.sleep(0.2)
