@@ -5,38 +5,19 @@ import os from 'node:os'
 import path from 'node:path'
 import b4a from 'b4a'
 import { ReferenceWorker } from '../src/worker/worker.mjs'
+import { quiet, startTestWorker } from './helpers/worker.mjs'
 import { MemoryRelayStore } from '../src/worker/memory-store.mjs'
 import { RelayChannel, baseHandshake } from '../src/protocol/relay-protocol.mjs'
 import { createSwarm, startLocalTestnet } from '../src/swarm/bootstrap.mjs'
 import { signEvent, randomSecretKeyHex } from '../src/worker/nostr.mjs'
 
-function quiet () {
-  const noop = () => {}
-  const l = { debug: noop, info: noop, warn: noop, error: noop }
-  l.child = () => l
-  return l
-}
-
 /** A worker as `--memory-store` starts it, on a testnet of its own. */
-async function startWorker (t, opts = {}) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-worker-mem-'))
-  const testnet = await startLocalTestnet(4)
-  const worker = new ReferenceWorker({
-    bootstrap: testnet.bootstrap,
-    storageDir: dir,
-    logger: quiet(),
-    telemetryIntervalMs: 0,
+function startWorker (t, opts = {}) {
+  return startTestWorker(t, {
     memoryStore: true,
     verifySignatures: false,
     ...opts
-  })
-  await worker.start()
-  t.after(async () => {
-    await worker.stop()
-    await testnet.destroy()
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
-  return { worker, testnet, dir }
+  }, 'ht-worker-mem-')
 }
 
 /**

@@ -5,27 +5,12 @@ import os from 'node:os'
 import path from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
 import { ReferenceWorker, camelCase } from '../src/worker/worker.mjs'
+import { quiet, startTestWorker } from './helpers/worker.mjs'
 import { startLocalTestnet } from '../src/swarm/bootstrap.mjs'
 import { signEvent, randomSecretKeyHex } from '../src/worker/nostr.mjs'
 
-function quiet () {
-  const noop = () => {}
-  const l = { debug: noop, info: noop, warn: noop, error: noop }
-  l.child = () => l
-  return l
-}
-
-async function startWorker (t, opts = {}) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ht-worker-'))
-  const testnet = await startLocalTestnet(4)
-  const worker = new ReferenceWorker({ bootstrap: testnet.bootstrap, storageDir: dir, logger: quiet(), telemetryIntervalMs: 0, ...opts })
-  await worker.start()
-  t.after(async () => {
-    await worker.stop()
-    await testnet.destroy()
-    fs.rmSync(dir, { recursive: true, force: true })
-  })
-  return { worker, dir }
+function startWorker (t, opts = {}) {
+  return startTestWorker(t, opts)
 }
 
 /** Drive the worker's router the way a gateway channel would. */
