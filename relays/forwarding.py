@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from relays.frames_filter import WorkerFrame, classify
+
 HOP_BY_HOP = frozenset(
     {
         "content-length",
@@ -42,7 +44,12 @@ class PeerError(Exception):
     """A peer could not serve a request (unreachable, timed out, or answered with an error status)."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, unreachable: bool = False, frames: list[str] | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        unreachable: bool = False,
+        frames: list[WorkerFrame] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -82,55 +89,54 @@ def clean_headers(headers: dict[str, str]) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
-def _frames_from_json(value: Any) -> list[str]:
+def _frames_from_json(value: Any) -> list[list[Any]]:
     """Frames from one decoded JSON document: a frame, or (worker error path) an array of frames."""
     if isinstance(value, list) and value and all(isinstance(item, list) for item in value):
-        return [_dump(item) for item in value]
+        return value
     if isinstance(value, list) and value:
-        return [_dump(value)]
+        return [value]
     return []
 
 
-def _dump(frame: Any) -> str:
-    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-
-
-def _is_forwardable(frame_text: str) -> bool:
-    try:
-        frame = json.loads(frame_text)
-    except ValueError:
-        return False
-    if not isinstance(frame, list) or not frame or not isinstance(frame[0], str):
-        return False
-    if frame[0] == "ACK":
+def _is_forwardable(frame: list[Any]) -> bool:
+    if not frame or not isinstance(frame[0], str) or frame[0] == "ACK":
         return False
     return not (
         frame[0] == "NOTICE" and len(frame) > 1 and isinstance(frame[1], str) and _WORKER_CHATTER.match(frame[1])
     )
 
 
-def parse_ndjson(body: bytes) -> list[str]:
+def _client_frames(values: list[list[Any]]) -> list[WorkerFrame]:
+    """The frames a client may see, read once: each decoded frame is written back out and classified from
+    its decoded form (never parsed again on its way to the socket)."""
+    return [
+        classify(json.dumps(frame, ensure_ascii=False, separators=(",", ":")), frame)
+        for frame in values
+        if _is_forwardable(frame)
+    ]
+
+
+def parse_ndjson(body: bytes) -> list[WorkerFrame]:
     """Client-bound frames from a ``/post/relay`` reply (NDJSON, or a single JSON array of frames)."""
-    frames: list[str] = []
+    values: list[list[Any]] = []
     for line in body.decode("utf-8", "replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            frames.extend(_frames_from_json(json.loads(line)))
+            values.extend(_frames_from_json(json.loads(line)))
         except ValueError:
             continue
-    return [f for f in frames if _is_forwardable(f)]
+    return _client_frames(values)
 
 
-def parse_poll(body: bytes) -> list[str]:
+def parse_poll(body: bytes) -> list[WorkerFrame]:
     """Client-bound frames from a ``/get/relay`` reply (a JSON array of frames, or one frame)."""
     try:
         value = json.loads(body.decode("utf-8", "replace") or "[]")
     except ValueError:
         return []
-    frames = _frames_from_json(value) if isinstance(value, list) else []
-    return [f for f in frames if _is_forwardable(f)]
+    return _client_frames(_frames_from_json(value) if isinstance(value, list) else [])
 
 
 def relay_path(relay_key: str) -> str:
@@ -146,7 +152,7 @@ async def post_relay(
     connection_key: str,
     auth_token: str | None,
     timeout: float,
-) -> list[str]:
+) -> list[WorkerFrame]:
     """Forward one client frame; returns the frames to send back to the client."""
     headers = {"content-type": "application/json"}
     if auth_token:
@@ -169,7 +175,7 @@ async def poll_relay(
     connection_key: str,
     auth_token: str | None,
     timeout: float,
-) -> list[str]:
+) -> list[WorkerFrame]:
     """Fetch the frames a worker has queued for this connection's subscriptions."""
     headers = {"accept": "application/json"}
     if auth_token:

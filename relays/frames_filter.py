@@ -85,20 +85,30 @@ def event_frame_read(text: str, subscription_id: str, event_id: str, created_at:
     return WorkerFrame(text, "EVENT", subscription_id=subscription_id, event={"id": event_id, "created_at": created_at})
 
 
-def relay_not_loaded(frames: list[str]) -> bool:
+def relay_not_loaded(frames: Sequence[Frame]) -> bool:
     """Whether a worker's whole answer is "this relay is not loaded here (yet)": nothing a client should
     see; the message goes to another peer or the replica, and the worker is asked again later."""
-    # Checked on every worker reply: the substring test keeps the common answer from being parsed here too
-    # (the session parses each frame once more when it relays it).
-    return bool(frames) and all(RELAY_NOT_LOADED_PREFIX in f and read_frame(f).is_relay_not_loaded for f in frames)
+    # A text frame is tested for the prefix first: the common answer is not parsed here only to be parsed again.
+    return bool(frames) and all(
+        (isinstance(f, WorkerFrame) or RELAY_NOT_LOADED_PREFIX in f) and read_frame(f).is_relay_not_loaded
+        for f in frames
+    )
 
 
-def read_frame(text: str) -> WorkerFrame:
-    """Classify one frame; anything that is not a JSON array with a string type is kind ``""``."""
+def read_frame(frame: Frame) -> WorkerFrame:
+    """Classify one frame (a frame already read is returned as is); anything that is not a JSON array with a
+    string type is kind ``""``."""
+    if isinstance(frame, WorkerFrame):
+        return frame
     try:
-        data = json.loads(text)
+        data = json.loads(frame)
     except ValueError:
-        return WorkerFrame(text, "")
+        return WorkerFrame(frame, "")
+    return classify(frame, data)
+
+
+def classify(text: str, data: Any) -> WorkerFrame:
+    """The frame ``text`` read from its decoded form ``data``."""
     if not isinstance(data, list) or not data or not isinstance(data[0], str):
         return WorkerFrame(text, "")
     kind = data[0]

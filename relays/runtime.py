@@ -42,6 +42,7 @@ from relays import stats, usage
 from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS, get_bridge
 from relays.fallback import LeaseWriter, ReplicaFallback, fallback_reads, fallback_writes
 from relays.fanout import NodeFanout
+from relays.frames_filter import classify
 from relays.session import GatewaySession
 
 logger = logging.getLogger(__name__)
@@ -259,9 +260,12 @@ class Runtime:
         if session is None or not isinstance(frames, list):
             pushed_frames.labels(result="no-session").inc()
             return
-        texts = [json.dumps(f, ensure_ascii=False, separators=(",", ":")) for f in frames if isinstance(f, list)]
-        pushed_frames.labels(result="delivered").inc(len(texts))
-        asyncio.get_running_loop().create_task(session.deliver(texts, peer=str(data.get("peerKey") or "") or None))
+        # Read here from their decoded form, so the session does not parse them again.
+        read = [
+            classify(json.dumps(f, ensure_ascii=False, separators=(",", ":")), f) for f in frames if isinstance(f, list)
+        ]
+        pushed_frames.labels(result="delivered").inc(len(read))
+        asyncio.get_running_loop().create_task(session.deliver(read, peer=str(data.get("peerKey") or "") or None))
 
     def pushes(self, peer: str) -> bool:
         """Whether ``peer`` advertised wsframe-push to this node's bridge; asked once per process in the

@@ -213,7 +213,7 @@ class GatewaySession(SessionPolling):
         self.stats.bytes_out += sum(map(len, frames))
         await self._send_many(frames)
 
-    async def deliver(self, frames: list[str], peer: str | None = None) -> None:
+    async def deliver(self, frames: Sequence[Frame], peer: str | None = None) -> None:
         """Frames pushed by a worker (``peer`` when known; a ws-frame message) for this connection."""
         self._pushed(peer)
         await self._relay_frames(frames)
@@ -360,7 +360,7 @@ class GatewaySession(SessionPolling):
         await self._no_peers(last_error)
         return [], False
 
-    async def _post(self, peer: str, raw: str) -> list[str]:
+    async def _post(self, peer: str, raw: str) -> list[WorkerFrame]:
         request = post_relay(
             self.transport,
             peer,

@@ -33,7 +33,16 @@ def test_subscription_chatter_of_real_workers_is_hidden():
         assert parse_ndjson(body) == []
         assert parse_poll(b"[" + body + b"]") == []
     kept = ["NOTICE", "Subscription limit reached"]
-    assert parse_ndjson(json.dumps(kept).encode()) == [json.dumps(kept, separators=(",", ":"))]
+    (frame,) = parse_ndjson(json.dumps(kept).encode())
+    assert (frame.text, frame.kind, frame.notice) == (json.dumps(kept, separators=(",", ":")), "NOTICE", kept[1])
+    # Read once from the decoded reply: an EVENT arrives with what admission needs, no parse left to do.
+    (event_frame,) = parse_poll(b'[["EVENT","s",{"id":"ab","created_at":5}]]')
+    assert (event_frame.kind, event_frame.subscription_id, event_frame.event_id, event_frame.created_at) == (
+        "EVENT",
+        "s",
+        "ab",
+        5,
+    )
 
 
 def test_read_frame_classifies_once():
