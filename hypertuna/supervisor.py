@@ -72,6 +72,26 @@ def daphne_argv(python: str, host: str, port: int) -> list[str]:
     ]
 
 
+def uvicorn_argv(python: str, host: str, port: int) -> list[str]:
+    """The web process on uvicorn instead (``python -m bench … --server uvicorn``: the ASGI server comparison;
+    the gateway runs on Daphne, see the README's design section)."""
+    return [
+        python,
+        "-m",
+        "uvicorn",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--lifespan",
+        "off",
+        "--no-access-log",
+        "--ws-ping-interval",
+        str(WEBSOCKET_PING_INTERVAL),
+        "hypertuna.asgi:application",
+    ]
+
+
 def celery_argv(python: str, concurrency: int, schedule: Path) -> list[str]:
     """A Celery worker with its embedded beat (one per role: a second beat would run each task twice)."""
     return [

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hypertuna.supervisor import celery_argv, daphne_argv
+from hypertuna.supervisor import celery_argv, daphne_argv, uvicorn_argv
 from tests.e2e.nodes import Node
 from tests.e2e.procs import (
     BRIDGE_DIR,
@@ -187,7 +187,10 @@ class Stack:
         self.procs.append(
             self._spawn(
                 "web",
-                daphne_argv(sys.executable, "127.0.0.1", self.port),
+                # The ASGI server comparison of ``make bench`` (``--server uvicorn``) swaps the web server.
+                (uvicorn_argv if self.env.get("HYPERTUNA_WEB_SERVER") == "uvicorn" else daphne_argv)(
+                    sys.executable, "127.0.0.1", self.port
+                ),
             )
         )
         self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
