@@ -36,7 +36,7 @@ from typing import Any
 import websockets
 
 from bench.procstat import CpuWindow
-from bench.routing_bench import PRODUCTION_CADENCE, Direct, LaunchedWorker, _events, _gateway_event
+from bench.routing_bench import Direct, LaunchedWorker, ReferenceWorkerLauncher, _events, _gateway_event
 from hypertuna.bridge import BridgeClient
 
 GOAL_PER_S = 2000.0
@@ -44,15 +44,6 @@ CLIENTS_PER_WORKER = 16
 EVENTS_PER_CLIENT = 60
 STORES = ("memory", "autobase")
 WORKER_KINDS = {"memory": "in-memory reference workers", "autobase": "Autobase reference workers"}
-
-
-def _start_worker(stack: Any, name: str, store: str) -> LaunchedWorker:
-    """A push-capable reference worker hosting the relay ``name``, its events in memory or in its Autobase."""
-    worker = stack.start_worker(name, *(("--memory-store",) if store == "memory" else ()), *PRODUCTION_CADENCE)
-    ready = worker.markers["HYPERTUNA_WORKER_READY"]
-    return LaunchedWorker(
-        ready["swarmPublicKey"], ready["relayKey"], f"{stack.ws_url}/{ready['gatewayPath']}", stop=worker.stop
-    )
 
 
 async def _load(urls: list[str], pids: dict[str, int], per_worker: int) -> dict[str, Any]:
@@ -114,7 +105,8 @@ def run(workers: int = 3, store: str = "memory", per_worker: int = CLIENTS_PER_W
         env = {"HYPERTUNA_LOG_LEVEL": "WARNING", "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0"}
         stack = Stack(Path(tmp), env=env).start()
         try:
-            launched = [_start_worker(stack, f"bench-capacity-{i}", store) for i in range(workers)]
+            launcher = ReferenceWorkerLauncher(push=True, memory=store == "memory")
+            launched = [launcher.start_named(stack, f"bench-capacity-{i}") for i in range(workers)]
             pids = {proc.name: proc.process.pid for proc in stack.procs + stack.workers}
             pids["bench-client"] = os.getpid()
             result = {"store": store, **asyncio.run(_load([w.url for w in launched], pids, per_worker))}
