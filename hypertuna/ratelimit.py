@@ -19,7 +19,7 @@ class RateDecision:
 
 # Window keys this process created lately (bounded; forgetting one costs one extra ``add``).
 CREATED_MEMO = 10_000
-_created: dict[str, bool] = {}
+_created: set[str] = set()
 
 
 def hit(scope: str, identity: str, *, limit: int, window: int = 60) -> RateDecision:
@@ -32,11 +32,11 @@ def hit(scope: str, identity: str, *, limit: int, window: int = 60) -> RateDecis
     # add() is SET NX on Redis: only the first hit of a window creates the key, so incr() never races a
     # concurrent reset. The key outlives the window slightly and then expires on its own. This process
     # remembers the windows it created, so later hits are one round trip (incr) instead of two.
-    if _created.get(key) is None:
+    if key not in _created:
         if len(_created) >= CREATED_MEMO:
             _created.clear()
         cache.add(key, 0, timeout=window + 5)
-        _created[key] = True
+        _created.add(key)
     try:
         count = cache.incr(key)
     except ValueError:  # expired between add() and incr(): this hit starts a fresh window

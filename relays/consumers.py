@@ -273,14 +273,11 @@ class RelayConsumer(AsyncWebsocketConsumer):
             await runtime().fanout.publish(self.session.relay_key, event)
 
     async def _send_frame(self, frame: str) -> None:
-        frame = bounded_notice(frame)
-        token = self.scope["gateway"].token
-        if token:
-            usage.record(token.token_id, bytes_out=len(frame))
-        await self.send(frame)
+        await self._send_frames([frame])
 
     async def _send_frames(self, frames: list[str]) -> None:
-        """Several frames of one answer (a replica REQ's events): one usage record, straight to the socket."""
+        """Frames to the client (several: the events of one answer), NOTICEs bounded, counted in one usage
+        record, straight to the socket."""
         frames = [bounded_notice(frame) for frame in frames]
         token = self.scope["gateway"].token
         if token:

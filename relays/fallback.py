@@ -47,16 +47,16 @@ from hypertuna.nostr import (
     Filter,
     ReqMessage,
     eose_frame,
-    event_frame_from_json,
     event_frame_head,
     matches_any,
     notice_frame,
     ok_frame,
 )
-from relays.frames_filter import Frame, event_frame_read
+from relays.frames_filter import Frame, WorkerFrame, event_frame_read
 
 if TYPE_CHECKING:
     from escrow.coordinator import EscrowCoordinator, LeaseHandle
+    from replicas.selectors import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +147,11 @@ class _Sub:
             return True
         self.newest, self.seen_at_newest = created_at, {event_id}
         return True
+
+
+def _stored_frame(head: str, sub_id: str, stored: StoredEvent) -> WorkerFrame:
+    """The EVENT frame of a replica row for a subscription (``head``: ``event_frame_head(sub_id)``), read."""
+    return event_frame_read(head + stored.json + "]", sub_id, stored.id, stored.created_at)
 
 
 def _expires_ms(lease: LeaseHandle) -> int:
@@ -356,7 +361,7 @@ class ReplicaFallback:
         frames: list[Frame] = []
         for stored in events:
             sub.note(stored.id, stored.created_at)
-            frames.append(event_frame_read(head + stored.json + "]", sub_id, stored.id, stored.created_at))
+            frames.append(_stored_frame(head, sub_id, stored))
         self._subs[sub_id] = sub
         frames.append(eose_frame(sub_id))
         return frames
@@ -409,8 +414,8 @@ class ReplicaFallback:
                     Filter.from_json({**f.to_dict(), "since": max(f.since or 0, sub.newest)}) for f in sub.filters
                 )
             events = await sync_to_async(query_events)(self.relay_key, since_filters, max_limit=100)
+            head = event_frame_head(sub_id)
             for stored in reversed(events):  # oldest first, as live events arrive
                 if sub.note(stored.id, stored.created_at):
-                    text = event_frame_from_json(sub_id, stored.json)
-                    frames.append(event_frame_read(text, sub_id, stored.id, stored.created_at))
+                    frames.append(_stored_frame(head, sub_id, stored))
         return frames

@@ -93,7 +93,8 @@ async def offer(sessions: Iterable[LiveSession], event: Event) -> None:
 
 class NodeFanout:
     """One per process (owned by ``relays.runtime.Runtime``). ``sessions_of(relay_key)`` lists this node's open
-    sessions of a relay; ``layer`` is the channel layer (None: a single node, nothing leaves the process)."""
+    sessions of a relay; ``layer_factory()`` gives the channel layer (None: a single node, nothing leaves the
+    process)."""
 
     def __init__(
         self,

@@ -136,7 +136,7 @@ def parse_poll(body: bytes) -> list[WorkerFrame]:
         value = json.loads(body.decode("utf-8", "replace") or "[]")
     except ValueError:
         return []
-    return _client_frames(_frames_from_json(value) if isinstance(value, list) else [])
+    return _client_frames(_frames_from_json(value))
 
 
 def relay_path(relay_key: str) -> str:

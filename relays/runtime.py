@@ -311,11 +311,9 @@ class Runtime:
             "fallback_reads": _counter_total(fallback_reads),
             "fallback_writes": _counter_total(fallback_writes),
         }
-        sessions = list(self.sessions.values())
         signature = (
             self._sessions_changed,
-            len(sessions),
-            sum(s.stats.frames_in + s.stats.frames_out for s in sessions),
+            sum(s.stats.frames_in + s.stats.frames_out for s in list(self.sessions.values())),
             tuple(totals.values()),
         )
         fresh = time.monotonic() - self._published_at < stats.SNAPSHOT_TTL / 2
