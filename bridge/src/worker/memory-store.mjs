@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { DELETION_KIND, addressOf, compareNewestFirst, isEphemeral, matchFilter, replaceKey, supersedes } from './nostr.mjs'
+import { DELETION_KIND, addressOf, answerFilters, compareNewestFirst, isEphemeral, matchFilter, replaceKey, supersedes } from './nostr.mjs'
 
 /**
  * A relay kept in memory, for benchmarks (`--memory-store`): the same reads and writes as RelayStore
@@ -146,15 +146,6 @@ export class MemoryRelayStore extends EventEmitter {
 
   /** Answer a REQ's filters; events matching several filters are sent once. */
   async queryFilters (filters) {
-    const out = []
-    const ids = new Set()
-    for (const f of filters) {
-      for (const ev of await this.query(f)) {
-        if (ids.has(ev.id)) continue
-        ids.add(ev.id)
-        out.push(ev)
-      }
-    }
-    return out
+    return answerFilters(filters, (f) => this.query(f))
   }
 }

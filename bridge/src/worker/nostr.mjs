@@ -160,6 +160,23 @@ export function compareNewestFirst (a, b) {
   return a.id < b.id ? -1 : a.id > b.id ? 1 : 0
 }
 
+/**
+ * A REQ's answer from one `query(filter)` per filter, in filter order: an event several filters match is sent
+ * once (NIP-01 REQ semantics).
+ */
+export async function answerFilters (filters, query) {
+  const out = []
+  const ids = new Set()
+  for (const f of filters) {
+    for (const ev of await query(f)) {
+      if (ids.has(ev.id)) continue
+      ids.add(ev.id)
+      out.push(ev)
+    }
+  }
+  return out
+}
+
 // bech32 (BIP-173), enough for npub encoding/decoding.
 const CHARSET = 'qpzry9x8gf2tvdw0s3jn54khce6mua7l'
 const GEN = [0x3b6a57b2, 0x26508e6d, 0x1ea119fa, 0x3d4233dd, 0x2a1462b3]

@@ -3,7 +3,7 @@ import Autobase from 'autobase'
 import Hyperbee from 'hyperbee'
 import c from 'compact-encoding'
 import b4a from 'b4a'
-import { DELETION_KIND, addressOf, compareNewestFirst, isEphemeral, matchFilter, replaceKey, supersedes } from './nostr.mjs'
+import { DELETION_KIND, addressOf, answerFilters, compareNewestFirst, isEphemeral, matchFilter, replaceKey, supersedes } from './nostr.mjs'
 
 const MAX_CREATED_AT = 9999999999
 
@@ -286,16 +286,7 @@ export class RelayStore extends EventEmitter {
 
   /** Answer a REQ's filters; events matching several filters are sent once. */
   async queryFilters (filters) {
-    const out = []
-    const ids = new Set()
     const cache = new Map()
-    for (const f of filters) {
-      for (const ev of await this.query(f, cache)) {
-        if (ids.has(ev.id)) continue
-        ids.add(ev.id)
-        out.push(ev)
-      }
-    }
-    return out
+    return answerFilters(filters, (f) => this.query(f, cache))
   }
 }
