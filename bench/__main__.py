@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -52,15 +51,7 @@ def main(argv: list[str]) -> int:
         default="memory",
         help="capacity: the workers keep events in memory (default, measures the gateway) or in their Autobase",
     )
-    parser.add_argument(
-        "--server",
-        choices=("daphne", "uvicorn"),
-        default="daphne",
-        help="the ASGI server of the gateway stacks the sections start (default daphne, what the gateway runs on)",
-    )
     args = parser.parse_args(argv)
-    # Read by the end-to-end harness that starts each section's gateway stack.
-    os.environ["HYPERTUNA_WEB_SERVER"] = args.server
     unknown = set(args.sections) - {*SECTIONS, "failover"}
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")

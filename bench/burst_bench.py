@@ -63,7 +63,7 @@ async def _burst(n: int, key: str, token: str, group_key: bytes, redis_url: str)
     told_later = sum(1 for a in answers if not isinstance(a, str) or "try again later" in a)
     store = redis.Redis.from_url(redis_url)
     members_open = int(store.zcard(group_key))
-    # A disconnect is given time to finish (as Daphne gives application_close_timeout): a consumer cancelled
+    # A disconnect is given time to finish (as the ASGI server gives one time to end): a consumer cancelled
     # mid-disconnect never discards its group membership, which would be the harness's fault, not the layer's.
     await asyncio.gather(*(c.disconnect(timeout=120) for c in clients), return_exceptions=True)
     return {

@@ -1,5 +1,5 @@
 """Fallback: what a relay's clients see when its only worker goes away, through real processes (escrow role,
-Daphne, bridge, reference workers; loopback only).
+web, bridge, reference workers; loopback only).
 
 One gateway node over a private Redis (cache, channel layer), as in production. Two relays, each mirrored to the
 gateway's blind peer and materialized into the replica:
@@ -170,7 +170,7 @@ def _publish_online(url: str) -> str:
 
 
 def run() -> dict[str, Any]:
-    # A shared cache, as in production: the bridge event consumer's "worker unreachable" reaches Daphne.
+    # A shared cache, as in production: the bridge event consumer's "worker unreachable" reaches the web process.
     redis_process, redis_url = _private_redis()
     try:
         return _run(redis_url)
@@ -246,7 +246,7 @@ def _goal(value_ms: float | None, goal_ms: float) -> str:
 def report(results: dict[str, Any]) -> str:
     probes = results["probes"]
     lines = [
-        "Fallback: a relay whose only worker goes away (escrow role, Daphne, bridge, reference workers; bridge "
+        "Fallback: a relay whose only worker goes away (escrow role, web, bridge, reference workers; bridge "
         f"health probe every {probes['HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS']} ms, timeout "
         f"{probes['HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS']} ms, as the test harness sets them)"
     ]

@@ -1,6 +1,6 @@
 """Idle WebSockets on one node: memory per socket and CPU while nothing happens.
 
-One gateway stack (Daphne, bridge, event consumer; loopback only) and a push-capable reference worker.
+One gateway stack (web, bridge, event consumer; loopback only) and a push-capable reference worker.
 ``sockets`` clients each open a WebSocket to the relay and hold one subscription (a REQ answered by its
 EOSE), then stay silent. Per process of the stack (from ``/proc``): resident memory before the sockets and
 with them open — the web process's growth divided by the sockets is the **memory per socket** — and the
@@ -70,7 +70,7 @@ def run(sockets: int = 1000, idle_s: float = 20.0) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.e2e.harness import Stack
 
-    # Each socket is one descriptor here and one in Daphne (which inherits the limit), plus headroom.
+    # Each socket is one descriptor here and one in the web process (which inherits the limit), plus headroom.
     raise_open_files_limit(sockets + 1024)
     with tempfile.TemporaryDirectory(prefix="hypertuna-bench-idle-") as tmp:
         env = {"HYPERTUNA_LOG_LEVEL": "WARNING", "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0"}

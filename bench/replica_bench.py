@@ -22,7 +22,7 @@ Method (performance-anchors §6):
 - **REQ latency** per shape, four ways: ``in_process`` (``query_events`` call: SQL + row decoding);
   ``bare_ws`` (a subprocess serving the replica over a loopback WebSocket with nothing but the query and the
   frames — REQ in, EVENT… EOSE out: what the SQL plus a minimal server cost); ``gateway_ws``, the figure the
-  goal rows report: the real gateway (Daphne → ``RelayAuthMiddleware`` → ``RelayConsumer`` →
+  goal rows report: the real gateway (uvicorn → ``RelayAuthMiddleware`` → ``RelayConsumer`` →
   ``GatewaySession`` with no usable worker → ``ReplicaFallback`` → ``query_events``, frames back through the
   session and the consumer; set up by :mod:`bench.replica_gateway`: no bridge, in-memory channel layer and
   cache, no rate limits) at ``ws://…/<relayKey>``, so ``gateway_ws`` minus ``bare_ws`` is the gateway's own cost per
@@ -37,7 +37,7 @@ Method (performance-anchors §6):
   answers something else is not a result (the goal rows then carry no figure); against nostr-relay the
   counts are reported, not enforced.
 - **Profile** (``--profile FILE``, py-spy installed): the gateway's mix is driven once more while py-spy
-  samples the Daphne process; the hottest functions are printed (those timings are not kept).
+  samples the web process; the hottest functions are printed (those timings are not kept).
 - **Ratios** are nostr-relay ÷ gateway (above 1 means the gateway is faster), computed within the run.
 
 Everything listens on 127.0.0.1 only; each phase has a time budget and the run stops by itself.
@@ -305,7 +305,7 @@ def run(
 
         # The relay row the gateway needs to serve the relay from its replica, in the cached database.
         ensure_offline_relay(relay_key)
-        log("REQ latency: the gateway (Daphne, consumer, session, replica fallback) over WebSocket")
+        log("REQ latency: the gateway (uvicorn, consumer, session, replica fallback) over WebSocket")
         with gateway_server(cached.database_url) as gateway:
             url = gateway.relay_url(relay_key)
             result["gateway_ws"] = asyncio.run(_time_ws(url, mix, seconds))

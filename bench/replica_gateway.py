@@ -1,6 +1,6 @@
 """The real gateway serving a relay from its replica, for the replica benchmark's ``gateway_ws`` phase.
 
-A Daphne subprocess (``hypertuna.supervisor.daphne_argv``, as ``tests/e2e/harness.py`` starts the web process)
+A web-server subprocess (``hypertuna.supervisor.web_argv``, as ``tests/e2e/harness.py`` starts the web process)
 runs ``hypertuna.asgi:application`` against the cached replica's database, so a REQ takes the path a client's
 REQ takes when no worker can answer: ``RelayAuthMiddleware`` → ``RelayConsumer`` → ``GatewaySession`` (no
 usable peer) → ``ReplicaFallback`` → ``replicas.selectors.query_events`` → frames back through the session
@@ -94,17 +94,17 @@ class Gateway:
 
 @contextmanager
 def gateway_server(database_url: str) -> Iterator[Gateway]:
-    """A Daphne web process serving the gateway on a free loopback port, stopped on exit. Its output goes to
+    """A web process (uvicorn) serving the gateway on a free loopback port, stopped on exit. Its output goes to
     a log file under a temporary folder (named in the error when it does not start)."""
-    from hypertuna.supervisor import daphne_argv
+    from hypertuna.supervisor import web_argv
 
     with tempfile.TemporaryDirectory(prefix="replica-gateway-") as tmp:
         var_dir = Path(tmp)
-        log_path = var_dir / "daphne.log"
+        log_path = var_dir / "web.log"
         port = free_port()
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                daphne_argv(sys.executable, "127.0.0.1", port),
+                web_argv(sys.executable, "127.0.0.1", port),
                 env=gateway_env(database_url, var_dir),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -4,7 +4,7 @@ Both paths run in the same process, against the same worker, in one run:
 
 - **direct**: Python → bridge RPC (``peer.request``) → Hyperswarm → worker, the way the gateway itself
   reaches a worker (the worker has no public socket to compare with);
-- **gateway**: Nostr client → WebSocket → Daphne → ``GatewaySession`` → bridge → worker.
+- **gateway**: Nostr client → WebSocket → uvicorn → ``GatewaySession`` → bridge → worker.
 
 One row set per worker kind (a :class:`WorkerLauncher`, listed in :func:`default_launchers`): the reference
 worker pushing live frames, the same with its events in memory (``--memory-store``: it answers at once, so

@@ -1,4 +1,4 @@
-"""ASGI entry point: ``daphne hypertuna.asgi:application``.
+"""ASGI entry point: ``uvicorn hypertuna.asgi:application`` (``hypertuna.supervisor.web_argv``).
 
 HTTP goes to Django (static files served by Django's ASGI handler so the admin works without a separate
 web server); WebSockets go to the relay consumer, authenticated by ``RelayAuthMiddleware``. There is no
@@ -19,12 +19,9 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402  (needs configured settings)
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from hypertuna.daphne_tuning import tune_daphne  # noqa: E402
 from hypertuna.outage import WebSocketOutageGuard  # noqa: E402
 from relays.middleware import RelayAuthMiddleware  # noqa: E402
 from relays.routing import websocket_urlpatterns  # noqa: E402
-
-tune_daphne()
 
 application = ProtocolTypeRouter(
     {

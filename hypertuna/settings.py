@@ -72,7 +72,9 @@ try:
     HYPERTUNA_BRIDGE_REQUIRED = env.bool("HYPERTUNA_BRIDGE_REQUIRED", True)
     HYPERTUNA_PEER_REQUEST_TIMEOUT = env.int("HYPERTUNA_PEER_REQUEST_TIMEOUT", 10, min_value=1, max_value=120)
     HYPERTUNA_POLL_INTERVAL_MS = env.int("HYPERTUNA_POLL_INTERVAL_MS", 1000, min_value=50, max_value=60000)
-    HYPERTUNA_MAX_FRAME_BYTES = env.int("HYPERTUNA_MAX_FRAME_BYTES", 131072, min_value=1024, max_value=16 * 1024 * 1024)
+    # At most the web server's own message limit (hypertuna.supervisor.WEBSOCKET_MAX_SIZE, 1 MiB): above it the
+    # server closes the socket 1009 before the relay could answer.
+    HYPERTUNA_MAX_FRAME_BYTES = env.int("HYPERTUNA_MAX_FRAME_BYTES", 131072, min_value=1024, max_value=1024 * 1024)
     HYPERTUNA_MAX_QUEUED_FRAMES = env.int("HYPERTUNA_MAX_QUEUED_FRAMES", 64, min_value=1, max_value=10000)
     # Open subscriptions per socket (NIP-11 max_subscriptions); one more REQ is answered CLOSED.
     HYPERTUNA_MAX_SUBSCRIPTIONS = env.int("HYPERTUNA_MAX_SUBSCRIPTIONS", 64, min_value=1, max_value=10000)
@@ -91,7 +93,6 @@ except EnvError as exc:
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -314,7 +315,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": HYPERTUNA_LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        "daphne": {"level": "WARNING"},
+        # uvicorn logs every WebSocket open and close at INFO: quiet unless something is wrong.
+        "uvicorn": {"level": "WARNING"},
     },
 }
 

@@ -1,6 +1,6 @@
 """``make run``: start the whole gateway as one supervised group of processes.
 
-Starts the bridge (Node: Hyperswarm pool on a loopback testnet), the web process (Daphne), Celery (worker
+Starts the bridge (Node: Hyperswarm pool on a loopback testnet), the web process (uvicorn), Celery (worker
 with embedded beat) and the bridge event consumer; waits until the gateway answers ``/ready``; then starts
 a reference worker hosting an open demo relay (any client, any key, no token), which registers itself, and
 prints a ready ``ws://`` URL. Ctrl-C (SIGINT/SIGTERM) stops the whole group cleanly. What the terminal shows,
@@ -45,36 +45,26 @@ MAX_BACKOFF_SECONDS = 30.0
 # A member that ran this long since its last start counts as healthy again: its crash count restarts.
 STABLE_SECONDS = 60.0
 GIVE_UP_AFTER = 5
-# Daphne drops a WebSocket whose handshake the application has not accepted within this many seconds (its own
-# default is 5): hundreds of simultaneous connects are accepted in turn, and the last must not be dropped.
-WEBSOCKET_CONNECT_TIMEOUT = 30
-# Daphne pings every open WebSocket this often (its default is 20 s). Each ping is work per idle socket; 50 s
-# still keeps a connection alive through the usual 60 s idle limits of proxies and load balancers.
+# uvicorn pings every open WebSocket this often (a timer per socket, no task). Each ping is work per idle socket;
+# 50 s still keeps a connection alive through the usual 60 s idle limits of proxies and load balancers.
 WEBSOCKET_PING_INTERVAL = 50
+# A socket whose pong has not come back this long after a ping is closed (uvicorn's default).
+WEBSOCKET_PING_TIMEOUT = 20
+# A WebSocket message over this size is refused with close 1009 and a reason before the application reads it,
+# so no socket can make the process buffer more (uvicorn's default is 16 MiB). The relay's own limit
+# (HYPERTUNA_MAX_FRAME_BYTES, answered with a NOTICE, advertised in NIP-11) is capped at it in the settings.
+WEBSOCKET_MAX_SIZE = 1024 * 1024
+# On SIGTERM the web process closes its WebSockets (1012, service restart) and gives their consumers this long
+# to finish, inside the supervisor's STOP_GRACE_SECONDS (and a container engine's default 10 s).
+SHUTDOWN_GRACE_SECONDS = 8
+GATEWAY_APP = "hypertuna.asgi:application"
 PR_SET_PDEATHSIG = 1
 
 
-def daphne_argv(python: str, host: str, port: int) -> list[str]:
-    """The web process: Daphne serving the gateway's ASGI application on ``host:port``."""
-    return [
-        python,
-        "-m",
-        "daphne",
-        "-b",
-        host,
-        "-p",
-        str(port),
-        "--websocket_connect_timeout",
-        str(WEBSOCKET_CONNECT_TIMEOUT),
-        "--ping-interval",
-        str(WEBSOCKET_PING_INTERVAL),
-        "hypertuna.asgi:application",
-    ]
-
-
-def uvicorn_argv(python: str, host: str, port: int) -> list[str]:
-    """The web process on uvicorn instead (``python -m bench … --server uvicorn``: the ASGI server comparison;
-    the gateway runs on Daphne, see the README's design section)."""
+def web_argv(python: str, host: str, port: int, *, app: str = GATEWAY_APP) -> list[str]:
+    """The web process: uvicorn (uvloop, the websockets sans-I/O protocol) serving the gateway's ASGI application
+    on ``host:port``. Why uvicorn and not Daphne: the README's design section. ``X-Forwarded-For`` is not read
+    here (clients connect directly); the container image, behind its proxy, adds ``--proxy-headers``."""
     return [
         python,
         "-m",
@@ -83,12 +73,27 @@ def uvicorn_argv(python: str, host: str, port: int) -> list[str]:
         host,
         "--port",
         str(port),
+        "--loop",
+        "uvloop",
+        "--ws",
+        "websockets-sansio",
+        # No permessage-deflate: zlib per frame (and a compressor per socket) for frames of a few hundred bytes.
+        "--ws-per-message-deflate",
+        "false",
+        "--ws-max-size",
+        str(WEBSOCKET_MAX_SIZE),
+        "--ws-ping-interval",
+        str(WEBSOCKET_PING_INTERVAL),
+        "--ws-ping-timeout",
+        str(WEBSOCKET_PING_TIMEOUT),
+        "--timeout-graceful-shutdown",
+        str(SHUTDOWN_GRACE_SECONDS),
         "--lifespan",
         "off",
         "--no-access-log",
-        "--ws-ping-interval",
-        str(WEBSOCKET_PING_INTERVAL),
-        "hypertuna.asgi:application",
+        "--no-proxy-headers",
+        "--no-server-header",
+        app,
     ]
 
 
@@ -453,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     base = f"http://{args.host}:{args.port}"
     members = [
         Member("bridge", ["node", "src/main.mjs"], cwd=BASE_DIR / "bridge", watch=True),
-        Member("web", daphne_argv(python, args.host, args.port)),
+        Member("web", web_argv(python, args.host, args.port)),
         Member("celery", celery_argv(python, 2, var_dir / "celerybeat-schedule")),
         Member("events", [python, "manage.py", "bridge_events"]),
         # The escrow runs as its own role: own database, own broker folder, mTLS listener.

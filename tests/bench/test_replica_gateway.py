@@ -73,7 +73,7 @@ def test_goal_rows_carry_no_figure_when_the_gateway_answers_differently() -> Non
 
 def test_hot_spots_rank_busy_samples_and_count_idle_ones(tmp_path: Path) -> None:
     profile = tmp_path / "profile.txt"
-    loop = "main (daphne/__main__.py:3);BaseEventLoop._run_once (asyncio/base_events.py:1922)"
+    loop = "main (uvicorn/main.py:3);BaseEventLoop._run_once (asyncio/base_events.py:1922)"
     profile.write_text(
         f"{loop};EpollSelector.select (selectors.py:468) 50\n"
         f"{loop};GatewaySession._handle (relays/session.py:10);query_events (replicas/selectors.py:5) 30\n"

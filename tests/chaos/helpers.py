@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -153,17 +154,18 @@ async def expect_notice_then_1013(ws: Any, timeout: float = 15.0) -> None:
 # --- Worker APIs (HMAC-signed with the stack's registration secret) ---------------------------------------
 
 
-def post_json(stack: Stack, path: str, body: Any, *, raw: bytes | None = None) -> tuple[int, dict[str, str], Any]:
-    """POST to the gateway; returns (status, headers, decoded JSON body or the raw text)."""
+def post_json(stack: Stack, path: str, body: Any, *, raw: bytes | None = None) -> tuple[int, Message, Any]:
+    """POST to the gateway; returns (status, headers, decoded JSON body or the raw text). Header names are
+    matched without regard to case, as HTTP says (the web server sends them in lower case)."""
     data = raw if raw is not None else json.dumps(body).encode()
     request = urllib.request.Request(
         stack.base_url + path, data=data, method="POST", headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
-            status, headers, text = response.status, dict(response.headers), response.read()
+            status, headers, text = response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        status, headers, text = error.code, dict(error.headers), error.read()
+        status, headers, text = error.code, error.headers, error.read()
     try:
         return status, headers, json.loads(text)
     except ValueError:

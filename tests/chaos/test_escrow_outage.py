@@ -1,5 +1,5 @@
 """Chaos: the escrow role dies while a relay's worker is offline, and comes back on the same port and database.
-Real processes: the escrow (mTLS, own SQLite database), the gateway (Daphne + coordinator), the bridge (blind
+Real processes: the escrow (mTLS, own SQLite database), the gateway (uvicorn + coordinator), the bridge (blind
 peer + leased Autobase writer) and a reference worker that deposited its gateway writer and then went away."""
 
 from __future__ import annotations

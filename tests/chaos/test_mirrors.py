@@ -1,4 +1,4 @@
-"""Chaos around mirrors and replicas on one gateway node (bridge with its blind peer, Daphne, event consumer) and
+"""Chaos around mirrors and replicas on one gateway node (bridge with its blind peer, uvicorn, event consumer) and
 reference workers that mirror their relays to it: corrupted mirror metadata and view reads, a sync and a
 worker killed in the middle, the bridge killed and restarted. The node is the suite's shared mirror stack
 (``conftest.mirror_stack``), which the GC cases use too."""

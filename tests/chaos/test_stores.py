@@ -1,4 +1,4 @@
-"""Chaos: the gateway's shared stores go away and come back. One gateway node (bridge, Daphne, event consumer)
+"""Chaos: the gateway's shared stores go away and come back. One gateway node (bridge, uvicorn, event consumer)
 and a reference worker run on a private Postgres cluster and a private ``redis-server``, which the tests stop
 and start; the machine's shared servers are never touched."""
 

@@ -125,13 +125,13 @@ def process_kinds(argv: list[str], cwd: Path) -> set[str]:
         if rest and Path(rest[0]).name == "manage.py":
             return {f"manage:{rest[1]}"} if len(rest) > 1 else {"manage:"}
         return {f"script:{rest[0]}"} if rest else set()
-    if program in ("celery", "daphne"):
+    if program in ("celery", "uvicorn"):
         return _module_kinds(program, argv[1:])
     return {f"exec:{program}"}
 
 
 def _module_kinds(module: str, args: list[str]) -> set[str]:
-    if module == "daphne":
+    if module == "uvicorn":
         return {"web"}
     if module == "celery":
         sub = celery_subcommand(args)
@@ -205,12 +205,12 @@ def supervisor_members() -> list[Member]:
     """Every ``Member(name, [argv...], cwd=..., env=...)`` the supervisor builds, read from its source.
 
     Reading the source (not running ``make run``) keeps this a static check. An argv built by a helper of the
-    module (``daphne_argv(...)``) is read from the list the helper returns. Elements that are not
+    module (``web_argv(...)``) is read from the list the helper returns. Elements that are not
     literals become ``<python>`` (the interpreter variable) or ``<expr>``; ``cwd=BASE_DIR / "x"`` maps to
     the folder ``x``; ``env=escrow_env`` (or any env whose name mentions escrow) means the escrow role.
     """
     tree = ast.parse(SUPERVISOR.read_text())
-    # Helpers that build an argv (``daphne_argv(python, host, port)``): the list literal they return.
+    # Helpers that build an argv (``web_argv(python, host, port)``): the list literal they return.
     builders = {
         fn.name: ret.value
         for fn in ast.walk(tree)

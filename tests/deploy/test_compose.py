@@ -79,10 +79,10 @@ def _check_python_command(argv: list[str], cwd: Path) -> list[str]:
             sub = c.celery_subcommand(args)
             if sub not in ("worker", "beat", "inspect"):
                 problems.append(f"celery subcommand {sub!r}")
-        if module == "daphne":
+        if module == "uvicorn":
             target = next((a for a in args if ":" in a and not a.startswith("-")), None)
             if target is None:
-                return ["daphne without an application"]
+                return ["uvicorn without an application"]
             mod, _, attr = target.partition(":")
             if not hasattr(importlib.import_module(mod), attr):
                 problems.append(f"{target} does not exist")
@@ -361,3 +361,49 @@ def test_health_check_script_rejects_bad_arguments():
     ):
         with pytest.raises(module.Unhealthy):
             module.run(argv, environ)
+
+
+# ---- the web server runs with the same WebSocket settings everywhere -------------------------------
+
+# Options that differ on purpose between `make run` and a container behind its proxy.
+_PER_PLACE = {"--host": 1, "--port": 1, "--forwarded-allow-ips": 1, "--proxy-headers": 0, "--no-proxy-headers": 0}
+
+
+def _server_options(argv: list[str]) -> list[str]:
+    options, skip = [], 0
+    for arg in argv[argv.index("uvicorn") + 1 :]:
+        if skip:
+            skip -= 1
+        elif arg in _PER_PLACE:
+            skip = _PER_PLACE[arg]
+        else:
+            options.append(arg)
+    return options
+
+
+def test_every_web_command_runs_uvicorn_as_make_run_does():
+    """Frame limit, pings, loop and protocol are part of the gateway's behaviour (1009 closes, idle cost), so
+    the image, both compose files and `make run` must not drift apart."""
+    from hypertuna.supervisor import web_argv
+
+    expected = _server_options(web_argv("python", "127.0.0.1", 8000))
+    commands = {}
+    for path in (c.COMPOSE_FILE, c.REPO / "deploy" / "docker-compose.nodes.yml"):
+        for name, service in yaml_services(path).items():
+            argv = c.command_argv(service)
+            if "uvicorn" in argv and "hypertuna.asgi:application" in argv:
+                commands[f"{path.name}:{name}"] = argv
+    cmd = re.search(r"^CMD (\[.*\])$", (c.REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert cmd, "the Dockerfile has no CMD"
+    commands["Dockerfile CMD"] = json.loads(cmd.group(1))
+    assert len(commands) >= 3, f"expected the image's and both compose files' web commands, found {sorted(commands)}"
+    for place, argv in commands.items():
+        assert _server_options(argv) == expected, place
+        # Behind the proxy, the client's address comes from X-Forwarded-For.
+        assert "--proxy-headers" in argv, place
+
+
+def yaml_services(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text()).get("services") or {}

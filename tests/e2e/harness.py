@@ -1,5 +1,5 @@
-"""Real processes for end-to-end tests: bridge (Node), Daphne, the bridge event consumer, Celery and
-reference workers, on 127.0.0.1 only, each with a bounded start-up time and killed at teardown (each dies
+"""Real processes for end-to-end tests: bridge (Node), the web process (uvicorn), the bridge event consumer,
+Celery and reference workers, on 127.0.0.1 only, each with a bounded start-up time and killed at teardown (each dies
 with the test process however it ends: see ``tests.e2e.procs``).
 
 The stack gets its own database (a fresh Postgres database when ``DATABASE_URL`` points at Postgres, a
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hypertuna.supervisor import celery_argv, daphne_argv, uvicorn_argv
+from hypertuna.supervisor import celery_argv, web_argv
 from tests.e2e.nodes import Node
 from tests.e2e.procs import (
     BRIDGE_DIR,
@@ -184,15 +184,7 @@ class Stack:
             timeout=180,
         )
         self.start_bridge()
-        self.procs.append(
-            self._spawn(
-                "web",
-                # The ASGI server comparison of ``make bench`` (``--server uvicorn``) swaps the web server.
-                (uvicorn_argv if self.env.get("HYPERTUNA_WEB_SERVER") == "uvicorn" else daphne_argv)(
-                    sys.executable, "127.0.0.1", self.port
-                ),
-            )
-        )
+        self.procs.append(self._spawn("web", web_argv(sys.executable, "127.0.0.1", self.port)))
         self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
         if self._with_celery:
             self.procs.append(self._spawn("celery", celery_argv(sys.executable, 1, self.var / "beat-schedule")))

@@ -1,5 +1,5 @@
 """A further gateway node of an end-to-end :class:`~tests.e2e.harness.Stack`: its own bridge (own socket,
-storage and swarm key, on the stack's DHT testnet), Daphne and bridge event consumer, sharing the stack's
+storage and swarm key, on the stack's DHT testnet), uvicorn and bridge event consumer, sharing the stack's
 database, Redis (cache and channel layer prefixes), registration secret and Celery. No Celery of its own:
 one Celery per deployment runs beside the replica node's bridge (``deploy/README.md``, "Several nodes")."""
 
@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hypertuna.supervisor import daphne_argv
+from hypertuna.supervisor import web_argv
 from tests.e2e.procs import BRIDGE_DIR, ROOT, START_TIMEOUT, Proc, free_port, spawn
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Node:
         if "HYPERTUNA_SWARM_BOOTSTRAP" not in self.env:
             raise RuntimeError("a second node needs the stack's own testnet: call stack.start_testnet() first")
         self._spawn("bridge", ["node", "src/main.mjs"], cwd=BRIDGE_DIR).wait_marker("HYPERTUNA_BRIDGE_READY")
-        self._spawn("web", daphne_argv(sys.executable, "127.0.0.1", self.port))
+        self._spawn("web", web_argv(sys.executable, "127.0.0.1", self.port))
         self._spawn("events", [sys.executable, "manage.py", "bridge_events"])
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

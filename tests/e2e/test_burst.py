@@ -1,4 +1,4 @@
-"""300 simultaneous WebSocket connects against the real Daphne of the end-to-end stack, over the shared Redis
+"""300 simultaneous WebSocket connects against the real uvicorn of the end-to-end stack, over the shared Redis
 channel layer, then a mass disconnect: no connect fails, and no member is left in the relay's channel group
 (read from Redis directly). ``bench/burst_bench.py`` is the 2,000-connect, in-process version.
 

@@ -1,5 +1,5 @@
 """The operator dashboard in a real browser: headless Chromium (Debian's ``chromium`` package) logs in to the
-admin of a real stack (Daphne, bridge, Celery worker + beat sampling every second, a reference worker with a
+admin of a real stack (uvicorn, bridge, Celery worker + beat sampling every second, a reference worker with a
 client connected through a token) and the numbers in the rendered page equal what the database holds.
 
 Driven over the Chrome DevTools protocol with the ``websockets`` client the suite already uses."""

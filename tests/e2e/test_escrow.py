@@ -1,5 +1,5 @@
 """Writes while every worker is offline, under an escrow lease, through real processes: the escrow (mTLS,
-own database), the gateway (Daphne + coordinator), the bridge (blind peer + leased Autobase writer) and a
+own database), the gateway (uvicorn + coordinator), the bridge (blind peer + leased Autobase writer) and a
 reference worker that deposited its gateway writer by itself (mTLS, signed, sealed), heartbeated, and then
 went away; when it comes back, the escrow makes it rotate to a new gateway writer."""
 

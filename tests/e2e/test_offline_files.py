@@ -40,7 +40,8 @@ def _request(stack, method, path, body=None, headers=None):
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        # HTTPMessage: header names match without regard to case (the web server sends them in lower case).
+        return response.status, response.headers, response.read()
     finally:
         conn.close()
 

@@ -1,5 +1,5 @@
 """A relay whose only worker goes away, end to end through real processes: the escrow role (mTLS, own
-database), the gateway (Daphne + coordinator), the bridge (blind peer + leased Autobase writer), Celery
+database), the gateway (uvicorn + coordinator), the bridge (blind peer + leased Autobase writer), Celery
 (worker + beat: the replica sync) and a reference worker that deposits its gateway writer and heartbeats.
 
 Worker online → mirror complete → worker stops → reads come from the replica → writes are refused while

@@ -1,5 +1,5 @@
 """Nostr clients reach worker-hosted relays through the real gateway: bridge (Node, Hyperswarm on a
-loopback testnet), Daphne, the bridge event consumer and reference workers as separate processes."""
+loopback testnet), uvicorn, the bridge event consumer and reference workers as separate processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token expiry on live sockets through the real gateway processes (Daphne, bridge, a reference worker): a
+"""Token expiry on live sockets through the real gateway processes (uvicorn, bridge, a reference worker): a
 socket whose token expires gets ``["TOKEN","EXPIRED",…]`` and a 4403 close; one whose token was refreshed
 through ``POST /api/relay-tokens/refresh`` before expiry stays open until the refresh expires.
 

@@ -1,14 +1,14 @@
 """WebSocket edges on the wire: what a client sees when it sends a frame over the size limit, a text frame
 that is not UTF-8, or a huge unknown verb that a worker quotes back.
 
-The protocol-level cases run a real Daphne (in a subprocess) serving a small echo application with the
-gateway's Daphne tuning, because the behaviour under test lives in Daphne/Autobahn, below ASGI."""
+The protocol-level cases run the real web server (in a subprocess, started with the gateway's own
+``web_argv``) serving a small echo application, because the behaviour under test lives in the server, below
+ASGI."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -21,7 +21,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from hypertuna.asgi import application as gateway_application
-from hypertuna.daphne_tuning import tune_daphne
+from hypertuna.supervisor import WEBSOCKET_MAX_SIZE, web_argv
 from relays import services
 from relays.consumers import NOTICE_MAX_CHARS, RelayConsumer
 from relays.forwarding import PeerResponse
@@ -34,7 +34,7 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 
 
 async def application(scope, receive, send):
-    """Echo application for the Daphne subprocess (``tests.hypertuna.test_ws_edges:application``)."""
+    """Echo application for the web-server subprocess (``tests.hypertuna.test_ws_edges:application``)."""
     if scope["type"] != "websocket":
         return
     while True:
@@ -47,10 +47,6 @@ async def application(scope, receive, send):
             return
 
 
-if os.environ.get("HYPERTUNA_WS_EDGES_SERVER"):
-    tune_daphne()  # as hypertuna.asgi does, before Daphne builds its factories
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -58,22 +54,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def daphne_url():
+def server_url():
     port = _free_port()
-    env = {**os.environ, "HYPERTUNA_WS_EDGES_SERVER": "1"}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "tests.hypertuna.test_ws_edges:application",
-        ],
+        web_argv(sys.executable, "127.0.0.1", port, app="tests.hypertuna.test_ws_edges:application"),
         cwd=BASE_DIR,
-        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -84,7 +69,7 @@ def daphne_url():
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 break
             except OSError:
-                assert process.poll() is None, "daphne exited"
+                assert process.poll() is None, "the web server exited"
                 time.sleep(0.1)
         yield f"ws://127.0.0.1:{port}/"
     finally:
@@ -108,23 +93,22 @@ async def _close_after(url: str, payload: str | bytes, *, text: bool) -> websock
     raise AssertionError("the server answered instead of closing")
 
 
-async def test_a_frame_over_the_size_limit_is_closed_1009_with_a_reason(daphne_url):
-    close = await _close_after(daphne_url, "x" * (10 * 1024 * 1024), text=True)
+async def test_a_frame_over_the_size_limit_is_closed_1009_with_a_reason(server_url):
+    close = await _close_after(server_url, "x" * (WEBSOCKET_MAX_SIZE + 1), text=True)
     assert close is not None, "the connection was dropped without a close frame"
     assert close.code == 1009
-    assert "exceeds payload limit" in close.reason
+    assert str(WEBSOCKET_MAX_SIZE) in close.reason
 
 
-async def test_an_invalid_utf8_text_frame_is_closed_1007(daphne_url):
-    close = await _close_after(daphne_url, b'["REQ","s",{}]\xff\xfe', text=True)
+async def test_an_invalid_utf8_text_frame_is_closed_1007(server_url):
+    close = await _close_after(server_url, b'["REQ","s",{}]\xff\xfe', text=True)
     assert close is not None, "the connection was dropped without a close frame"
     assert close.code == 1007
-    assert close.reason
 
 
-async def test_the_server_keeps_serving_after_a_failed_connection(daphne_url):
-    await _close_after(daphne_url, b"\xc3\x28", text=True)
-    async with websockets.connect(daphne_url) as ws:
+async def test_the_server_keeps_serving_after_a_failed_connection(server_url):
+    await _close_after(server_url, b"\xc3\x28", text=True)
+    async with websockets.connect(server_url) as ws:
         await ws.send("still here")
         assert await ws.recv() == "still here"
 

@@ -1,4 +1,4 @@
-"""The interop suite: the published worker runtime behind the real gateway processes (bridge, Daphne, the
+"""The interop suite: the published worker runtime behind the real gateway processes (bridge, uvicorn, the
 bridge event consumer, Celery worker + beat, the escrow role), everything on 127.0.0.1.
 
 It never skips: without Node or ``npm ci`` in ``interop/`` it fails and says how to install (``make test``

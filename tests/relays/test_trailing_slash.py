@@ -111,7 +111,7 @@ async def test_unknown_relay_with_a_trailing_slash_is_still_4404(workers):  # no
 
 
 def test_a_leading_double_slash_names_no_relay():
-    # (A test communicator would read "//<key>" as a host; Daphne passes it on as the path.)
+    # (A test communicator would read "//<key>" as a host; the web server passes it on as the path.)
     key = hex_key()
     register(key, [P1], requires_auth=False)
     assert find_relay(f"/{key}/").relay_key == key
