@@ -132,7 +132,10 @@ class NodeFanout:
             self._joined.add(relay_key)
 
     async def refresh(self) -> int:
-        """Re-add the node groups of relays with sockets here, leave the others; returns how many were kept."""
+        """Re-add the node groups of relays with sockets here, leave the others, forget nodes not heard of within
+        the presence window; returns how many groups were kept."""
+        now = asyncio.get_running_loop().time()
+        self._others = {key: heard for key, heard in self._others.items() if now - heard < self._presence_s}
         async with self._lock:
             layer, kept = self._layer, 0
             for relay_key in list(self._joined):
