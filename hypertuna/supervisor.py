@@ -57,6 +57,10 @@ WEBSOCKET_MAX_SIZE = 1024 * 1024
 # On SIGTERM the web process closes its WebSockets (1012, service restart) and gives their consumers this long
 # to finish, inside the supervisor's STOP_GRACE_SECONDS (and a container engine's default 10 s).
 SHUTDOWN_GRACE_SECONDS = 8
+# An idle HTTP keep-alive connection is kept this long (uvicorn's default is 5 s). It must outlast the proxy's
+# own idle limit for upstream connections (Caddy: 2 min), or the proxy may send a request down a connection
+# the web process is closing and answer 502.
+HTTP_KEEPALIVE_SECONDS = 130
 GATEWAY_APP = "hypertuna.asgi:application"
 PR_SET_PDEATHSIG = 1
 
@@ -88,6 +92,8 @@ def web_argv(python: str, host: str, port: int, *, app: str = GATEWAY_APP) -> li
         str(WEBSOCKET_PING_TIMEOUT),
         "--timeout-graceful-shutdown",
         str(SHUTDOWN_GRACE_SECONDS),
+        "--timeout-keep-alive",
+        str(HTTP_KEEPALIVE_SECONDS),
         "--lifespan",
         "off",
         "--no-access-log",
