@@ -1,5 +1,6 @@
 import test from 'node:test'
 import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -106,6 +107,16 @@ test('memory store hides superseded versions and deleted events as the Autobase 
   assert.deepEqual(ids, [deletion.id, fresh.id, kept.id])
   assert.deepEqual((await store.query({ kinds: [1], limit: 1 })).map((e) => e.id), [kept.id])
   assert.equal((await store.putEvent(signEvent({ kind: 0, content: 'older', created_at: 50 }, sk))).visible, false)
+})
+
+test('the worker command refuses --memory-store with an Autobase feature, as it refuses a bad flag', () => {
+  const run = spawnSync(process.execPath, ['src/worker/main.mjs', '--bootstrap', '127.0.0.1:1', '--memory-store', '--allow-join'], {
+    cwd: path.join(import.meta.dirname, '..'),
+    encoding: 'utf8',
+    timeout: 30_000
+  })
+  assert.equal(run.status, 2, run.stderr)
+  assert.match(run.stderr, /^reference-worker: .*no Autobase for allowJoin/m)
 })
 
 test('a memory-store worker refuses what needs the Autobase, and storage of the other kind', async (t) => {

@@ -219,20 +219,6 @@ async function main () {
   const real = !!values['real-worker-mode']
   if (values['separate-blind-peer-key'] && !blindPeer) fail('--separate-blind-peer-key needs --blind-peer')
   const memoryStore = !!values['memory-store']
-  if (memoryStore) {
-    const needsAutobase = {
-      'blind-peer': blindPeer,
-      'relay-cores': values['relay-cores'],
-      'real-worker-mode': real,
-      'allow-join': values['allow-join'],
-      join: values.join,
-      'gateway-writer': values['gateway-writer'],
-      'gateway-writer-out': values['gateway-writer-out'],
-      'escrow-url': escrowUrl
-    }
-    const clash = Object.keys(needsAutobase).filter((flag) => needsAutobase[flag])
-    if (clash.length) fail(`--memory-store cannot be used with ${clash.map((f) => '--' + f).join(', ')} (they need the Autobase)`)
-  }
 
   let ownerHex = null
   if (values.owner) {
@@ -244,37 +230,43 @@ async function main () {
   }
 
   const log = createLogger('worker')
-  const worker = new ReferenceWorker({
-    bootstrap,
-    storageDir: values.storage || env.HYPERTUNA_WORKER_STORAGE || './var/worker',
-    name: values.name || env.HYPERTUNA_WORKER_RELAY_NAME || 'demo',
-    ownerHex,
-    gatewayUrl,
-    secret,
-    gatewayPeerKey,
-    requiresAuth: !!values['requires-auth'],
-    protocol: values.protocol || 'hyperpipe-relay-v2',
-    registerIntervalMs: num(values['register-interval-ms'], 60_000, '--register-interval-ms'),
-    telemetryIntervalMs: num(values['telemetry-interval-ms'], 15_000, '--telemetry-interval-ms'),
-    driveImport: values['drive-import'] || null,
-    wsPush: !(real || values['no-ws-push']),
-    subscriptionNotices: real || !!values['subscription-notices'],
-    relayCores: real || !!values['relay-cores'],
-    metadataPost: !(real || values['no-metadata-post']),
-    separateBlindPeerKey: real || !!values['separate-blind-peer-key'],
-    statusFile: values['status-file'] || null,
-    blindPeer,
-    allowJoin: !!values['allow-join'],
-    join: values.join || null,
-    joinPeer: values['join-peer'] || null,
-    gatewayWriterOut: values['gateway-writer-out'] ? path.resolve(values['gateway-writer-out']) : null,
-    gatewayWriter: !!values['gateway-writer'],
-    escrow,
-    wakeupIntervalMs: num(values['wakeup-interval-ms'], 5000, '--wakeup-interval-ms'),
-    memoryStore,
-    verifySignatures: !memoryStore,
-    logger: log
-  })
+  // Options that cannot go together (--memory-store with an Autobase feature) are refused like a bad flag.
+  let worker
+  try {
+    worker = new ReferenceWorker({
+      bootstrap,
+      storageDir: values.storage || env.HYPERTUNA_WORKER_STORAGE || './var/worker',
+      name: values.name || env.HYPERTUNA_WORKER_RELAY_NAME || 'demo',
+      ownerHex,
+      gatewayUrl,
+      secret,
+      gatewayPeerKey,
+      requiresAuth: !!values['requires-auth'],
+      protocol: values.protocol || 'hyperpipe-relay-v2',
+      registerIntervalMs: num(values['register-interval-ms'], 60_000, '--register-interval-ms'),
+      telemetryIntervalMs: num(values['telemetry-interval-ms'], 15_000, '--telemetry-interval-ms'),
+      driveImport: values['drive-import'] || null,
+      wsPush: !(real || values['no-ws-push']),
+      subscriptionNotices: real || !!values['subscription-notices'],
+      relayCores: real || !!values['relay-cores'],
+      metadataPost: !(real || values['no-metadata-post']),
+      separateBlindPeerKey: real || !!values['separate-blind-peer-key'],
+      statusFile: values['status-file'] || null,
+      blindPeer,
+      allowJoin: !!values['allow-join'],
+      join: values.join || null,
+      joinPeer: values['join-peer'] || null,
+      gatewayWriterOut: values['gateway-writer-out'] ? path.resolve(values['gateway-writer-out']) : null,
+      gatewayWriter: !!values['gateway-writer'],
+      escrow,
+      wakeupIntervalMs: num(values['wakeup-interval-ms'], 5000, '--wakeup-interval-ms'),
+      memoryStore,
+      verifySignatures: !memoryStore,
+      logger: log
+    })
+  } catch (err) {
+    fail(err.message)
+  }
 
   let stopping = false
   const stop = async (signal) => {
