@@ -35,6 +35,7 @@ from typing import Any
 
 import websockets
 
+from bench import FRAME_BUDGET_PER_MINUTE
 from bench.procstat import CpuWindow
 from bench.routing_bench import Direct, LaunchedWorker, ReferenceWorkerLauncher, _events, _gateway_event
 from hypertuna.bridge import BridgeClient
@@ -102,7 +103,7 @@ def run(workers: int = 3, store: str = "memory", per_worker: int = CLIENTS_PER_W
     from tests.e2e.harness import Stack
 
     with tempfile.TemporaryDirectory(prefix="hypertuna-bench-capacity-") as tmp:
-        env = {"HYPERTUNA_LOG_LEVEL": "WARNING", "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0"}
+        env = {"HYPERTUNA_LOG_LEVEL": "WARNING", "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": FRAME_BUDGET_PER_MINUTE}
         stack = Stack(Path(tmp), env=env).start()
         try:
             launcher = ReferenceWorkerLauncher(push=True, memory=store == "memory")

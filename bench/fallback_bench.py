@@ -37,6 +37,7 @@ from typing import Any
 import websockets
 from coincurve import PrivateKey
 
+from bench import FRAME_BUDGET_PER_MINUTE
 from bench.burst_bench import _private_redis
 from bench.routing_bench import _events, _stats
 from hypertuna.nostr import sign_event
@@ -188,7 +189,7 @@ def _run(redis_url: str) -> dict[str, Any]:
         env = {
             "REDIS_URL": redis_url,
             "HYPERTUNA_LOG_LEVEL": "WARNING",
-            "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0",
+            "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": FRAME_BUDGET_PER_MINUTE,
             "HYPERTUNA_ESCROW_HEARTBEAT_SILENCE": str(HEARTBEAT_SILENCE),
         }
         stack = Stack(Path(tmp), escrow=True, env=env).start()

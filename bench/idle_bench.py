@@ -22,6 +22,7 @@ from typing import Any
 
 import websockets
 
+from bench import FRAME_BUDGET_PER_MINUTE
 from bench.procstat import CpuWindow, raise_open_files_limit, rss_kib
 from bench.routing_bench import ReferenceWorkerLauncher, _recv_until
 
@@ -73,7 +74,7 @@ def run(sockets: int = 1000, idle_s: float = 20.0) -> dict[str, Any]:
     # Each socket is one descriptor here and one in the web process (which inherits the limit), plus headroom.
     raise_open_files_limit(sockets + 1024)
     with tempfile.TemporaryDirectory(prefix="hypertuna-bench-idle-") as tmp:
-        env = {"HYPERTUNA_LOG_LEVEL": "WARNING", "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0"}
+        env = {"HYPERTUNA_LOG_LEVEL": "WARNING", "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": FRAME_BUDGET_PER_MINUTE}
         stack = Stack(Path(tmp), env=env).start()
         try:
             worker = ReferenceWorkerLauncher(push=True).start(stack)

@@ -33,6 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench import FRAME_BUDGET_PER_MINUTE
 from bench.nostr_relay_server import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ def gateway_env(database_url: str, var_dir: Path) -> dict[str, str]:
             "HYPERTUNA_BRIDGE_SOCKET": str(var_dir / "no-bridge.sock"),
             "HYPERTUNA_BRIDGE_REQUIRED": "false",
             "HYPERTUNA_RATELIMIT_IP_PER_MINUTE": "0",
-            "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0",
+            "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": FRAME_BUDGET_PER_MINUTE,
             "HYPERTUNA_LOG_LEVEL": "WARNING",
             "HYPERTUNA_LOG_FORMAT": "text",
             "PYTHONUNBUFFERED": "1",

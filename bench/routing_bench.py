@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import websockets
 from coincurve import PrivateKey
 
+from bench import FRAME_BUDGET_PER_MINUTE
 from hypertuna.bridge import BridgeClient
 from hypertuna.nostr import sign_event
 
@@ -352,7 +353,7 @@ def run(launchers: Sequence[WorkerLauncher] | None = None) -> dict[str, Any]:
             "HYPERTUNA_LOG_LEVEL": "WARNING",
             "HYPERTUNA_POLL_INTERVAL_MS": str(IDLE_POLL_MS),
             # Every bench socket comes from 127.0.0.1: the per-address frame budget would throttle the run.
-            "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": "0",
+            "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": FRAME_BUDGET_PER_MINUTE,
         }
         stack = Stack(Path(tmp), env=env)
         # The worker runtime routes its relays by the gateway origin the bridge announces.

@@ -20,9 +20,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from hypertuna import ratelimit
 from hypertuna.nostr import Event, notice_frame
-from relays import selectors, usage
+from relays import frame_limit, selectors, usage
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
 from relays.fallback import ReplicaFallback
 from relays.health import tracker
@@ -177,11 +176,13 @@ class RelayConsumer(AsyncWebsocketConsumer):
         token = auth.token
         limit = settings.HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE
         if limit > 0:
-            # Counted in the shared cache so one token's budget holds across sockets and gateway nodes; an
-            # open relay's clients are limited per address instead. In the thread pool, not the one thread
-            # Django's sync code shares: frames of all sockets must not queue behind each other there.
+            # One token's budget holds across its sockets and gateway nodes; an open relay's clients are limited
+            # per address instead. Counted in memory, shared through the cache in batches (relays/frame_limit).
             identity = f"token:{token.token_id}" if token else f"ip:{auth.client_ip}"
-            decision = await sync_to_async(ratelimit.hit, thread_sensitive=False)("ws-frames", identity, limit=limit)
+            limiter = frame_limit.limiter
+            if not limiter.known(identity):  # once per identity and minute on this node
+                await sync_to_async(limiter.prime, thread_sensitive=False)(identity)
+            decision = limiter.hit(identity, limit)
             if not decision.allowed:
                 await self.send(notice_frame(f"rate-limited: too many messages; retry in {decision.retry_after} s"))
                 return

@@ -38,7 +38,7 @@ from django.conf import settings
 from prometheus_client import Counter, Gauge
 
 from hypertuna.bridge import BridgeClient
-from relays import stats, usage
+from relays import frame_limit, stats, usage
 from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS, get_bridge
 from relays.fallback import LeaseWriter, ReplicaFallback, fallback_reads, fallback_writes
 from relays.fanout import NodeFanout
@@ -114,6 +114,7 @@ class Runtime:
         self._tasks = [
             asyncio.create_task(self._deliver_pushes(), name="gateway-push-delivery"),
             asyncio.create_task(self._flush_usage(), name="gateway-usage-flush"),
+            asyncio.create_task(self._sync_frame_limits(), name="gateway-frame-limit-sync"),
             asyncio.create_task(self._refresh_groups(), name="gateway-group-refresh"),
             asyncio.create_task(self._publish_stats(), name="gateway-stats-publish"),
         ]
@@ -329,6 +330,12 @@ class Runtime:
             except Exception as exc:  # the cache is down: the dashboard shows this node again when it is back
                 logger.debug("stats publish failed", extra={"error": str(exc)})
             await asyncio.sleep(stats.PUBLISH_INTERVAL)
+
+    async def _sync_frame_limits(self) -> None:
+        while True:
+            await asyncio.sleep(frame_limit.SYNC_SECONDS)
+            with contextlib.suppress(Exception):
+                await sync_to_async(frame_limit.limiter.sync, thread_sensitive=False)()
 
     async def _flush_usage(self) -> None:
         while True:

@@ -50,9 +50,13 @@ def _clear_own_cache() -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_cache() -> Any:
+    from relays import frame_limit
+
     _clear_own_cache()
+    frame_limit.limiter.reset()  # its counts mirror the cache's
     yield
     _clear_own_cache()
+    frame_limit.limiter.reset()
 
 
 @pytest.fixture(autouse=True, scope="session")

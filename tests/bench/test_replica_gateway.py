@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.cache import cache
 
+from bench import FRAME_BUDGET_PER_MINUTE
 from bench.replica_data import SHAPES
 from bench.replica_gateway import ensure_offline_relay, gateway_env, hot_spots
 from bench.summary import goal_rows
@@ -33,12 +34,13 @@ def test_offline_relay_row_is_served_from_its_replica_and_written_once() -> None
     assert lookup.relay is not None and lookup.relay.peers == () and lookup.relay.requires_auth is False
 
 
-def test_gateway_env_has_no_redis_no_bridge_and_no_rate_limits(tmp_path: Path, monkeypatch) -> None:
+def test_gateway_env_has_no_redis_no_bridge_and_no_reachable_rate_limits(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/3")
     env = gateway_env("postgres://u@127.0.0.1:5432/db", tmp_path)
     assert "REDIS_URL" not in env
     assert not Path(env["HYPERTUNA_BRIDGE_SOCKET"]).exists()
-    assert env["HYPERTUNA_RATELIMIT_IP_PER_MINUTE"] == env["HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE"] == "0"
+    assert env["HYPERTUNA_RATELIMIT_IP_PER_MINUTE"] == "0"
+    assert env["HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE"] == FRAME_BUDGET_PER_MINUTE  # on, never reached
     assert env["DATABASE_URL"] == "postgres://u@127.0.0.1:5432/db"
 
 

@@ -4,7 +4,8 @@ node), node B's runs none (``HYPERTUNA_BRIDGE_BLIND_PEER=off``). One reference w
 relay is reached from both nodes: REQ on both, an EVENT published on node A reaches a live subscriber on
 node B once, the worker mirrors into node A's blind peer only, the replica (synced once, by the one
 Celery) answers on both nodes once the worker is gone, and revoking the token through node B's API closes
-the sockets on both nodes with 4403.
+the sockets on both nodes with 4403. One token's frame budget holds across both nodes: frames spent on node A
+count on node B from B's first frame.
 
 Redis: the run's own ``REDIS_URL`` when set, else a private ``redis-server`` (the in-memory channel layer
 cannot cross processes)."""
@@ -21,12 +22,16 @@ import pytest
 import websockets
 from coincurve import PrivateKey
 
+from hypertuna.compat import decode_token
 from hypertuna.nostr import sign_event
 from tests.conftest import signed_payload
 from tests.e2e.harness import Stack, node_available
 from tests.e2e.test_burst import redis_url  # noqa: F401, F811  (the run's Redis, or a private redis-server)
 
 OPERATOR = ("e2e-ops", "operator-secret-for-e2e")
+# Frames per token and minute on every node: well above what the scenario's sockets send, so only the budget
+# phase, with a token of its own, reaches it.
+FRAME_BUDGET = 300
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +45,7 @@ def two_nodes(tmp_path_factory, redis_url):  # noqa: F811
             "REDIS_URL": redis_url,
             "DJANGO_SETTINGS_MODULE": "tests.e2e.fast_beat_settings",  # beat syncs replicas every second
             "HYPERTUNA_OPERATOR_KEYS": f"{OPERATOR[0]}:{OPERATOR[1]}",
+            "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": str(FRAME_BUDGET),
         },
     )
     try:
@@ -136,6 +142,33 @@ def test_two_nodes_serve_one_worker_fan_out_share_the_replica_and_revoke_everywh
                 second_copies.append(await recv(ws_b, 2.5))  # ten node-B polls of the worker
 
     asyncio.run(online())
+
+    # One frame budget per token across nodes: a token of its own spends all but five frames on node A; node
+    # B, whose first frame of that token reads the shared count, lets exactly five more through.
+    claims = decode_token(token, stack.secret)
+    spender = token_api(
+        stack.base_url,
+        stack.secret,
+        "issue",
+        {key: claims[key] for key in ("relayKey", "relayAuthToken", "pubkey", "scope")},
+    )["token"]
+
+    async def one_budget() -> list[str]:
+        if time.time() % 60 > 40:  # the budget is per minute: start the phase well inside one
+            await asyncio.sleep(61 - time.time() % 60)
+        async with websockets.connect(f"{stack.ws_url}/{path}?token={spender}") as ws_a:
+            for _ in range(FRAME_BUDGET - 5):
+                await ws_a.send("not json")  # each answered by the gateway itself with an "invalid:" NOTICE
+            for _ in range(FRAME_BUDGET - 5):
+                frame = await recv(ws_a)
+                assert frame[0] == "NOTICE" and frame[1].startswith("invalid:"), frame
+            await asyncio.sleep(2.5)  # node A adds its count to the shared one (every second)
+            async with websockets.connect(f"{node_b.ws_url}/{path}?token={spender}") as ws_b:
+                for _ in range(10):
+                    await ws_b.send("not json")
+                return [(await recv(ws_b))[1].split(":")[0] for _ in range(10)]
+
+    assert asyncio.run(one_budget()) == ["invalid"] * 5 + ["rate-limited"] * 5
 
     # The worker mirrors into node A's blind peer only (node B's bridge runs none); node B's API answers
     # workers with node A's blind peer, and both read the one replica row in the shared database.
