@@ -153,7 +153,15 @@ def profiled(pid: int, output: Path) -> Iterator[None]:
 
 
 # Innermost frames of a thread that waits: the event loop in epoll, a thread-pool worker on its queue.
-IDLE_FRAMES = frozenset({"EpollSelector.select (selectors.py)", "_worker (concurrent/futures/thread.py)"})
+# Frames where a sample waits. Under uvloop the loop's wait is C code, so such a sample's innermost Python frame
+# is the one that entered the loop (``Runner.run``); uvloop's own C work is counted there too.
+IDLE_FRAMES = frozenset(
+    {
+        "EpollSelector.select (selectors.py)",
+        "_worker (concurrent/futures/thread.py)",
+        "Runner.run (asyncio/runners.py)",
+    }
+)
 # The project's own code, for the inclusive ranking (library frames would be led by the loop's own).
 PROJECT_PACKAGES = ("relays/", "replicas/", "hypertuna/")
 
