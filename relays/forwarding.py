@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from relays.frames_filter import WorkerFrame, classify
+from relays.frames_filter import WorkerFrame, read_decoded
 
 HOP_BY_HOP = frozenset(
     {
@@ -107,13 +107,8 @@ def _is_forwardable(frame: list[Any]) -> bool:
 
 
 def _client_frames(values: list[list[Any]]) -> list[WorkerFrame]:
-    """The frames a client may see, read once: each decoded frame is written back out and classified from
-    its decoded form (never parsed again on its way to the socket)."""
-    return [
-        classify(json.dumps(frame, ensure_ascii=False, separators=(",", ":")), frame)
-        for frame in values
-        if _is_forwardable(frame)
-    ]
+    """The frames a client may see, each read once."""
+    return [read_decoded(frame) for frame in values if _is_forwardable(frame)]
 
 
 def parse_ndjson(body: bytes) -> list[WorkerFrame]:

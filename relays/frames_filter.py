@@ -121,6 +121,12 @@ def classify(text: str, data: Any) -> WorkerFrame:
     return WorkerFrame(text, kind)
 
 
+def read_decoded(data: list[Any]) -> WorkerFrame:
+    """A frame a worker sent as decoded JSON (one line of a reply, one pushed frame), written out compactly for
+    the client and read from its decoded form: never parsed again on its way to the socket."""
+    return classify(json.dumps(data, ensure_ascii=False, separators=(",", ":")), data)
+
+
 def accepted_event(frames: Sequence[Frame], event_id: str) -> bool:
     """Whether a worker's reply stored ``event_id`` now: ``OK true``, not a ``duplicate:`` of one it had."""
     for item in frames:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -42,7 +41,7 @@ from relays import frame_limit, stats, usage
 from relays.bridge import BENIGN_CLOSES, REDIAL_TIMEOUT_MS, get_bridge
 from relays.fallback import LeaseWriter, ReplicaFallback, fallback_reads, fallback_writes
 from relays.fanout import NodeFanout
-from relays.frames_filter import classify
+from relays.frames_filter import read_decoded
 from relays.session import GatewaySession
 
 logger = logging.getLogger(__name__)
@@ -261,10 +260,7 @@ class Runtime:
         if session is None or not isinstance(frames, list):
             pushed_frames.labels(result="no-session").inc()
             return
-        # Read here from their decoded form, so the session does not parse them again.
-        read = [
-            classify(json.dumps(f, ensure_ascii=False, separators=(",", ":")), f) for f in frames if isinstance(f, list)
-        ]
+        read = [read_decoded(f) for f in frames if isinstance(f, list)]  # the session does not parse them again
         pushed_frames.labels(result="delivered").inc(len(read))
         asyncio.get_running_loop().create_task(session.deliver(read, peer=str(data.get("peerKey") or "") or None))
 
