@@ -3,13 +3,13 @@
 A fixed window per identity (a token, or the client address on an open relay), like ``hypertuna.ratelimit``,
 but with no I/O on the frame path: ``hit`` only touches this process's counters. ``sync`` (every
 ``SYNC_SECONDS`` from the runtime's loop, in a worker thread) adds what each identity spent here since the
-last sync to the window's key in the shared cache, the key ``hypertuna.ratelimit.hit`` uses, and reads back
+last sync to the window's shared count (``hypertuna.ratelimit.add_to_window``, the same keys) and reads back
 the total of every node (identities with no new hits here are read back too). A decision is that total plus
 what this process counted since, so one token's budget holds across its sockets at once and across nodes
 within one sync. Before an identity's first frame of a window on this node, ``prime`` reads its shared total
 (one cache read per identity and minute). The budget can be overrun by what the other nodes let through in
-the last ``SYNC_SECONDS``, never more. When the cache is unreachable, each
-process keeps limiting on its own count and hands the backlog over at the next sync that succeeds.
+the last ``SYNC_SECONDS``, never more. When the cache is unreachable, each process keeps limiting on its own
+count and hands the backlog over at the next sync that succeeds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 
-from hypertuna.ratelimit import RateDecision
+from hypertuna.ratelimit import RateDecision, add_to_window, window_key, window_start
 
 logger = logging.getLogger(__name__)
 
@@ -50,42 +50,46 @@ class FrameLimiter:
             self._windows.clear()
 
     def key(self, identity: str, start: int) -> str:
-        return f"rl:{self.scope}:{identity}:{start}"
+        return window_key(self.scope, identity, start)
 
     def known(self, identity: str, *, now: float | None = None) -> bool:
         """Whether this process counts ``identity`` in the current window already (else ``prime`` it first)."""
-        moment = int(time.time() if now is None else now)
         entry = self._windows.get(identity)
-        return entry is not None and entry.start == moment - moment % self.window
+        return entry is not None and entry.start == self._start(now)
 
     def prime(self, identity: str, *, now: float | None = None) -> None:
         """Start counting ``identity`` here from the window's shared total (one cache read per identity and
         window, before its first frame on this node): frames another node already let through count at once,
         not only after this node's next sync. An unreachable cache starts the count at zero."""
-        moment = int(time.time() if now is None else now)
-        start = moment - moment % self.window
+        start = self._start(now)
         try:
             total = cache.get(self.key(identity, start))
         except Exception as exc:
             logger.debug("frame limit read failed", extra={"error": str(exc)})
             total = None
         with self._lock:
-            entry = self._windows.get(identity)
-            if entry is None or entry.start != start:
-                entry = self._windows[identity] = _Window(start)
+            entry = self._entry(identity, start)
             if isinstance(total, int):
                 entry.shared = max(entry.shared, total)
+
+    def _entry(self, identity: str, start: int) -> _Window:
+        """``identity``'s count for the window starting at ``start`` (a new one past the window); under the lock."""
+        entry = self._windows.get(identity)
+        if entry is None or entry.start != start:
+            entry = self._windows[identity] = _Window(start)
+        return entry
+
+    def _start(self, now: float | None) -> int:
+        return window_start(int(time.time() if now is None else now), self.window)
 
     def hit(self, identity: str, limit: int, *, now: float | None = None) -> RateDecision:
         """Count one frame of ``identity`` and say whether it is within ``limit`` per window (0: no limit)."""
         if limit <= 0:
             return RateDecision(True, 0)
         moment = int(time.time() if now is None else now)
-        start = moment - moment % self.window
+        start = window_start(moment, self.window)
         with self._lock:
-            entry = self._windows.get(identity)
-            if entry is None or entry.start != start:
-                entry = self._windows[identity] = _Window(start)
+            entry = self._entry(identity, start)
             entry.pending += 1
             count = entry.shared + entry.pending
         if count <= limit:
@@ -95,8 +99,7 @@ class FrameLimiter:
     def sync(self, *, now: float | None = None) -> int:
         """Add this process's new hits to the shared totals and read them back; returns how many identities
         were written. Windows that ended are forgotten (their keys expire in the cache on their own)."""
-        moment = int(time.time() if now is None else now)
-        current = moment - moment % self.window
+        current = self._start(now)
         with self._lock:
             for identity in [i for i, w in self._windows.items() if w.start < current]:
                 del self._windows[identity]
@@ -118,13 +121,7 @@ class FrameLimiter:
         for identity, start, spent in due:
             key = self.key(identity, start)
             try:
-                # add() creates the window's key once (SET NX); incr() then adds atomically on every node.
-                cache.add(key, 0, timeout=self.window + 5)
-                try:
-                    total = cache.incr(key, spent)
-                except ValueError:  # expired between add() and incr()
-                    cache.add(key, spent, timeout=self.window + 5)
-                    total = spent
+                total = add_to_window(key, spent, self.window)
             except Exception as exc:  # cache down: keep the backlog and limit on the local count meanwhile
                 logger.debug("frame limit sync failed", extra={"error": str(exc)})
                 break
