@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -112,8 +112,11 @@ class Runtime:
             return
         self._tasks = [
             asyncio.create_task(self._deliver_pushes(), name="gateway-push-delivery"),
-            asyncio.create_task(self._flush_usage(), name="gateway-usage-flush"),
-            asyncio.create_task(self._sync_frame_limits(), name="gateway-frame-limit-sync"),
+            asyncio.create_task(_every(USAGE_FLUSH_SECONDS, sync_to_async(usage.flush)), name="gateway-usage-flush"),
+            asyncio.create_task(
+                _every(frame_limit.SYNC_SECONDS, sync_to_async(frame_limit.limiter.sync, thread_sensitive=False)),
+                name="gateway-frame-limit-sync",
+            ),
             asyncio.create_task(self._refresh_groups(), name="gateway-group-refresh"),
             asyncio.create_task(self._publish_stats(), name="gateway-stats-publish"),
         ]
@@ -327,17 +330,13 @@ class Runtime:
                 logger.debug("stats publish failed", extra={"error": str(exc)})
             await asyncio.sleep(stats.PUBLISH_INTERVAL)
 
-    async def _sync_frame_limits(self) -> None:
-        while True:
-            await asyncio.sleep(frame_limit.SYNC_SECONDS)
-            with contextlib.suppress(Exception):
-                await sync_to_async(frame_limit.limiter.sync, thread_sensitive=False)()
 
-    async def _flush_usage(self) -> None:
-        while True:
-            await asyncio.sleep(USAGE_FLUSH_SECONDS)
-            with contextlib.suppress(Exception):
-                await sync_to_async(usage.flush)()
+async def _every(seconds: float, work: Callable[[], Awaitable[object]]) -> None:
+    """Run ``work`` every ``seconds``; a failed turn (the cache or the database away) waits for the next."""
+    while True:
+        await asyncio.sleep(seconds)
+        with contextlib.suppress(Exception):
+            await work()
 
 
 def _advertises_push(handshake: Any) -> bool:
