@@ -8,6 +8,7 @@ its *kind* (what it runs, independent of paths, ports and interpreter) and the *
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
+NODES_FILE = REPO / "deploy" / "docker-compose.nodes.yml"
 DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 CADDYFILE = REPO / "deploy" / "proxy" / "Caddyfile"
@@ -28,9 +30,9 @@ IMAGE_ROOT = "/app"
 _INTERPOLATION = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<arg>[^}]*)\})")
 
 
-def load_compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE_FILE.read_text())
-    assert isinstance(data, dict) and isinstance(data.get("services"), dict), "docker-compose.yml has no services"
+def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict), f"{path.name} has no services"
     return data
 
 
@@ -287,6 +289,13 @@ def dockerfile_stages(text: str | None = None) -> list[Stage]:
         elif stages:
             stages[-1].instructions.append((keyword, rest.strip()))
     return stages
+
+
+def image_command() -> list[str]:
+    """The image's default command: the exec-form ``CMD`` of the Dockerfile's last stage."""
+    commands = [rest for keyword, rest in dockerfile_stages()[-1].instructions if keyword == "CMD"]
+    assert commands, "the Dockerfile's last stage has no CMD"
+    return [str(part) for part in json.loads(commands[-1])]
 
 
 def node_major_of_image(image: str) -> int | None:

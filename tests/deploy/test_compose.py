@@ -387,23 +387,14 @@ def test_every_web_command_runs_uvicorn_as_make_run_does():
     from hypertuna.supervisor import web_argv
 
     expected = _server_options(web_argv("python", "127.0.0.1", 8000))
-    commands = {}
-    for path in (c.COMPOSE_FILE, c.REPO / "deploy" / "docker-compose.nodes.yml"):
-        for name, service in yaml_services(path).items():
+    commands = {"Dockerfile CMD": c.image_command()}
+    for path in (c.COMPOSE_FILE, c.NODES_FILE):
+        for name, service in c.load_compose(path)["services"].items():
             argv = c.command_argv(service)
             if "uvicorn" in argv and "hypertuna.asgi:application" in argv:
                 commands[f"{path.name}:{name}"] = argv
-    cmd = re.search(r"^CMD (\[.*\])$", (c.REPO / "Dockerfile").read_text(), re.MULTILINE)
-    assert cmd, "the Dockerfile has no CMD"
-    commands["Dockerfile CMD"] = json.loads(cmd.group(1))
     assert len(commands) >= 3, f"expected the image's and both compose files' web commands, found {sorted(commands)}"
     for place, argv in commands.items():
         assert _server_options(argv) == expected, place
         # Behind the proxy, the client's address comes from X-Forwarded-For.
         assert "--proxy-headers" in argv, place
-
-
-def yaml_services(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text()).get("services") or {}

@@ -9,11 +9,9 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
 
 from tests.deploy import compose as c
 
-NODES_FILE = c.REPO / "deploy" / "docker-compose.nodes.yml"
 CADDYFILE = c.REPO / "deploy" / "proxy" / "Caddyfile.nodes"
 
 
@@ -24,7 +22,7 @@ def compose():
 
 @pytest.fixture(scope="module")
 def nodes():
-    return yaml.safe_load(NODES_FILE.read_text())
+    return c.load_compose(c.NODES_FILE)
 
 
 def test_second_node_is_web_bridge_and_events_without_celery(nodes, compose):
@@ -65,7 +63,7 @@ def test_proxy_balances_both_web_nodes_with_long_lived_socket_settings(nodes):
 
 
 def test_every_variable_is_in_env_example():
-    names = c.interpolated_names(NODES_FILE.read_text()) | set(re.findall(r"\{\$([A-Z0-9_]+)", CADDYFILE.read_text()))
+    names = c.interpolated_names(c.NODES_FILE.read_text()) | set(re.findall(r"\{\$([A-Z0-9_]+)", CADDYFILE.read_text()))
     assert not names - c.env_example_names(), sorted(names - c.env_example_names())
 
 
