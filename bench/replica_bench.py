@@ -25,13 +25,13 @@ Method (performance-anchors §6):
   goal rows report: the real gateway (uvicorn → ``RelayAuthMiddleware`` → ``RelayConsumer`` →
   ``GatewaySession`` with no usable worker → ``ReplicaFallback`` → ``query_events``, frames back through the
   session and the consumer; set up by :mod:`bench.replica_gateway`: no bridge, in-memory channel layer and
-  cache, no rate limits) at ``ws://…/<relayKey>``, so ``gateway_ws`` minus ``bare_ws`` is the gateway's own cost per
-  shape; and ``nostr_relay_ws`` (``nostr-relay`` served by uvicorn on loopback, loaded with the same events
-  through its own ``load`` command, i.e. its storage API with its signature validator on). The same client
-  drives every WebSocket: one connection, sequential REQs, time from sending REQ to receiving EOSE, frames
-  counted. Shapes and parameters are identical for all. ``nostr-relay`` runs on its default SQLite storage
-  (its Postgres path needs asyncpg); compare it with this project on SQLite for a like-for-like storage
-  engine.
+  cache, no rate limit reached) at ``ws://…/<relayKey>``, so ``gateway_ws`` minus ``bare_ws`` is the gateway's
+  own cost per shape; and ``nostr_relay_ws`` (``nostr-relay`` served by uvicorn on loopback, loaded with the
+  same events through its own ``load`` command, i.e. its storage API with its signature validator on). The
+  same client drives every WebSocket: one connection, sequential REQs, time from sending REQ to receiving
+  EOSE, frames counted. Shapes and parameters are identical for all. ``nostr-relay`` runs on its default
+  SQLite storage (its Postgres path needs asyncpg); compare it with this project on SQLite for a like-for-like
+  storage engine.
 - **Agreement**: the first three REQs of every shape are sent to each server and the ids compared. The
   gateway must answer exactly what the bare server answers (same ids, same order) — a fast gateway that
   answers something else is not a result (the goal rows then carry no figure); against nostr-relay the

@@ -14,7 +14,8 @@ The process is set up so that only that path is measured:
   after an empty peer rotation — the same fallback call, without the peer loop);
 - **no Redis**: without ``REDIS_URL`` the cache and the channel layer are in memory (one process, as the
   measured path needs nothing shared);
-- **no rate limits** (per address and per token set to 0), logs at WARNING, no escrow;
+- **no rate limit reached**: none per address, and a frame budget per token no run reaches (the limiter still
+  counts every frame, as in production), logs at WARNING, no escrow;
 - **the relay row** the gateway had before its workers went away (:func:`ensure_offline_relay`): an open
   relay (no token) whose registration lapsed, as a worker's registration and the replica sync leave it.
 """
@@ -60,7 +61,7 @@ def ensure_offline_relay(relay_key: str) -> None:
 
 
 def gateway_env(database_url: str, var_dir: Path) -> dict[str, str]:
-    """The web process's environment: this database, no bridge, no Redis, no rate limits, WARNING logs."""
+    """The web process's environment: this database, no bridge, no Redis, no rate limit reached, WARNING logs."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -152,9 +153,9 @@ def profiled(pid: int, output: Path) -> Iterator[None]:
             raise RuntimeError(f"py-spy wrote no profile: {err.decode(errors='replace')[-500:]}")
 
 
-# Innermost frames of a thread that waits: the event loop in epoll, a thread-pool worker on its queue.
-# Frames where a sample waits. Under uvloop the loop's wait is C code, so such a sample's innermost Python frame
-# is the one that entered the loop (``Runner.run``); uvloop's own C work is counted there too.
+# Innermost frames of a thread that waits: the event loop in epoll, a thread-pool worker on its queue. Under
+# uvloop the loop's wait is C code, so such a sample's innermost Python frame is the one that entered the loop
+# (``Runner.run``); uvloop's own C work is counted there too.
 IDLE_FRAMES = frozenset(
     {
         "EpollSelector.select (selectors.py)",
