@@ -27,6 +27,7 @@ from relays.consumers import NOTICE_MAX_CHARS, RelayConsumer
 from relays.forwarding import PeerResponse
 from relays.runtime import Runtime
 from tests.conftest import hex_key
+from tests.e2e.procs import free_port
 from tests.relays.fakes import FakeTransport, FakeWorker
 from tests.relays.test_consumer import register
 
@@ -47,15 +48,9 @@ async def application(scope, receive, send):
             return
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url():
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         web_argv(sys.executable, "127.0.0.1", port, app="tests.hypertuna.test_ws_edges:application"),
         cwd=BASE_DIR,
