@@ -4,10 +4,11 @@ Each member's stdout and stderr go to ``<var>/log/<member>.log`` (the previous r
 ``<member>.log.1``; a file that grows past ``LOG_MAX_BYTES`` is rotated the same way). The console shows the
 ready banner, then one line per notable event: the supervisor's own (a member exited, restarted, was given
 up on, stopped or started on request), a worker online or offline (the bridge's ``peer.connected`` /
-``peer.disconnected`` events, followed over its RPC socket), a lease opened or closed on the gateway's bridge,
-a lease request the escrow did not grant, and any record at ERROR or above from any member. Celery banners,
-warnings and INFO chatter stay in the files (``make logs`` follows them). A line on a terminal's stdin (Enter)
-prints the banner again; when stdin is not a terminal nothing reads it.
+``peer.disconnected`` events, followed over its RPC socket and checked against its pool's state every few
+seconds), a lease opened or closed on the gateway's bridge, a lease request the escrow did not grant, and any
+record at ERROR or above from any member. Celery banners, warnings and INFO chatter stay in the files
+(``make logs`` follows them). A line on a terminal's stdin (Enter) prints the banner again; when stdin is not
+a terminal nothing reads it.
 
 ``python -m hypertuna.console stop|start demo-worker`` asks a running supervisor, over a Unix socket in the
 var directory (mode 0600), to stop or start its demo worker (``make demo-worker-stop`` / ``-start``).
@@ -41,6 +42,9 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 CONSOLE_MESSAGE_CHARS = 160
 CONTROL_TIMEOUT_SECONDS = 30.0
 NAME_WAIT_SECONDS = 3.0
+# How often the worker lines are checked against the bridge pool's state, besides its events.
+RECONCILE_SECONDS = 5.0
+_SETTING_UP = {"handshaking", "identifying"}
 # The same error line is shown once in this window; the next one after it says how many were held back.
 REPEAT_WINDOW_SECONDS = 60.0
 # Python's text log format (hypertuna.settings) and Celery's own: "... ERROR logger [request-id] message" and
@@ -275,36 +279,76 @@ class Console:
         thread.start()
         return thread
 
+    async def _announce(self, change: tuple[str, str, str | None]) -> None:
+        state, key, reason = change
+        if state == "offline":
+            self.say(f"{self.peer_name(key)} offline ({reason})")
+            return
+        # The gateway may reach the demo worker just before its ready line names it.
+        for _ in range(int(NAME_WAIT_SECONDS * 10)):
+            if key in self.peer_names:
+                break
+            await asyncio.sleep(0.1)
+        self.say(f"{self.peer_name(key)} online")
+
     async def _follow_workers(self, env: dict[str, str]) -> None:
         from hypertuna.bridge import BridgeClient, BridgeClientError
+
+        client = BridgeClient.from_env(env, client_name="supervisor-console", reconnect=False)
+        presence = WorkerPresence()
+        while True:
+            # Subscribed before connecting, so the topics go with the handshake and no event falls between.
+            async with client.events("peer.connected", "peer.disconnected") as events:
+                try:
+                    await client.connect()
+                    while client.connected:
+                        # Events say it at once; the pool's state, read on connecting and every few seconds,
+                        # catches what a lost connection (or a lost event) kept from them.
+                        for change in presence.reconcile((await client.pool_status()).get("peers") or []):
+                            await self._announce(change)
+                        with contextlib.suppress(BridgeClientError):
+                            while True:
+                                event = await events.get(RECONCILE_SECONDS)
+                                for change in presence.event(event.name, event.data):
+                                    await self._announce(change)
+                except BridgeClientError:
+                    pass
+            await asyncio.sleep(1.0)
+
+
+class WorkerPresence:
+    """Which workers the console has said are online; each input returns the changes to announce as
+    ``(state, peer key, reason)``, ``state`` being ``"online"`` or ``"offline"``. A close the bridge reports as
+    benign (a replaced duplicate connection, a disconnect on request) is not announced."""
+
+    def __init__(self) -> None:
+        self.online: set[str] = set()
+
+    def event(self, name: str, data: dict[str, Any]) -> list[tuple[str, str, str | None]]:
         from relays.bridge import BENIGN_CLOSES
 
-        client = BridgeClient.from_env(env, client_name="supervisor-console")
-        online: set[str] = set()
-        while True:
-            try:
-                if not client.connected:
-                    await client.connect()
-                async with client.events("peer.connected", "peer.disconnected", "bridge.reconnected") as events:
-                    async for event in events:
-                        key = str(event.data.get("peerKey", ""))
-                        if event.name == "bridge.reconnected":
-                            online.clear()  # a restarted bridge knows no worker yet; they reconnect
-                        elif event.name == "peer.connected" and key not in online:
-                            online.add(key)
-                            # The gateway may reach the demo worker just before its ready line names it.
-                            for _ in range(int(NAME_WAIT_SECONDS * 10)):
-                                if key in self.peer_names:
-                                    break
-                                await asyncio.sleep(0.1)
-                            self.say(f"{self.peer_name(key)} online")
-                        elif event.name == "peer.disconnected" and key in online:
-                            online.discard(key)
-                            reason = event.data.get("reason")
-                            if reason not in BENIGN_CLOSES:
-                                self.say(f"{self.peer_name(key)} offline ({reason})")
-            except BridgeClientError:
-                await asyncio.sleep(1.0)
+        key = str(data.get("peerKey", ""))
+        if name == "peer.connected" and key not in self.online:
+            self.online.add(key)
+            return [("online", key, None)]
+        if name == "peer.disconnected" and key in self.online:
+            self.online.discard(key)
+            reason = data.get("reason")
+            return [] if reason in BENIGN_CLOSES else [("offline", key, str(reason))]
+        return []
+
+    def reconcile(self, peers: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+        """Changes that make the said state match the pool's peer list (``pool.status``)."""
+        changes: list[tuple[str, str, str | None]] = []
+        ready = {str(p.get("peerKey")) for p in peers if p.get("state") == "ready"}
+        # A connection being set up again (after a replaced duplicate) is not a worker gone.
+        present = ready | {str(p.get("peerKey")) for p in peers if p.get("state") in _SETTING_UP}
+        for key in sorted(ready - self.online):
+            changes += self.event("peer.connected", {"peerKey": key})
+        reasons = {str(p.get("peerKey")): p.get("lastReason") for p in peers}
+        for key in sorted(self.online - present):
+            changes += self.event("peer.disconnected", {"peerKey": key, "reason": reasons.get(key) or "gone"})
+        return changes
 
 
 # ---- control: stop and start the demo worker of a running supervisor -------------------------------

@@ -22,7 +22,15 @@ from coincurve import PrivateKey
 
 from hypertuna import console as console_module
 from hypertuna import supervisor
-from hypertuna.console import Console, ControlServer, LogFile, control_socket_path, notable, send_command
+from hypertuna.console import (
+    Console,
+    ControlServer,
+    LogFile,
+    WorkerPresence,
+    control_socket_path,
+    notable,
+    send_command,
+)
 from hypertuna.nostr import sign_event
 from hypertuna.supervisor import Member, Supervisor, stop_all
 from tests.e2e.procs import free_port, spawn
@@ -174,6 +182,37 @@ def group(tmp_path):
         member.start(dict(os.environ))
     yield Supervisor(members, clock=Clock(), say=said.append), said
     stop_all(members)
+
+
+A, B = "a" * 64, "b" * 64
+
+
+def test_worker_lines_follow_the_bridge_events_and_skip_benign_closes():
+    presence = WorkerPresence()
+    assert presence.event("peer.connected", {"peerKey": A}) == [("online", A, None)]
+    assert presence.event("peer.connected", {"peerKey": A}) == []  # said once
+    assert presence.event("peer.disconnected", {"peerKey": A, "reason": "duplicate-replacement"}) == []
+    assert presence.event("peer.connected", {"peerKey": A}) == [("online", A, None)]
+    assert presence.event("peer.disconnected", {"peerKey": A, "reason": "stream-close"}) == [
+        ("offline", A, "stream-close")
+    ]
+    assert presence.event("peer.disconnected", {"peerKey": B, "reason": "stream-close"}) == []  # never said online
+
+
+def test_the_pool_state_catches_what_the_events_missed():
+    presence = WorkerPresence()
+    # Connected while the console's connection to the bridge was down: only the pool's state tells.
+    assert presence.reconcile([{"peerKey": A, "state": "ready"}, {"peerKey": B, "state": "dialing"}]) == [
+        ("online", A, None)
+    ]
+    assert presence.reconcile([{"peerKey": A, "state": "ready"}]) == []
+    # Being set up again after a replaced duplicate is no worker gone; backing off after a loss is.
+    assert presence.reconcile([{"peerKey": A, "state": "handshaking", "lastReason": "duplicate-replacement"}]) == []
+    assert presence.reconcile([{"peerKey": A, "state": "backoff", "lastReason": "stream-error"}]) == [
+        ("offline", A, "stream-error")
+    ]
+    presence.event("peer.connected", {"peerKey": B})
+    assert presence.reconcile([]) == [("offline", B, "gone")]  # a restarted bridge knows no worker
 
 
 def test_a_requested_stop_of_the_demo_worker_is_no_crash_and_lasts_until_start(group):
