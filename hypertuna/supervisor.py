@@ -62,13 +62,16 @@ SHUTDOWN_GRACE_SECONDS = 8
 # the web process is closing and answer 502.
 HTTP_KEEPALIVE_SECONDS = 130
 GATEWAY_APP = "hypertuna.asgi:application"
+# uvicorn's websockets sans-I/O protocol, writing the frames of one loop turn at once (hypertuna/ws_protocol.py).
+WEBSOCKET_PROTOCOL = "hypertuna.ws_protocol:CoalescingWebSocketProtocol"
 PR_SET_PDEATHSIG = 1
 
 
 def web_argv(python: str, host: str, port: int, *, app: str = GATEWAY_APP) -> list[str]:
-    """The web process: uvicorn (uvloop, the websockets sans-I/O protocol) serving the gateway's ASGI application
-    on ``host:port``. Why uvicorn and not Daphne: the README's design section. ``X-Forwarded-For`` is not read
-    here (clients connect directly); the container image, behind its proxy, adds ``--proxy-headers``."""
+    """The web process: uvicorn (uvloop, the websockets sans-I/O protocol with coalesced writes) serving the
+    gateway's ASGI application on ``host:port``. Why uvicorn and not Daphne: the README's design section.
+    ``X-Forwarded-For`` is not read here (clients connect directly); the container image, behind its proxy,
+    adds ``--proxy-headers``."""
     return [
         python,
         "-m",
@@ -80,7 +83,7 @@ def web_argv(python: str, host: str, port: int, *, app: str = GATEWAY_APP) -> li
         "--loop",
         "uvloop",
         "--ws",
-        "websockets-sansio",
+        WEBSOCKET_PROTOCOL,
         # No permessage-deflate: zlib per frame (and a compressor per socket) for frames of a few hundred bytes.
         "--ws-per-message-deflate",
         "false",
