@@ -6,9 +6,9 @@ the Autobase append and update that make a reference worker take ~8 ms per write
 gateway's. ``store="autobase"`` (``python -m bench capacity --store autobase``) measures with Autobase-backed
 workers instead.
 
-Clients hold one WebSocket each and send signed EVENTs back to back, one in flight each; the figure is
-accepted OKs per second over the whole run, with each process's CPU % of a core and CPU ms per accepted
-EVENT over the same window (``bench-client`` is this process: the clients share the host's cores). On a
+Clients (the lean client of :mod:`bench.wsclient`) hold one WebSocket each and send signed EVENTs back to
+back, one in flight each; the figure is accepted OKs per second over the whole run, with each process's CPU %
+of a core and CPU ms per accepted EVENT over the same window (``bench-client`` is this process: the clients share the host's cores). On a
 shared host the busiest process may get less than a core, so its CPU ms per EVENT is the steadier figure:
 1000 / that is what it would pass with a core to itself. The same clients then send as many EVENTs straight
 to the workers through the bridge (no gateway session): when that rate is as low, the time goes in the
@@ -33,11 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import websockets
-
 from bench import FRAME_BUDGET_PER_MINUTE
 from bench.procstat import CpuWindow
 from bench.routing_bench import Direct, LaunchedWorker, ReferenceWorkerLauncher, _events, _gateway_event
+from bench.wsclient import LeanWebSocket
 from hypertuna.bridge import BridgeClient
 
 GOAL_PER_S = 2000.0
@@ -49,7 +48,7 @@ WORKER_KINDS = {"memory": "in-memory reference workers", "autobase": "Autobase r
 
 async def _load(urls: list[str], pids: dict[str, int], per_worker: int) -> dict[str, Any]:
     batches = [(url, _events(EVENTS_PER_CLIENT)) for url in urls for _ in range(per_worker)]
-    sockets = [await websockets.connect(url, compression=None) for url, _ in batches]
+    sockets = [await LeanWebSocket.open(url) for url, _ in batches]
     try:
         for ws in sockets:  # warm every route before timing
             await _gateway_event(ws, _events(1)[0])

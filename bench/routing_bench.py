@@ -21,8 +21,10 @@ real workers are) and the published worker runtime. Per worker kind:
 - **EVENT throughput** with concurrent clients, gateway / direct (first worker kind only: it measures the
   gateway, not the worker).
 
-The gateway runs with the production idle poll (1 s), so a goal can only be met by the fast paths. Loopback
-only, bounded in time, every process stopped at the end.
+The gateway runs with the production idle poll (1 s), so a goal can only be met by the fast paths. The Nostr
+client is the lean one of :mod:`bench.wsclient` (frames split from the byte stream), so that its own cost,
+like the bridge client's on the direct path, stays small beside what is measured. Loopback only, bounded in
+time, every process stopped at the end.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import websockets
 from coincurve import PrivateKey
 
 from bench import FRAME_BUDGET_PER_MINUTE
+from bench.wsclient import LeanWebSocket
 from hypertuna.bridge import BridgeClient
 from hypertuna.nostr import sign_event
 
@@ -233,7 +235,7 @@ async def _event_latency(direct: Direct, url: str) -> dict[str, float]:
     conn = secrets.token_hex(16)
     key = direct.worker.signing_key
     direct_lat, gateway_lat = [], []
-    async with websockets.connect(url) as ws:
+    async with LeanWebSocket.connect(url) as ws:
         for event in _events(10, key):  # warm both paths (dial, handshake, caches) before timing anything
             await direct.event(event, conn)
         for event in _events(10, key):
@@ -253,7 +255,7 @@ async def _req_latency(direct: Direct, url: str) -> dict[str, float]:
     conn = secrets.token_hex(16)
     nobody = {"authors": [secrets.token_hex(32)], "limit": 10}
     direct_lat, gateway_lat = [], []
-    async with websockets.connect(url) as ws:
+    async with LeanWebSocket.connect(url) as ws:
         for n in range(REQ_SAMPLES + 5):
             started = time.perf_counter()
             await direct.req_until_eose(f"d{n}", nobody, conn)
@@ -278,7 +280,7 @@ async def _live_latency(url: str, key: PrivateKey | None = None) -> dict[str, fl
     key = key or PrivateKey()
     pubkey = _events(1, key)[0]["pubkey"]
     total, after_ok = [], []
-    async with websockets.connect(url) as reader, websockets.connect(url) as writer:
+    async with LeanWebSocket.connect(url) as reader, LeanWebSocket.connect(url) as writer:
         await reader.send(json.dumps(["REQ", "live", {"authors": [pubkey]}]))
         await _recv_until(reader, lambda f: f[0] == "EOSE")
         for n, event in enumerate(_events(LIVE_SAMPLES + 5, key)):
@@ -313,7 +315,7 @@ async def _throughput(direct: Direct, url: str) -> dict[str, float]:
     batches = [_events(PER_CLIENT, key) for _ in range(CLIENTS)]
 
     async def gateway_worker(events: list[dict[str, Any]]) -> None:
-        async with websockets.connect(url) as ws:
+        async with LeanWebSocket.connect(url) as ws:
             for event in events:
                 await _gateway_event(ws, event)
 
