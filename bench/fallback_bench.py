@@ -47,6 +47,14 @@ REFUSED = 100
 ESCROW_DOWN = 50
 HEARTBEAT_SILENCE = 5
 FIRST_ANSWER_GOAL_MS = 1000.0
+# The defaults of bridge/src/config.mjs and hypertuna/settings.py, stated so the report can name them.
+PRODUCTION_PROBES = {
+    "HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS": "30000",
+    "HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS": "5000",
+    "HYPERTUNA_BRIDGE_OVERDUE_PROBE_MS": "1000",
+    "HYPERTUNA_BRIDGE_OVERDUE_PROBE_TIMEOUT_MS": "2000",
+    "HYPERTUNA_PEER_REQUEST_TIMEOUT": "10",
+}
 EVENT_OK_P99_GOAL_MS = 2000.0
 
 
@@ -191,6 +199,9 @@ def _run(redis_url: str) -> dict[str, Any]:
             "HYPERTUNA_LOG_LEVEL": "WARNING",
             "HYPERTUNA_RATELIMIT_TOKEN_PER_MINUTE": FRAME_BUDGET_PER_MINUTE,
             "HYPERTUNA_ESCROW_HEARTBEAT_SILENCE": str(HEARTBEAT_SILENCE),
+            # The production health sweep and peer request timeout (the test harness shortens them): a killed
+            # worker is found out by the overdue probe of the request it leaves unanswered.
+            **PRODUCTION_PROBES,
         }
         stack = Stack(Path(tmp), escrow=True, env=env).start()
         try:
@@ -211,8 +222,7 @@ def _run(redis_url: str) -> dict[str, Any]:
                 seeds[name] = _publish_online(urls[name])
                 _sync_until_ready(stack, relay_key)
 
-            probes = ("HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS", "HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS")
-            results: dict[str, Any] = {"failover": {}, "probes": {name: stack.env.get(name) for name in probes}}
+            results: dict[str, Any] = {"failover": {}, "probes": {name: stack.env[name] for name in PRODUCTION_PROBES}}
             results["failover"]["SIGKILL"] = asyncio.run(
                 _failover(urls["escrowed"], seeds["escrowed"], lambda: _kill(escrowed))
             )
@@ -248,8 +258,11 @@ def report(results: dict[str, Any]) -> str:
     probes = results["probes"]
     lines = [
         "Fallback: a relay whose only worker goes away (escrow role, web, bridge, reference workers; bridge "
-        f"health probe every {probes['HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS']} ms, timeout "
-        f"{probes['HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS']} ms, as the test harness sets them)"
+        f"health sweep every {probes['HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS']} ms, timeout "
+        f"{probes['HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS']} ms; a request unanswered for "
+        f"{probes['HYPERTUNA_BRIDGE_OVERDUE_PROBE_MS']} ms probes its worker, timeout "
+        f"{probes['HYPERTUNA_BRIDGE_OVERDUE_PROBE_TIMEOUT_MS']} ms; peer request timeout "
+        f"{probes['HYPERTUNA_PEER_REQUEST_TIMEOUT']} s: the production defaults)"
     ]
     for how, row in results["failover"].items():
         for where, key in (("already-open socket", "open_s"), ("new socket", "new_s")):

@@ -93,6 +93,8 @@ export function loadBridgeConfig (env = process.env, cwd = process.cwd()) {
       requestTimeoutMs: int(env, 'HYPERTUNA_BRIDGE_REQUEST_TIMEOUT_MS', 30_000, { min: 100 }),
       healthIntervalMs: int(env, 'HYPERTUNA_BRIDGE_HEALTH_INTERVAL_MS', 30_000, { min: 0 }),
       healthTimeoutMs: int(env, 'HYPERTUNA_BRIDGE_HEALTH_TIMEOUT_MS', 5_000, { min: 100 }),
+      overdueProbeMs: int(env, 'HYPERTUNA_BRIDGE_OVERDUE_PROBE_MS', 1_000, { min: 0 }),
+      overdueProbeTimeoutMs: int(env, 'HYPERTUNA_BRIDGE_OVERDUE_PROBE_TIMEOUT_MS', 2_000, { min: 100 }),
       reconnectBaseMs: int(env, 'HYPERTUNA_BRIDGE_RECONNECT_BASE_MS', 1_000, { min: 10 }),
       reconnectMaxMs: int(env, 'HYPERTUNA_BRIDGE_RECONNECT_MAX_MS', 30_000, { min: 10 })
     }

@@ -194,3 +194,56 @@ test('concurrent connects share one dial, and a lost wanted peer is dialled agai
   await waitFor(() => pool.status().peers.length === 0, { timeoutMs: 2000, what: 'peer forgotten after disconnect' })
   assert.ok(swarm.calls.some(([op, k]) => op === 'leave' && k === hex))
 })
+
+test('an overdue request sends a health check: a silent worker is disconnected at once, a slow one is kept', async (t) => {
+  const { swarm, pool } = await makePool(t, { overdueProbeMs: 100, overdueProbeTimeoutMs: 200, reconnectBaseMs: 10_000 })
+  const events = []
+  pool.on('disconnected', (e) => events.push(e))
+
+  // Slow but alive: the request takes 600 ms, health checks are answered meanwhile.
+  const slowKey = randomBytes(32)
+  const [localSlow, remoteSlow] = streamPair(swarm.keyPair.publicKey, slowKey)
+  const slowAnswer = ['GET', '/slow', async () => {
+    await new Promise((resolve) => setTimeout(resolve, 600))
+    return { statusCode: 200, body: { ok: true } }
+  }]
+  fakeWorker(remoteSlow, RELAY_PROTOCOL, [identifyOk, slowAnswer])
+  swarm.emit('connection', localSlow, {})
+  await pool.connect(slowKey.toString('hex'), { timeoutMs: 2000 })
+  const slow = await pool.request(slowKey.toString('hex'), { method: 'GET', path: '/slow', timeoutMs: 5000 })
+  assert.equal(slow.statusCode, 200)
+  assert.equal(pool.status().peers.find((p) => p.peerKey === slowKey.toString('hex')).state, 'ready')
+  assert.equal(pool.status().peers.find((p) => p.peerKey === slowKey.toString('hex')).lastHealth.ok, true)
+
+  // Silent: the connection stays open but nothing answers (a killed process on a transport that never closes).
+  const silentKey = randomBytes(32)
+  const [localSilent, remoteSilent] = streamPair(swarm.keyPair.publicKey, silentKey)
+  const never = ['GET', '/never', () => new Promise(() => {})]
+  const silent = fakeWorker(remoteSilent, RELAY_PROTOCOL, [identifyOk, never])
+  swarm.emit('connection', localSilent, {})
+  await pool.connect(silentKey.toString('hex'), { timeoutMs: 2000 })
+  silent._onhealth = () => {}
+  const started = Date.now()
+  await assert.rejects(
+    pool.request(silentKey.toString('hex'), { method: 'GET', path: '/never', timeoutMs: 10_000 }),
+    (e) => e.code === 'peer-unavailable'
+  )
+  const took = Date.now() - started
+  assert.ok(took < 2000, `failed after ${took} ms, not at the 10 s request timeout`)
+  assert.deepEqual(events.map((e) => [e.peerKey, e.reason]), [[silentKey.toString('hex'), 'health-check-failed']])
+})
+
+test('overdue probes can be switched off', async (t) => {
+  const { swarm, pool } = await makePool(t, { overdueProbeMs: 0 })
+  const key = randomBytes(32)
+  const [local, remote] = streamPair(swarm.keyPair.publicKey, key)
+  const worker = fakeWorker(remote, RELAY_PROTOCOL, [identifyOk, ['GET', '/never', () => new Promise(() => {})]])
+  swarm.emit('connection', local, {})
+  await pool.connect(key.toString('hex'), { timeoutMs: 2000 })
+  worker._onhealth = () => {}
+  await assert.rejects(
+    pool.request(key.toString('hex'), { method: 'GET', path: '/never', timeoutMs: 400 }),
+    (e) => e.code === 'peer-timeout'
+  )
+  assert.equal(pool.status().peers[0].state, 'ready')
+})

@@ -11,6 +11,11 @@ export const POOL_DEFAULTS = Object.freeze({
   requestTimeoutMs: 30_000,
   healthIntervalMs: 30_000,
   healthTimeoutMs: 5_000,
+  // A request still unanswered after overdueProbeMs sends the worker a health check that must answer within
+  // overdueProbeTimeoutMs; a silent worker (killed, frozen, its network gone: nothing closes the connection)
+  // is then disconnected, failing its pending requests, instead of holding them until their timeout.
+  overdueProbeMs: 1_000,
+  overdueProbeTimeoutMs: 2_000,
   reconnectBaseMs: 1_000,
   reconnectMaxMs: 30_000
 })
@@ -105,6 +110,7 @@ export class PeerPool extends EventEmitter {
         lastTelemetryAt: null,
         attempts: 0,
         reconnectTimer: null,
+        overdueProbe: null,
         waiters: new Set(),
         timers: []
       }
@@ -347,6 +353,9 @@ export class PeerPool extends EventEmitter {
     const entry = await this.connect(peerKey, { timeoutMs: connectTimeoutMs })
     const ch = entry.channel
     if (!ch) throw new PoolError('peer-unavailable', 'Connection lost')
+    const overdue = this.opts.overdueProbeMs > 0
+      ? setTimeout(() => this._probeOverdue(entry, ch), this.opts.overdueProbeMs)
+      : null
     try {
       return await ch.request({ method, path, headers, body, timeoutMs: timeoutMs ?? this.opts.requestTimeoutMs })
     } catch (err) {
@@ -354,7 +363,17 @@ export class PeerPool extends EventEmitter {
         throw new PoolError(err.code === 'timeout' ? 'peer-timeout' : 'peer-unavailable', err.message)
       }
       throw err
+    } finally {
+      clearTimeout(overdue)
     }
+  }
+
+  /** One health check at a time per connection, for its overdue requests (a failure disconnects). */
+  _probeOverdue (entry, ch) {
+    if (entry.channel !== ch || entry.overdueProbe) return
+    entry.overdueProbe = this._checkHealth(entry, this.opts.overdueProbeTimeoutMs)
+      .catch((err) => this.log.info('overdue request: the worker did not answer a health check', { peerKey: entry.peerKey, error: errorMessage(err) }))
+      .finally(() => { entry.overdueProbe = null })
   }
 
   async health (peerKey, { timeoutMs } = {}) {
