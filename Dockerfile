@@ -41,4 +41,4 @@ RUN groupadd --system --gid 10001 gateway \
  && chmod 0700 /app/var /app/var/bridge /app/var/escrow /run/hypertuna
 USER gateway
 EXPOSE 8000 8443
-CMD ["python", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "8000", "--loop", "uvloop", "--ws", "hypertuna.ws_protocol:CoalescingWebSocketProtocol", "--ws-per-message-deflate", "false", "--ws-max-size", "1048576", "--ws-ping-interval", "50", "--ws-ping-timeout", "20", "--timeout-graceful-shutdown", "8", "--timeout-keep-alive", "130", "--lifespan", "off", "--no-access-log", "--proxy-headers", "--forwarded-allow-ips", "*", "--no-server-header", "hypertuna.asgi:application"]
+CMD ["python", "-m", "uvicorn", "--host", "0.0.0.0", "--port", "8000", "--loop", "uvloop", "--ws", "hypertuna.webserver:CoalescingWebSocketProtocol", "--ws-per-message-deflate", "false", "--ws-max-size", "1048576", "--ws-ping-interval", "50", "--ws-ping-timeout", "20", "--timeout-graceful-shutdown", "8", "--timeout-keep-alive", "130", "--lifespan", "off", "--no-access-log", "--proxy-headers", "--forwarded-allow-ips", "*", "--no-server-header", "hypertuna.asgi:application"]

@@ -1,6 +1,6 @@
 """The real gateway serving a relay from its replica, for the replica benchmark's ``gateway_ws`` phase.
 
-A web-server subprocess (``hypertuna.supervisor.web_argv``, as ``tests/e2e/harness.py`` starts the web process)
+A web-server subprocess (``hypertuna.webserver.web_argv``, as ``tests/e2e/harness.py`` starts the web process)
 runs ``hypertuna.asgi:application`` against the cached replica's database, so a REQ takes the path a client's
 REQ takes when no worker can answer: ``RelayAuthMiddleware`` → ``RelayConsumer`` → ``GatewaySession`` (no
 usable peer) → ``ReplicaFallback`` → ``replicas.selectors.query_events`` → frames back through the session
@@ -98,7 +98,7 @@ class Gateway:
 def gateway_server(database_url: str) -> Iterator[Gateway]:
     """A web process (uvicorn) serving the gateway on a free loopback port, stopped on exit. Its output goes to
     a log file under a temporary folder (named in the error when it does not start)."""
-    from hypertuna.supervisor import web_argv
+    from hypertuna.webserver import web_argv
 
     with tempfile.TemporaryDirectory(prefix="replica-gateway-") as tmp:
         var_dir = Path(tmp)

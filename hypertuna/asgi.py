@@ -1,4 +1,4 @@
-"""ASGI entry point: ``uvicorn hypertuna.asgi:application`` (``hypertuna.supervisor.web_argv``).
+"""ASGI entry point: ``uvicorn hypertuna.asgi:application`` (``hypertuna.webserver.web_argv``).
 
 HTTP goes to Django (static files served by Django's ASGI handler so the admin works without a separate
 web server); WebSockets go to the relay consumer, authenticated by ``RelayAuthMiddleware``. There is no

@@ -72,7 +72,7 @@ try:
     HYPERTUNA_BRIDGE_REQUIRED = env.bool("HYPERTUNA_BRIDGE_REQUIRED", True)
     HYPERTUNA_PEER_REQUEST_TIMEOUT = env.int("HYPERTUNA_PEER_REQUEST_TIMEOUT", 10, min_value=1, max_value=120)
     HYPERTUNA_POLL_INTERVAL_MS = env.int("HYPERTUNA_POLL_INTERVAL_MS", 1000, min_value=50, max_value=60000)
-    # At most the web server's own message limit (hypertuna.supervisor.WEBSOCKET_MAX_SIZE, 1 MiB): above it the
+    # At most the web server's own message limit (hypertuna.webserver.WEBSOCKET_MAX_SIZE, 1 MiB): above it the
     # server closes the socket 1009 before the relay could answer.
     HYPERTUNA_MAX_FRAME_BYTES = env.int("HYPERTUNA_MAX_FRAME_BYTES", 131072, min_value=1024, max_value=1024 * 1024)
     HYPERTUNA_MAX_QUEUED_FRAMES = env.int("HYPERTUNA_MAX_QUEUED_FRAMES", 64, min_value=1, max_value=10000)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypertuna.console import Console, ControlServer, control_socket_path, ready_banner, wait_demo_relay, wait_ready
+from hypertuna.webserver import web_argv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_SECONDS = 10
@@ -45,65 +46,7 @@ MAX_BACKOFF_SECONDS = 30.0
 # A member that ran this long since its last start counts as healthy again: its crash count restarts.
 STABLE_SECONDS = 60.0
 GIVE_UP_AFTER = 5
-# uvicorn pings every open WebSocket this often (a timer per socket, no task). Each ping is work per idle socket;
-# 50 s still keeps a connection alive through the usual 60 s idle limits of proxies and load balancers.
-WEBSOCKET_PING_INTERVAL = 50
-# A socket whose pong has not come back this long after a ping is closed (uvicorn's default).
-WEBSOCKET_PING_TIMEOUT = 20
-# A WebSocket message over this size is refused with close 1009 and a reason before the application reads it,
-# so no socket can make the process buffer more (uvicorn's default is 16 MiB). The relay's own limit
-# (HYPERTUNA_MAX_FRAME_BYTES, answered with a NOTICE, advertised in NIP-11) is capped at it in the settings.
-WEBSOCKET_MAX_SIZE = 1024 * 1024
-# On SIGTERM the web process closes its WebSockets (1012, service restart) and gives their consumers this long
-# to finish, inside the supervisor's STOP_GRACE_SECONDS (and a container engine's default 10 s).
-SHUTDOWN_GRACE_SECONDS = 8
-# An idle HTTP keep-alive connection is kept this long (uvicorn's default is 5 s). It must outlast the proxy's
-# own idle limit for upstream connections (Caddy: 2 min), or the proxy may send a request down a connection
-# the web process is closing and answer 502.
-HTTP_KEEPALIVE_SECONDS = 130
-GATEWAY_APP = "hypertuna.asgi:application"
-# uvicorn's websockets sans-I/O protocol, writing the frames of one loop turn at once (hypertuna/ws_protocol.py).
-WEBSOCKET_PROTOCOL = "hypertuna.ws_protocol:CoalescingWebSocketProtocol"
 PR_SET_PDEATHSIG = 1
-
-
-def web_argv(python: str, host: str, port: int, *, app: str = GATEWAY_APP) -> list[str]:
-    """The web process: uvicorn (uvloop, the websockets sans-I/O protocol with coalesced writes) serving the
-    gateway's ASGI application on ``host:port``. Why uvicorn and not Daphne: the README's design section.
-    ``X-Forwarded-For`` is not read here (clients connect directly); the container image, behind its proxy,
-    adds ``--proxy-headers``."""
-    return [
-        python,
-        "-m",
-        "uvicorn",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--ws",
-        WEBSOCKET_PROTOCOL,
-        # No permessage-deflate: zlib per frame (and a compressor per socket) for frames of a few hundred bytes.
-        "--ws-per-message-deflate",
-        "false",
-        "--ws-max-size",
-        str(WEBSOCKET_MAX_SIZE),
-        "--ws-ping-interval",
-        str(WEBSOCKET_PING_INTERVAL),
-        "--ws-ping-timeout",
-        str(WEBSOCKET_PING_TIMEOUT),
-        "--timeout-graceful-shutdown",
-        str(SHUTDOWN_GRACE_SECONDS),
-        "--timeout-keep-alive",
-        str(HTTP_KEEPALIVE_SECONDS),
-        "--lifespan",
-        "off",
-        "--no-access-log",
-        "--no-proxy-headers",
-        "--no-server-header",
-        app,
-    ]
 
 
 def celery_argv(python: str, concurrency: int, schedule: Path) -> list[str]:

@@ -24,6 +24,7 @@ DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 CADDYFILE = REPO / "deploy" / "proxy" / "Caddyfile"
 SUPERVISOR = REPO / "hypertuna" / "supervisor.py"
+WEBSERVER = REPO / "hypertuna" / "webserver.py"
 # Where the image puts the repository (Dockerfile WORKDIR).
 IMAGE_ROOT = "/app"
 
@@ -207,15 +208,17 @@ def supervisor_members() -> list[Member]:
     """Every ``Member(name, [argv...], cwd=..., env=...)`` the supervisor builds, read from its source.
 
     Reading the source (not running ``make run``) keeps this a static check. An argv built by a helper of the
-    module (``web_argv(...)``) is read from the list the helper returns. Elements that are not
+    module or of ``hypertuna/webserver.py`` (``web_argv(...)``) is read from the list the helper returns. Elements that are not
     literals become ``<python>`` (the interpreter variable) or ``<expr>``; ``cwd=BASE_DIR / "x"`` maps to
     the folder ``x``; ``env=escrow_env`` (or any env whose name mentions escrow) means the escrow role.
     """
     tree = ast.parse(SUPERVISOR.read_text())
-    # Helpers that build an argv (``web_argv(python, host, port)``): the list literal they return.
+    # Helpers that build an argv (``web_argv(python, host, port)``, here or in the web-server module): the list
+    # literal they return.
     builders = {
         fn.name: ret.value
-        for fn in ast.walk(tree)
+        for module in (tree, ast.parse(WEBSERVER.read_text()))
+        for fn in ast.walk(module)
         if isinstance(fn, ast.FunctionDef)
         for ret in ast.walk(fn)
         if isinstance(ret, ast.Return) and isinstance(ret.value, ast.List)

@@ -384,7 +384,7 @@ def _server_options(argv: list[str]) -> list[str]:
 def test_every_web_command_runs_uvicorn_as_make_run_does():
     """Frame limit, pings, loop and protocol are part of the gateway's behaviour (1009 closes, idle cost), so
     the image, both compose files and `make run` must not drift apart."""
-    from hypertuna.supervisor import web_argv
+    from hypertuna.webserver import web_argv
 
     expected = _server_options(web_argv("python", "127.0.0.1", 8000))
     commands = {"Dockerfile CMD": c.image_command()}

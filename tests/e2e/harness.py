@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from hypertuna.supervisor import celery_argv, web_argv
+from hypertuna.supervisor import celery_argv
+from hypertuna.webserver import web_argv
 from tests.e2e.nodes import Node
 from tests.e2e.procs import (
     BRIDGE_DIR,

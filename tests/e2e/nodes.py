@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hypertuna.supervisor import web_argv
+from hypertuna.webserver import web_argv
 from tests.e2e.procs import BRIDGE_DIR, ROOT, START_TIMEOUT, Proc, free_port, spawn
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from hypertuna.asgi import application as gateway_application
-from hypertuna.supervisor import WEBSOCKET_MAX_SIZE, web_argv
+from hypertuna.webserver import WEBSOCKET_MAX_SIZE, web_argv
 from relays import services
 from relays.consumers import NOTICE_MAX_CHARS, RelayConsumer
 from relays.forwarding import PeerResponse
@@ -119,7 +119,7 @@ async def test_the_server_keeps_serving_after_a_failed_connection(server_url):
 
 async def test_a_burst_of_frames_arrives_whole_in_order_past_the_write_buffer(server_url):
     # 2,000 frames of 2 KB: 4 MB sent without a pause, far past the transport's write buffer, to a client that
-    # starts reading late. The web server's writes of one loop turn are joined (hypertuna/ws_protocol.py);
+    # starts reading late. The web server's writes of one loop turn are joined (hypertuna/webserver.py);
     # flow control and order must hold all the same.
     async with websockets.connect(server_url, max_queue=4) as ws:
         await ws.send("burst 2000 2048")

@@ -1,4 +1,4 @@
-"""The web process's coalescing transport (``hypertuna/ws_protocol.py``): the writes of one loop turn reach the
+"""The web process's coalescing transport (``hypertuna/webserver.py``): the writes of one loop turn reach the
 socket as one write, in order; close writes what was kept, abort drops it, and nothing is written once the
 transport is closing. The server as a whole is exercised in ``test_ws_edges.py``."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hypertuna.ws_protocol import CoalescingTransport
+from hypertuna.webserver import CoalescingTransport
 
 
 class RecordingTransport:
