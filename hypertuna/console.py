@@ -301,14 +301,16 @@ class Console:
             async with client.events("peer.connected", "peer.disconnected") as events:
                 try:
                     await client.connect()
+                    loop = asyncio.get_running_loop()
                     while client.connected:
                         # Events say it at once; the pool's state, read on connecting and every few seconds,
                         # catches what a lost connection (or a lost event) kept from them.
                         for change in presence.reconcile((await client.pool_status()).get("peers") or []):
                             await self._announce(change)
-                        with contextlib.suppress(BridgeClientError):
-                            while True:
-                                event = await events.get(RECONCILE_SECONDS)
+                        deadline = loop.time() + RECONCILE_SECONDS
+                        with contextlib.suppress(BridgeClientError):  # BridgeTimeout: time to reconcile
+                            while (left := deadline - loop.time()) > 0:
+                                event = await events.get(left)
                                 for change in presence.event(event.name, event.data):
                                     await self._announce(change)
                 except BridgeClientError:
