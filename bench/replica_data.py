@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# How often a long materialization tells its progress.
+PROGRESS_SECONDS = 30.0
 BASE_TIME = 1_760_000_000
 SHAPES = (
     "kinds_limit50",
@@ -278,7 +280,7 @@ def cached_replica(
                 progress.write_text(json.dumps({"database": name, "relay_key": relay_key}))
             _use_database(name)
             call_command("migrate", verbosity=0, interactive=False)
-            rate = ingest_events(relay_key, events, verify=True)
+            rate = ingest_events(relay_key, events, verify=True, log=log)
             analyze()
             info = {"database": name, "relay_key": relay_key, "verified_events_per_s": rate and round(rate)}
             marker.write_text(json.dumps(info))
@@ -304,9 +306,16 @@ def cached_replica(
 # --- replica side -------------------------------------------------------------------------------------
 
 
-def ingest_events(relay_key: str, events: list[dict[str, Any]], *, verify: bool) -> float | None:
+def ingest_events(
+    relay_key: str,
+    events: list[dict[str, Any]],
+    *,
+    verify: bool,
+    log: Callable[[str], None] | None = None,
+) -> float | None:
     """Feed events through the sync's batch service from the replica's checkpoint (0 for a new replica);
-    returns events per second over what was fed (None if nothing was left to feed)."""
+    returns events per second over what was fed (None if nothing was left to feed). With ``log``, the
+    progress is told every ``PROGRESS_SECONDS``."""
     from django.conf import settings
 
     from replicas import services
@@ -317,9 +326,15 @@ def ingest_events(relay_key: str, events: list[dict[str, Any]], *, verify: bool)
     first = checkpoint
     size = settings.HYPERTUNA_REPLICA_BATCH_SIZE
     length = len(events) + 1
-    started = time.perf_counter()
+    started = told = time.perf_counter()
     # Block 0 is the Hyperbee header; event i lives in block i + 1 (index records are skipped by the bridge).
     while checkpoint < length:
+        if log is not None and time.perf_counter() - told >= PROGRESS_SECONDS and checkpoint > first:
+            told = time.perf_counter()
+            rate = (checkpoint - first) / (told - started)
+            log(
+                f"  {checkpoint - 1:,} of {length - 1:,} events ({rate:,.0f}/s, ~{(length - checkpoint) / rate / 60:.0f} min left)"
+            )
         end = min(length, checkpoint + size)
         entries = [
             ViewEntry(seq=seq, key=events[seq - 1]["id"], value=json.dumps(events[seq - 1], separators=(",", ":")))

@@ -89,3 +89,16 @@ def test_hot_spots_rank_busy_samples_and_count_idle_ones(tmp_path: Path) -> None
     assert spots["samples"] == 100 and spots["idle"] == 50.0
     assert spots["self"] == [("query_events (replicas/selectors.py)", 60.0), ("dumps (json/__init__.py)", 40.0)]
     assert spots["project"][0] == ("GatewaySession._handle (relays/session.py)", 100.0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_materialization_tells_its_progress(monkeypatch) -> None:
+    from bench import replica_data
+
+    monkeypatch.setattr(replica_data, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr("django.conf.settings.HYPERTUNA_REPLICA_BATCH_SIZE", 10)
+    lines: list[str] = []
+    events = replica_data.generate_events(40, seed=3)
+    rate = replica_data.ingest_events("ef" * 32, events, verify=False, log=lines.append)
+    assert rate is not None and Replica.objects.get(relay_key="ef" * 32).event_count > 0
+    assert lines and all(" of 40 events (" in line and "min left)" in line for line in lines)
