@@ -330,6 +330,26 @@ class LeaseWriter:
             self._spawn(materialize_leased(relay_key, event))
 
 
+def query_replica(relay_key: str, filters: Sequence[Filter], *, max_limit: int) -> list[StoredEvent]:
+    """``query_events`` on this thread's connection (Django's sync thread, without the per-call connection
+    check of ``database_sync_to_async``: it would cost a round trip per REQ). A connection broken under it
+    (Postgres restarted, the backend terminated) is closed and the query run once more on a new one, so replica
+    reads come back with the database instead of failing until some other call renews the connection."""
+    import psycopg
+    from django.db import InterfaceError, OperationalError, connection
+
+    from replicas.selectors import query_events
+
+    try:
+        return query_events(relay_key, filters, max_limit=max_limit)
+    # Django's errors, and psycopg's own from the prepared statements run on the raw connection.
+    except (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError):
+        if connection.in_atomic_block:
+            raise
+        connection.close()
+        return query_events(relay_key, filters, max_limit=max_limit)
+
+
 class ReplicaFallback:
     """``session.Fallback`` for one socket: replica reads, leased writes, live fan-out on this node."""
 
@@ -349,9 +369,7 @@ class ReplicaFallback:
         return await self._event(message)
 
     async def _req(self, message: ReqMessage) -> list[Frame]:
-        from replicas.selectors import query_events
-
-        events = await sync_to_async(query_events)(
+        events = await sync_to_async(query_replica)(
             self.relay_key, message.filters, max_limit=settings.HYPERTUNA_REPLICA_MAX_LIMIT
         )
         fallback_reads.labels(relay=self.relay_key).inc()
@@ -402,8 +420,6 @@ class ReplicaFallback:
 
     async def poll(self) -> list[Frame]:
         """Live events since the last answer: written here, or newly materialized from the mirror."""
-        from replicas.selectors import query_events
-
         frames: list[Frame] = list(self._pending)
         self._pending = []
         for sub_id, sub in list(self._subs.items()):
@@ -413,7 +429,7 @@ class ReplicaFallback:
                 since_filters = tuple(
                     Filter.from_json({**f.to_dict(), "since": max(f.since or 0, sub.newest)}) for f in sub.filters
                 )
-            events = await sync_to_async(query_events)(self.relay_key, since_filters, max_limit=100)
+            events = await sync_to_async(query_replica)(self.relay_key, since_filters, max_limit=100)
             head = event_frame_head(sub_id)
             for stored in reversed(events):  # oldest first, as live events arrive
                 if sub.note(stored.id, stored.created_at):

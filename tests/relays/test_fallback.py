@@ -303,3 +303,39 @@ async def test_a_write_while_the_lease_is_being_requested_is_answered_retry_at_o
     with pytest.raises(LeasePending) as pending:
         await LeaseWriter(FakeBridge()).append("r" * 64, EV["x"])
     assert pending.value.retry_after == 2
+
+
+@pytest.mark.postgres
+def test_replica_reads_come_back_on_a_new_connection_after_the_old_one_broke():
+    """The web process's replica reads run on one long-lived connection; when Postgres drops it (a restart, a
+    terminated backend), the next read opens a new one instead of failing until something else renews it."""
+    import psycopg
+    from django.db import connection
+
+    from hypertuna.nostr import Filter
+    from relays.fallback import query_replica
+    from replicas.selectors import query_events
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL")
+    key = hex_key()
+    event = sign_event(PrivateKey().secret, kind=1, content="kept")
+    ingest(key, [event])
+    everything = [Filter.from_json({})]
+
+    def terminate_this_connection() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("prepare_threshold", None)
+        with psycopg.connect(**params, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    terminate_this_connection()
+    with pytest.raises(psycopg.OperationalError):  # what the reads did before: the broken connection stays
+        query_events(key, everything, max_limit=10)
+    assert [e.id for e in query_replica(key, everything, max_limit=10)] == [event.id]
+    terminate_this_connection()
+    assert [e.id for e in query_replica(key, everything, max_limit=10)] == [event.id]
