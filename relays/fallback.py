@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -330,11 +332,28 @@ class LeaseWriter:
             self._spawn(materialize_leased(relay_key, event))
 
 
+_read_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def read_replica(relay_key: str, filters: Sequence[Filter], *, max_limit: int) -> list[StoredEvent]:
+    """:func:`query_replica` on the replica read threads (``HYPERTUNA_REPLICA_READ_THREADS``, each with its own
+    long-lived database connection), not on Django's one sync thread: there, one slow replica query would
+    hold up every other socket's reads and every other database call of the process (authentication, token
+    checks), which all queue for that thread."""
+    global _read_pool
+    if _read_pool is None:
+        _read_pool = concurrent.futures.ThreadPoolExecutor(
+            settings.HYPERTUNA_REPLICA_READ_THREADS, thread_name_prefix="replica-read"
+        )
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_read_pool, partial(query_replica, relay_key, filters, max_limit=max_limit))
+
+
 def query_replica(relay_key: str, filters: Sequence[Filter], *, max_limit: int) -> list[StoredEvent]:
-    """``query_events`` on this thread's connection (Django's sync thread, without the per-call connection
-    check of ``database_sync_to_async``: it would cost a round trip per REQ). A connection broken under it
-    (Postgres restarted, the backend terminated) is closed and the query run once more on a new one, so replica
-    reads come back with the database instead of failing until some other call renews the connection."""
+    """``query_events`` on this thread's connection, without the per-call connection check of
+    ``database_sync_to_async`` (it would cost a round trip per REQ). A connection broken under it (Postgres
+    restarted, the backend terminated) is closed and the query run once more on a new one, so replica reads
+    come back with the database instead of failing until something renews the connection."""
     import psycopg
     from django.db import InterfaceError, OperationalError, connection
 
@@ -369,9 +388,7 @@ class ReplicaFallback:
         return await self._event(message)
 
     async def _req(self, message: ReqMessage) -> list[Frame]:
-        events = await sync_to_async(query_replica)(
-            self.relay_key, message.filters, max_limit=settings.HYPERTUNA_REPLICA_MAX_LIMIT
-        )
+        events = await read_replica(self.relay_key, message.filters, max_limit=settings.HYPERTUNA_REPLICA_MAX_LIMIT)
         fallback_reads.labels(relay=self.relay_key).inc()
         sub_id = message.subscription_id
         sub = _Sub(message.filters)
@@ -429,7 +446,7 @@ class ReplicaFallback:
                 since_filters = tuple(
                     Filter.from_json({**f.to_dict(), "since": max(f.since or 0, sub.newest)}) for f in sub.filters
                 )
-            events = await sync_to_async(query_replica)(self.relay_key, since_filters, max_limit=100)
+            events = await read_replica(self.relay_key, since_filters, max_limit=100)
             head = event_frame_head(sub_id)
             for stored in reversed(events):  # oldest first, as live events arrive
                 if sub.note(stored.id, stored.created_at):

@@ -339,3 +339,31 @@ def test_replica_reads_come_back_on_a_new_connection_after_the_old_one_broke():
     assert [e.id for e in query_replica(key, everything, max_limit=10)] == [event.id]
     terminate_this_connection()
     assert [e.id for e in query_replica(key, everything, max_limit=10)] == [event.id]
+
+
+async def test_a_slow_replica_read_holds_up_neither_other_reads_nor_other_database_calls(monkeypatch):
+    """Replica reads run on their own threads: a slow one (a cold cache, a heavy filter) must not make every
+    other socket of the process wait, whether it reads a replica or authenticates (Django's one sync thread)."""
+    import threading
+    import time
+
+    from replicas import selectors
+
+    release = threading.Event()
+
+    def query(relay_key, filters, *, max_limit):
+        if relay_key == "slow":
+            release.wait(10)
+        return []
+
+    monkeypatch.setattr(selectors, "query_events", query)
+    slow = asyncio.ensure_future(fallback_module.read_replica("slow", [], max_limit=10))
+    try:
+        started = time.monotonic()
+        assert await fallback_module.read_replica("quick", [], max_limit=10) == []
+        assert await database_sync_to_async(Relay.objects.count)() == 0
+        assert time.monotonic() - started < 5
+        assert not slow.done()
+    finally:
+        release.set()
+    assert await slow == []
