@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -332,7 +333,7 @@ class LeaseWriter:
             self._spawn(materialize_leased(relay_key, event))
 
 
-_read_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_read_pool: tuple[concurrent.futures.ThreadPoolExecutor, int] | None = None
 
 
 async def read_replica(relay_key: str, filters: Sequence[Filter], *, max_limit: int) -> list[StoredEvent]:
@@ -342,11 +343,33 @@ async def read_replica(relay_key: str, filters: Sequence[Filter], *, max_limit: 
     checks), which all queue for that thread."""
     global _read_pool
     if _read_pool is None:
-        _read_pool = concurrent.futures.ThreadPoolExecutor(
-            settings.HYPERTUNA_REPLICA_READ_THREADS, thread_name_prefix="replica-read"
-        )
+        size = settings.HYPERTUNA_REPLICA_READ_THREADS
+        _read_pool = (concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="replica-read"), size)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_read_pool, partial(query_replica, relay_key, filters, max_limit=max_limit))
+    read = partial(query_replica, relay_key, filters, max_limit=max_limit)
+    return await loop.run_in_executor(_read_pool[0], read)
+
+
+def close_read_threads() -> None:
+    """Close the read threads' database connections and stop them (a test run's end, so that its database
+    can be dropped; a process exit closes them anyway). The next read starts new ones."""
+    global _read_pool
+    if _read_pool is None:
+        return
+    (pool, size), _read_pool = _read_pool, None
+    from django.db import connections
+
+    barrier = threading.Barrier(size, timeout=10)
+
+    def close_own() -> None:
+        # Each of the ``size`` tasks waits for the others, so each runs on a thread of its own.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()
+        connections.close_all()
+
+    for _ in range(size):
+        pool.submit(close_own)
+    pool.shutdown(wait=True)
 
 
 def query_replica(relay_key: str, filters: Sequence[Filter], *, max_limit: int) -> list[StoredEvent]:

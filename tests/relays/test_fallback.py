@@ -367,3 +367,29 @@ async def test_a_slow_replica_read_holds_up_neither_other_reads_nor_other_databa
     finally:
         release.set()
     assert await slow == []
+
+
+@pytest.mark.postgres
+def test_closing_the_read_threads_closes_their_connections():
+    from django.db import connection
+
+    from relays.fallback import close_read_threads, read_replica
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL")
+    application_name = connection.get_connection_params().get("application_name")
+
+    def sessions() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                + (" AND application_name = %s" if application_name else ""),
+                [application_name] if application_name else [],
+            )
+            return cursor.fetchone()[0]
+
+    before = sessions()
+    asyncio.run(read_replica(hex_key(), [], max_limit=10))
+    assert sessions() == before + 1  # the read thread's own connection
+    close_read_threads()
+    assert sessions() == before
