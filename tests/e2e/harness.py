@@ -309,6 +309,19 @@ class Stack:
         with urllib.request.urlopen(request, timeout=15) as response:
             return json.loads(response.read())
 
+    def token_api(self, operation: str, payload: dict[str, Any], *, base_url: str | None = None) -> dict[str, Any]:
+        """POST ``payload``, signed with the registration secret, to ``/api/relay-tokens/<operation>`` of this
+        stack (or of the node at ``base_url``)."""
+        from tests.conftest import signed_payload
+
+        request = urllib.request.Request(
+            f"{base_url or self.base_url}/api/relay-tokens/{operation}",
+            data=json.dumps(signed_payload(payload, self.secret)).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
     def log_tail(self, lines: int = 40) -> str:
         parts = []
         for proc in self.procs + [p for node in self.nodes for p in node.procs] + self.workers:

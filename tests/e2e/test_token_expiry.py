@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 
 import pytest
 import websockets
 
 from hypertuna.compat import decode_token
-from tests.conftest import signed_payload
 from tests.e2e.harness import Stack, node_available
 
 
@@ -30,16 +28,6 @@ def expiry_stack(tmp_path_factory):
         yield stack
     finally:
         stack.stop()
-
-
-def token_api(stack: Stack, operation: str, payload: dict) -> dict:
-    request = urllib.request.Request(
-        f"{stack.base_url}/api/relay-tokens/{operation}",
-        data=json.dumps(signed_payload(payload, stack.secret)).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
 
 
 async def recv(ws, timeout: float = 15.0):
@@ -69,16 +57,16 @@ def test_live_socket_is_closed_at_expiry_unless_refreshed(expiry_stack):
     url = f"{expiry_stack.ws_url}/{issued['gatewayPath']}"
     claims = decode_token(issued["token"], expiry_stack.secret)
     payload = {key: claims[key] for key in ("relayKey", "relayAuthToken", "pubkey", "scope")}
-    lapsing = token_api(expiry_stack, "issue", {**payload, "ttlSeconds": 2})
-    kept = token_api(expiry_stack, "issue", {**payload, "ttlSeconds": 2})
+    lapsing = expiry_stack.token_api("issue", {**payload, "ttlSeconds": 2})
+    kept = expiry_stack.token_api("issue", {**payload, "ttlSeconds": 2})
 
     async def scenario():
         async with websockets.connect(f"{url}?token={lapsing['token']}") as first:
             async with websockets.connect(f"{url}?token={kept['token']}") as second:
                 await served(first, "a")
                 await served(second, "b")
-                refreshed = token_api(
-                    expiry_stack, "refresh", {"relayKey": payload["relayKey"], "token": kept["token"], "ttlSeconds": 4}
+                refreshed = expiry_stack.token_api(
+                    "refresh", {"relayKey": payload["relayKey"], "token": kept["token"], "ttlSeconds": 4}
                 )
                 await expired(first, lapsing["expiresAt"])
                 await asyncio.sleep(max(0.0, kept["expiresAt"] / 1000 - time.time() + 0.3))

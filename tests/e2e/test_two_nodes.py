@@ -24,7 +24,6 @@ from coincurve import PrivateKey
 
 from hypertuna.compat import decode_token
 from hypertuna.nostr import sign_event
-from tests.conftest import signed_payload
 from tests.e2e.harness import Stack, node_available
 from tests.e2e.test_burst import redis_url  # noqa: F401, F811  (the run's Redis, or a private redis-server)
 
@@ -85,16 +84,6 @@ async def served_within(url: str, seconds: float) -> None:
             await asyncio.sleep(0.5)
 
 
-def token_api(base_url: str, secret: str, operation: str, payload: dict) -> dict:
-    request = urllib.request.Request(
-        f"{base_url}/api/relay-tokens/{operation}",
-        data=json.dumps(signed_payload(payload, secret)).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def wait_for_replica(stack: Stack, base_url: str, relay_key: str, events: int) -> dict:
     """The replica row, read through ``base_url``, once it materialized ``events`` events with no lag."""
     deadline = time.monotonic() + 60
@@ -146,12 +135,9 @@ def test_two_nodes_serve_one_worker_fan_out_share_the_replica_and_revoke_everywh
     # One frame budget per token across nodes: a token of its own spends all but five frames on node A; node
     # B, whose first frame of that token reads the shared count, lets exactly five more through.
     claims = decode_token(token, stack.secret)
-    spender = token_api(
-        stack.base_url,
-        stack.secret,
-        "issue",
-        {key: claims[key] for key in ("relayKey", "relayAuthToken", "pubkey", "scope")},
-    )["token"]
+    spender = stack.token_api("issue", {key: claims[key] for key in ("relayKey", "relayAuthToken", "pubkey", "scope")})[
+        "token"
+    ]
 
     async def one_budget() -> list[str]:
         if time.time() % 60 > 40:  # the budget is per minute: start the phase well inside one
@@ -186,7 +172,7 @@ def test_two_nodes_serve_one_worker_fan_out_share_the_replica_and_revoke_everywh
             assert await req(ws_a, "r", {"kinds": [1]}) == [first["id"]]
             assert await req(ws_b, "r", {"kinds": [1]}) == [first["id"]]
             # Revoking through node B's API closes the sockets on both nodes.
-            revoked = token_api(node_b.base_url, stack.secret, "revoke", {"relayKey": relay_key, "reason": "e2e"})
+            revoked = stack.token_api("revoke", {"relayKey": relay_key, "reason": "e2e"}, base_url=node_b.base_url)
             assert revoked["revoked"] >= 1
             for ws in (ws_a, ws_b):
                 frames = []
