@@ -8,8 +8,9 @@ workers instead.
 
 Clients (the lean client of :mod:`bench.wsclient`) hold one WebSocket each and send signed EVENTs back to
 back, one in flight each; the figure is accepted OKs per second over the whole run, with each process's CPU %
-of a core and CPU ms per accepted EVENT over the same window (``bench-client`` is this process: the clients share the host's cores). On a
-shared host the busiest process may get less than a core, so its CPU ms per EVENT is the steadier figure:
+of a core and CPU ms per accepted EVENT over the same window (``bench-client`` is this process: the clients
+share the host's cores). On a shared host the busiest process may get less than a core, so its CPU ms per
+EVENT is the steadier figure:
 1000 / that is what it would pass with a core to itself. The same clients then send as many EVENTs straight
 to the workers through the bridge (no gateway session): when that rate is as low, the time goes in the
 workers (or the bridge), not in the gateway.

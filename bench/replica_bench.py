@@ -31,9 +31,9 @@ Method (performance-anchors §6):
   same client drives every WebSocket: one connection, sequential REQs, time from sending REQ to receiving
   EOSE, frames counted. It is the lean client of :mod:`bench.wsclient` (frames split from the byte stream
   as they arrive), so that the figure is the server's: the ``websockets`` client spends about 5 µs on every
-  frame it receives, 0.5 ms of a 100-event answer. Shapes and parameters are identical for all. ``nostr-relay`` runs on its default
-  SQLite storage (its Postgres path needs asyncpg); compare it with this project on SQLite for a like-for-like
-  storage engine.
+  frame it receives, 0.5 ms of a 100-event answer. Shapes and parameters are identical for all.
+  ``nostr-relay`` runs on its default SQLite storage (its Postgres path needs asyncpg); compare it with this
+  project on SQLite for a like-for-like storage engine.
 - **Agreement**: the first three REQs of every shape are sent to each server and the ids compared. The
   gateway must answer exactly what the bare server answers (same ids, same order) — a fast gateway that
   answers something else is not a result (the goal rows then carry no figure); against nostr-relay the

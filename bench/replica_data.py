@@ -332,9 +332,8 @@ def ingest_events(
         if log is not None and time.perf_counter() - told >= PROGRESS_SECONDS and checkpoint > first:
             told = time.perf_counter()
             rate = (checkpoint - first) / (told - started)
-            log(
-                f"  {checkpoint - 1:,} of {length - 1:,} events ({rate:,.0f}/s, ~{(length - checkpoint) / rate / 60:.0f} min left)"
-            )
+            left_min = (length - checkpoint) / rate / 60
+            log(f"  {checkpoint - 1:,} of {length - 1:,} events ({rate:,.0f}/s, ~{left_min:.0f} min left)")
         end = min(length, checkpoint + size)
         entries = [
             ViewEntry(seq=seq, key=events[seq - 1]["id"], value=json.dumps(events[seq - 1], separators=(",", ":")))

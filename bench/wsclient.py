@@ -20,7 +20,7 @@ import hashlib
 import os
 import struct
 from collections import deque
-from types import TracebackType
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -53,17 +53,22 @@ def _frame(opcode: int, payload: bytes) -> bytes:
 
 
 class LeanWebSocket:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, leftover: bytes) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
-        self._buffer = bytearray(leftover)
+        self._buffer = bytearray()  # the start of a frame not yet whole
         self._messages: deque[str] = deque()
         self._partial: list[bytes] = []
         self._closed: ConnectionClosed | None = None
 
     @classmethod
-    def connect(cls, url: str, timeout: float = 30.0) -> _Connecting:
-        return _Connecting(url, timeout)
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str, timeout: float = 30.0) -> AsyncIterator[LeanWebSocket]:
+        ws = await cls.open(url, timeout)
+        try:
+            yield ws
+        finally:
+            await ws.close()
 
     @classmethod
     async def open(cls, url: str, timeout: float = 30.0) -> LeanWebSocket:
@@ -90,7 +95,7 @@ class LeanWebSocket:
         if headers.get("sec-websocket-accept") != expected:
             writer.close()
             raise ConnectionError("the server's Sec-WebSocket-Accept does not match the key")
-        return cls(reader, writer, b"")
+        return cls(reader, writer)  # readuntil left the bytes after the headers in the reader
 
     async def send(self, text: str) -> None:
         self._writer.write(_frame(OP_TEXT, text.encode()))
@@ -155,24 +160,6 @@ class LeanWebSocket:
             self._writer.close()
         with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(self._writer.wait_closed(), 5)
-
-
-class _Connecting:
-    """``async with LeanWebSocket.connect(url) as ws``."""
-
-    def __init__(self, url: str, timeout: float) -> None:
-        self._url, self._timeout = url, timeout
-        self._ws: LeanWebSocket | None = None
-
-    async def __aenter__(self) -> LeanWebSocket:
-        self._ws = await LeanWebSocket.open(self._url, self._timeout)
-        return self._ws
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._ws is not None:
-            await self._ws.close()
 
 
 __all__ = ["ConnectionClosed", "LeanWebSocket"]

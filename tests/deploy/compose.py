@@ -208,9 +208,10 @@ def supervisor_members() -> list[Member]:
     """Every ``Member(name, [argv...], cwd=..., env=...)`` the supervisor builds, read from its source.
 
     Reading the source (not running ``make run``) keeps this a static check. An argv built by a helper of the
-    module or of ``hypertuna/webserver.py`` (``web_argv(...)``) is read from the list the helper returns. Elements that are not
-    literals become ``<python>`` (the interpreter variable) or ``<expr>``; ``cwd=BASE_DIR / "x"`` maps to
-    the folder ``x``; ``env=escrow_env`` (or any env whose name mentions escrow) means the escrow role.
+    module or of ``hypertuna/webserver.py`` (``web_argv(...)``) is read from the list the helper returns.
+    Elements that are not literals become ``<python>`` (the interpreter variable) or ``<expr>``;
+    ``cwd=BASE_DIR / "x"`` maps to the folder ``x``; ``env=escrow_env`` (or any env whose name mentions escrow)
+    means the escrow role.
     """
     tree = ast.parse(SUPERVISOR.read_text())
     # Helpers that build an argv (``web_argv(python, host, port)``, here or in the web-server module): the list
