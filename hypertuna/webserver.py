@@ -13,14 +13,25 @@ call for the whole answer. A lone frame goes out in the same turn's callback pas
 for nothing; order is kept, and close or abort settle what is kept first (written before a close, dropped on
 an abort). Flow control is the transport's own: a paused transport makes ``send`` wait, which turns the
 loop, which writes what was kept.
+
+The protocol also offers the application an ASGI extension, ``hypertuna.websocket.send_many`` (advertised in
+the scope's ``extensions``): one message ``{"type": "hypertuna.websocket.send_many", "texts": [...]}`` sends
+each text as its own text frame, in order, framed here in one pass (RFC 6455 §5.2: a server frame is
+unmasked, so a frame is two to ten bytes of header and the UTF-8 payload). A 100-event answer is then one
+ASGI send instead of a hundred, each of which went through uvicorn's state checks and the websockets
+library's frame objects (about 3.5 µs a frame). Outside the open state the message is handled as that many
+``websocket.send`` messages, so it fails exactly as they would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any, cast
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 # uvicorn pings every open WebSocket this often (a timer per socket, no task). Each ping is work per idle socket;
 # 50 s still keeps a connection alive through the usual 60 s idle limits of proxies and load balancers.
@@ -41,6 +52,8 @@ HTTP_KEEPALIVE_SECONDS = 130
 GATEWAY_APP = "hypertuna.asgi:application"
 # uvicorn's websockets sans-I/O protocol, writing the frames of one loop turn at once (below).
 WEBSOCKET_PROTOCOL = "hypertuna.webserver:CoalescingWebSocketProtocol"
+# The ASGI extension (and message type) of several text frames in one send; see the module docstring.
+SEND_MANY = "hypertuna.websocket.send_many"
 
 
 def web_argv(python: str, host: str, port: int, *, app: str = GATEWAY_APP) -> list[str]:
@@ -129,12 +142,49 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+def text_frame(payload: bytes) -> bytes:
+    """One unfragmented, unmasked text frame (a server's) carrying ``payload`` (UTF-8)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
 class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol writing through a :class:`CoalescingTransport`."""
+    """uvicorn's websockets-sansio protocol writing through a :class:`CoalescingTransport`, with the
+    ``hypertuna.websocket.send_many`` extension."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         wrapped = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
         super().connection_made(cast(asyncio.Transport, wrapped))
 
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        # The application's task is created but has not run yet: the scope it will read is this one.
+        if not self.close_sent:
+            self.scope["extensions"][SEND_MANY] = {}  # type: ignore[index]
 
-__all__ = ["CoalescingTransport", "CoalescingWebSocketProtocol", "web_argv"]
+    async def send(self, message: Any) -> None:
+        if message["type"] != SEND_MANY:
+            await super().send(message)
+            return
+        texts: list[str] = message["texts"]
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.initial_response is not None
+            or self.conn.state is not State.OPEN
+        ):
+            for text in texts:
+                await super().send({"type": "websocket.send", "text": text})
+            return
+        # Whatever the connection object still holds (a pong) goes first; then the frames, in order.
+        self.transport.write(b"".join([*self.conn.data_to_send(), *(text_frame(t.encode()) for t in texts)]))
+
+
+__all__ = ["SEND_MANY", "CoalescingTransport", "CoalescingWebSocketProtocol", "text_frame", "web_argv"]

@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from hypertuna.nostr import Event, notice_frame
+from hypertuna.webserver import SEND_MANY
 from relays import frame_limit, selectors, usage
 from relays.bridge import BridgeDown, BridgePeerTransport, get_bridge
 from relays.fallback import ReplicaFallback
@@ -278,11 +279,15 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
     async def _send_frames(self, frames: list[str]) -> None:
         """Frames to the client (several: the events of one answer), NOTICEs bounded, counted in one usage
-        record, straight to the socket."""
+        record, straight to the socket: in one ASGI send where the web server offers ``SEND_MANY``
+        (``hypertuna/webserver.py``), else one send each."""
         frames = [bounded_notice(frame) for frame in frames]
         token = self.scope["gateway"].token
         if token:
             usage.record(token.token_id, bytes_out=sum(map(len, frames)))
+        if len(frames) > 1 and SEND_MANY in (self.scope.get("extensions") or ()):
+            await self.base_send({"type": SEND_MANY, "texts": frames})
+            return
         send = self.base_send
         for frame in frames:
             await send({"type": "websocket.send", "text": frame})

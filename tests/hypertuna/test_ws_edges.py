@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from hypertuna.asgi import application as gateway_application
-from hypertuna.webserver import WEBSOCKET_MAX_SIZE, web_argv
+from hypertuna.webserver import SEND_MANY, WEBSOCKET_MAX_SIZE, web_argv
 from relays import services
 from relays.consumers import NOTICE_MAX_CHARS, RelayConsumer
 from relays.forwarding import PeerResponse
@@ -33,6 +33,9 @@ from tests.relays.fakes import FakeTransport, FakeWorker
 from tests.relays.test_consumer import register
 
 BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+REFUSED: list[str] = []  # what the echo application's sends raised, in the server process
 
 
 async def application(scope, receive, send):
@@ -51,6 +54,26 @@ async def application(scope, receive, send):
                 await send({"type": "websocket.send", "text": f"{i} " + "x" * int(size)})
             if code:
                 await send({"type": "websocket.close", "code": int(code[0])})
+        elif message["type"] == "websocket.receive" and (message.get("text") or "").startswith("many "):
+            # "many SIZE… [CODE]": a frame before, one send_many of texts of those sizes (multi-byte UTF-8, so
+            # lengths are bytes, not characters), a frame after, then a close with CODE when given (negative).
+            sizes = [int(word) for word in message["text"].split()[1:]]
+            code = [-size for size in sizes if size < 0]
+            assert SEND_MANY in scope["extensions"], "the web server does not offer send_many"
+            await send({"type": "websocket.send", "text": "before"})
+            texts = [
+                f"{i} " + "é" * (size // 2) + "x" * (size % 2) for i, size in enumerate(s for s in sizes if s >= 0)
+            ]
+            await send({"type": SEND_MANY, "texts": texts})
+            await send({"type": "websocket.send", "text": "after"})
+            if code:
+                await send({"type": "websocket.close", "code": code[0]})
+                try:
+                    await send({"type": SEND_MANY, "texts": ["too late"]})
+                except RuntimeError as refused:
+                    REFUSED.append(str(refused))
+        elif message["type"] == "websocket.receive" and message.get("text") == "refused?":
+            await send({"type": "websocket.send", "text": REFUSED[-1] if REFUSED else "nothing refused"})
         elif message["type"] == "websocket.receive":
             await send({"type": "websocket.send", "text": message.get("text") or "binary"})
         else:
@@ -140,6 +163,35 @@ async def test_the_frames_sent_before_a_close_arrive_before_it(server_url):
                 received.append((await asyncio.wait_for(ws.recv(), timeout=10)).split(" ", 1)[0])
         assert received == [str(i) for i in range(50)]
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+
+
+async def test_send_many_sends_each_text_as_its_own_frame_in_order(server_url):
+    # Sizes on both sides of each length encoding: 7-bit (< 126 bytes), 16-bit (< 65,536), 64-bit.
+    sizes = [0, 1, 124, 125, 126, 127, 65_533, 65_534, 65_535, 65_536, 200_001]
+    async with websockets.connect(server_url, max_size=None) as ws:
+        await ws.send("many " + " ".join(map(str, sizes)))
+        assert await asyncio.wait_for(ws.recv(), timeout=10) == "before"
+        for i, size in enumerate(sizes):
+            frame = await asyncio.wait_for(ws.recv(), timeout=10)
+            assert frame == f"{i} " + "é" * (size // 2) + "x" * (size % 2)
+        assert await asyncio.wait_for(ws.recv(), timeout=10) == "after"
+        await ws.send("still open")
+        assert await ws.recv() == "still open"
+
+
+async def test_send_many_after_a_close_is_refused_like_a_send(server_url):
+    async with websockets.connect(server_url) as ws:
+        await ws.send("many 10 20 -4001")
+        received = []
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                received.append(await asyncio.wait_for(ws.recv(), timeout=10))
+        assert received == ["before", "0 ééééé", "1 éééééééééé", "after"]
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+    # The application's send_many after its close raised (as websocket.send does); the server serves on.
+    async with websockets.connect(server_url) as ws:
+        await ws.send("refused?")
+        assert "after sending 'websocket.close'" in await ws.recv()
 
 
 class EchoingWorker(FakeWorker):

@@ -13,6 +13,7 @@ from coincurve import PrivateKey
 from hypertuna.asgi import application
 from hypertuna.compat import hmac_hex
 from hypertuna.nostr import sign_event
+from hypertuna.webserver import SEND_MANY
 from relays import services, usage
 from relays.consumers import RelayConsumer
 from relays.runtime import Runtime
@@ -104,6 +105,27 @@ async def test_publish_and_query_through_npub_path(workers):
     await communicator.send_to(json.dumps(["REQ", "sub", {"kinds": [1]}]))
     got = [await receive_json(communicator), await receive_json(communicator)]
     assert got[0][0] == "EVENT" and got[0][2]["id"] == ev["id"] and got[1] == ["EOSE", "sub"]
+    await communicator.disconnect()
+
+
+async def test_an_answer_is_one_send_where_the_server_offers_send_many(workers):
+    key = hex_key()
+    workers[P1] = FakeWorker()
+    await database_sync_to_async(register)(key, [P1], requires_auth=False)
+    communicator = WebsocketCommunicator(application, f"/{key}")
+    communicator.scope["extensions"] = {SEND_MANY: {}}  # the application has not read its scope yet
+    assert (await communicator.connect())[0]
+    events = [event(f"note {i}", created_at=1_700_000_000 + i) for i in range(3)]
+    for ev in events:
+        await communicator.send_to(json.dumps(["EVENT", ev]))
+        assert await receive_json(communicator) == ["OK", ev["id"], True, ""]  # one frame: a plain send
+    await communicator.send_to(json.dumps(["REQ", "sub", {"kinds": [1]}]))
+    answer = await communicator.receive_output(timeout=2)
+    assert answer["type"] == SEND_MANY
+    frames = [json.loads(text) for text in answer["texts"]]
+    assert [f[2]["id"] for f in frames[:-1]] == [ev["id"] for ev in reversed(events)]
+    assert frames[-1] == ["EOSE", "sub"]
+    assert await communicator.receive_nothing(timeout=0.2)
     await communicator.disconnect()
 
 
