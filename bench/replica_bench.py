@@ -79,7 +79,7 @@ from bench.wsclient import LeanWebSocket
 
 def time_in_process(relay_key: str, mix: dict[str, list[dict[str, Any]]], budget_s: float) -> dict[str, Any]:
     from hypertuna.nostr import Filter
-    from replicas.selectors import query_events
+    from replicas.queries import query_events
 
     out: dict[str, Any] = {}
     per_shape = budget_s / len(mix)
@@ -108,7 +108,7 @@ def serve_replica(port: int, relay_key: str) -> None:
     import websockets
 
     from hypertuna.nostr import ReqMessage, eose_frame, event_frame_from_json, parse_client_message
-    from replicas.selectors import aquery_events
+    from replicas.queries import aquery_events
 
     async def handler(ws: Any) -> None:
         async for raw in ws:

@@ -1,5 +1,5 @@
 """Query plans of the replica benchmark's shapes on the cached data set: ``EXPLAIN (ANALYZE, BUFFERS)`` of
-the statements ``replicas.selectors.query_events`` runs for the first filter of each shape (the newest-events
+the statements ``replicas.queries.query_events`` runs for the first filter of each shape (the newest-events
 probe, then the per-range plan when the probe falls short). Postgres only; reuses the cache of
 :mod:`bench.replica_data` (generating it if needed). ``python -m bench.replica_explain [--events N] [SHAPE…]``.
 """
@@ -20,7 +20,7 @@ def explain(events: int, shapes: list[str], seed: int = 1) -> str:
     from django.db import connection
 
     from hypertuna.nostr import Filter
-    from replicas import selectors
+    from replicas import queries
 
     if connection.vendor != "postgresql":
         raise SystemExit("query plans are shown for Postgres only: set DATABASE_URL")
@@ -34,12 +34,12 @@ def explain(events: int, shapes: list[str], seed: int = 1) -> str:
             f = Filter.from_json(raw)
             limit = min(f.limit or settings.HYPERTUNA_REPLICA_MAX_LIMIT, settings.HYPERTUNA_REPLICA_MAX_LIMIT)
             statements = []
-            probe = selectors._probe_sql(cached.relay_key, f, limit)
+            probe = queries._probe_sql(cached.relay_key, f, limit)
             if probe is not None:
-                statements.append(("probe", selectors._with_json(cached.relay_key, *probe)))
-            statements.append(("per-range plan", selectors._filter_sql(cached.relay_key, f, limit)))
+                statements.append(("probe", queries._with_json(cached.relay_key, *probe)))
+            statements.append(("per-range plan", queries._filter_sql(cached.relay_key, f, limit)))
             for label, (sql, params) in statements:
-                selectors.query_events(cached.relay_key, [f])  # warm caches as a serving node would be
+                queries.query_events(cached.relay_key, [f])  # warm caches as a serving node would be
                 cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", params)
                 plan = _LONG_ARRAY.sub(_abbreviated, "\n".join(row[0] for row in cursor.fetchall()))
                 out.append(f"--- {shape} ({label}); filter shape {_shape_of(raw)}\n{plan}\n")

@@ -3,7 +3,7 @@
 A web-server subprocess (``hypertuna.webserver.web_argv``, as ``tests/e2e/harness.py`` starts the web process)
 runs ``hypertuna.asgi:application`` against the cached replica's database, so a REQ takes the path a client's
 REQ takes when no worker can answer: ``RelayAuthMiddleware`` → ``RelayConsumer`` → ``GatewaySession`` (no
-usable peer) → ``ReplicaFallback`` → ``replicas.selectors.query_events`` → frames back through the session
+usable peer) → ``ReplicaFallback`` → ``replicas.queries.query_events`` → frames back through the session
 and the consumer.
 
 The process is set up so that only that path is measured:

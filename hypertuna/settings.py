@@ -150,7 +150,7 @@ _db = dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=Tr
 if _db["ENGINE"] == "django.db.backends.postgresql":
     _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
     # Lets psycopg keep server-side prepared statements. Django's cursors bind client-side and never prepare;
-    # only replica REQ statements ask to (replicas.selectors._fetch). A transaction-mode pooler in front of
+    # only replica REQ statements ask to (replicas.queries._fetch). A transaction-mode pooler in front of
     # Postgres must support protocol-level prepared statements (PgBouncer >= 1.21).
     _db["OPTIONS"] = {**_db.get("OPTIONS", {}), "prepare_threshold": 5}
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
@@ -377,7 +377,7 @@ try:
     HYPERTUNA_REPLICA_BATCH_SIZE = env.int("HYPERTUNA_REPLICA_BATCH_SIZE", 500, min_value=1, max_value=10_000)
     HYPERTUNA_REPLICA_MAX_BATCHES = env.int("HYPERTUNA_REPLICA_MAX_BATCHES", 200, min_value=1)
     HYPERTUNA_REPLICA_MAX_LIMIT = env.int("HYPERTUNA_REPLICA_MAX_LIMIT", 500, min_value=1, max_value=5000)
-    HYPERTUNA_REPLICA_READ_THREADS = env.int("HYPERTUNA_REPLICA_READ_THREADS", 4, min_value=1, max_value=64)
+    HYPERTUNA_REPLICA_READ_CONNECTIONS = env.int("HYPERTUNA_REPLICA_READ_CONNECTIONS", 4, min_value=1, max_value=64)
     HYPERTUNA_REPLICA_STALE_AFTER = env.int("HYPERTUNA_REPLICA_STALE_AFTER", 600, min_value=1)
     HYPERTUNA_REPLICA_FAIL_AFTER = env.int("HYPERTUNA_REPLICA_FAIL_AFTER", 5, min_value=1)
     HYPERTUNA_REPLICA_VERIFY_SIGNATURES = env.bool("HYPERTUNA_REPLICA_VERIFY_SIGNATURES", True)

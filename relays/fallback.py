@@ -1,6 +1,6 @@
 """Serving a relay when no worker can: reads from the Postgres replica, writes only under an escrow lease.
 
-- **REQ** is answered from the materialized replica (``replicas.selectors.query_events``: NIP-01 order,
+- **REQ** is answered from the materialized replica (``replicas.queries.query_events``: NIP-01 order,
   per-filter limits, replaceable events and deletions applied), then one EOSE; afterwards the session's
   poll asks the replica for events newer than what each subscription has delivered.
 - **EVENT** (already verified by the session) asks the escrow coordinator for a write lease, automatically
@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import json
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -56,10 +53,11 @@ from hypertuna.nostr import (
     ok_frame,
 )
 from relays.frames_filter import Frame, WorkerFrame, event_frame_read
+from relays.replica_reads import read_replica
 
 if TYPE_CHECKING:
     from escrow.coordinator import EscrowCoordinator, LeaseHandle
-    from replicas.selectors import StoredEvent
+    from replicas.queries import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -331,65 +329,6 @@ class LeaseWriter:
         """An append answered "retry" completed after all: make it visible like any leased write."""
         if not task.cancelled() and task.exception() is None and task.result() in ("accepted", "duplicate"):
             self._spawn(materialize_leased(relay_key, event))
-
-
-_read_pool: tuple[concurrent.futures.ThreadPoolExecutor, int] | None = None
-
-
-async def read_replica(relay_key: str, filters: Sequence[Filter], *, max_limit: int) -> list[StoredEvent]:
-    """:func:`query_replica` on the replica read threads (``HYPERTUNA_REPLICA_READ_THREADS``, each with its own
-    long-lived database connection), not on Django's one sync thread: there, one slow replica query would
-    hold up every other socket's reads and every other database call of the process (authentication, token
-    checks), which all queue for that thread."""
-    global _read_pool
-    if _read_pool is None:
-        size = settings.HYPERTUNA_REPLICA_READ_THREADS
-        _read_pool = (concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="replica-read"), size)
-    loop = asyncio.get_running_loop()
-    read = partial(query_replica, relay_key, filters, max_limit=max_limit)
-    return await loop.run_in_executor(_read_pool[0], read)
-
-
-def close_read_threads() -> None:
-    """Close the read threads' database connections and stop them (a test run's end, so that its database
-    can be dropped; a process exit closes them anyway). The next read starts new ones."""
-    global _read_pool
-    if _read_pool is None:
-        return
-    (pool, size), _read_pool = _read_pool, None
-    from django.db import connections
-
-    barrier = threading.Barrier(size, timeout=10)
-
-    def close_own() -> None:
-        # Each of the ``size`` tasks waits for the others, so each runs on a thread of its own.
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait()
-        connections.close_all()
-
-    for _ in range(size):
-        pool.submit(close_own)
-    pool.shutdown(wait=True)
-
-
-def query_replica(relay_key: str, filters: Sequence[Filter], *, max_limit: int) -> list[StoredEvent]:
-    """``query_events`` on this thread's connection, without the per-call connection check of
-    ``database_sync_to_async`` (it would cost a round trip per REQ). A connection broken under it (Postgres
-    restarted, the backend terminated) is closed and the query run once more on a new one, so replica reads
-    come back with the database instead of failing until something renews the connection."""
-    import psycopg
-    from django.db import InterfaceError, OperationalError, connection
-
-    from replicas.selectors import query_events
-
-    try:
-        return query_events(relay_key, filters, max_limit=max_limit)
-    # Django's errors, and psycopg's own from the prepared statements run on the raw connection.
-    except (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError):
-        if connection.in_atomic_block:
-            raise
-        connection.close()
-        return query_events(relay_key, filters, max_limit=max_limit)
 
 
 class ReplicaFallback:

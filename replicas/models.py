@@ -145,7 +145,7 @@ class ReplicaEvent(models.Model):
         constraints = [models.UniqueConstraint(fields=["replica", "eid"], name="replica_event_once")]
         indexes = [
             # Newest first, and covering: a filter over many authors/kinds first walks the newest events here
-            # and checks pubkey and kind without touching the table (selectors.query_events, the probe).
+            # and checks pubkey and kind without touching the table (queries.query_events, the probe).
             # Key columns rather than INCLUDE, which SQLite lacks.
             models.Index(fields=["replica", "-created_at", "eid", "pubkey", "kind"], name="replica_ev_time_cover"),
             models.Index(fields=["replica", "kind", "-created_at", "eid"], name="replica_ev_kind"),

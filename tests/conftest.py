@@ -50,16 +50,16 @@ def _clear_own_cache() -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_cache() -> Any:
-    from relays import fallback, frame_limit
+    from relays import frame_limit, replica_reads
 
     _clear_own_cache()
     frame_limit.limiter.reset()  # its counts mirror the cache's
     yield
     _clear_own_cache()
     frame_limit.limiter.reset()
-    # Replica reads have threads with connections of their own: closed with the test that opened them, so the
-    # run's test database can be dropped at its end.
-    fallback.close_read_threads()
+    # Replica reads have connections of their own: closed with the test that opened them, so the run's test
+    # database can be dropped at its end.
+    replica_reads.close_read_connections()
 
 
 @pytest.fixture(autouse=True, scope="session")

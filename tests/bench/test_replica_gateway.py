@@ -80,14 +80,14 @@ def test_hot_spots_rank_busy_samples_and_count_idle_ones(tmp_path: Path) -> None
         f"{loop};EpollSelector.select (selectors.py:468) 30\n"
         # uvloop waiting: no Python frame below the one that entered the loop
         "main (uvicorn/main.py:3);Runner.run (asyncio/runners.py:118) 20\n"
-        f"{loop};GatewaySession._handle (relays/session.py:10);query_events (replicas/selectors.py:5) 30\n"
+        f"{loop};GatewaySession._handle (relays/session.py:10);query_events (replicas/queries.py:5) 30\n"
         f"{loop};GatewaySession._handle (relays/session.py:12);dumps (json/__init__.py:231) 20\n"
     )
 
     spots = hot_spots(profile)
 
     assert spots["samples"] == 100 and spots["idle"] == 50.0
-    assert spots["self"] == [("query_events (replicas/selectors.py)", 60.0), ("dumps (json/__init__.py)", 40.0)]
+    assert spots["self"] == [("query_events (replicas/queries.py)", 60.0), ("dumps (json/__init__.py)", 40.0)]
     assert spots["project"][0] == ("GatewaySession._handle (relays/session.py)", 100.0)
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypertuna.nostr import Filter
 from replicas.models import Replica, ReplicaEvent
 from replicas.pending import store_leased_event
-from replicas.selectors import query_events
+from replicas.queries import query_events
 from tests.replicas.helpers import ensure_replica, fake_event, ingest
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ import pytest
 
 from hypertuna.nostr import Filter
 from replicas.models import ReplicaEvent, ReplicaTag
-from replicas.selectors import query_events
+from replicas.queries import query_events
 from tests.replicas.helpers import fake_event, ingest, pubkey
 
 pytestmark = pytest.mark.django_db
@@ -134,9 +134,9 @@ def test_unknown_relay_answers_nothing():
 @pytest.mark.parametrize("expansion", [0, 256])
 def test_pair_expansion_and_in_list_plans_agree(relay_key, monkeypatch, expansion):
     from hypertuna.nostr import apply_query, visible_events
-    from replicas import selectors
+    from replicas import queries
 
-    monkeypatch.setattr(selectors, "MAX_PAIR_EXPANSION", expansion)
+    monkeypatch.setattr(queries, "MAX_PAIR_EXPANSION", expansion)
     events = [
         fake_event(author=i % 3, kind=(1, 7, 6)[i % 3], created_at=T + i // 2, tags=[["t", f"w{i % 4}"]])
         for i in range(60)

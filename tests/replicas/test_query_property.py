@@ -16,7 +16,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from hypertuna.nostr import Event, Filter, apply_query, visible_events
-from replicas.selectors import query_events
+from replicas.queries import query_events
 from tests.replicas.helpers import fake_event, ingest, pubkey
 
 pytestmark = pytest.mark.django_db
@@ -176,9 +176,9 @@ def test_random_filters_match_reference_through_the_newest_events_probe(corpus, 
     the limit it answers alone (window 40), else the per-range plan answers (window 1); same result."""
     from unittest import mock
 
-    from replicas import selectors
+    from replicas import queries
 
     relay_key, events = corpus
     filters = data.draw(st.lists(_filter_strategy(events), min_size=1, max_size=3))
-    with mock.patch.object(selectors, "PROBE_MIN_RANGES", 1), mock.patch.object(selectors, "PROBE_WINDOW", window):
+    with mock.patch.object(queries, "PROBE_MIN_RANGES", 1), mock.patch.object(queries, "PROBE_WINDOW", window):
         _check(relay_key, events, filters)

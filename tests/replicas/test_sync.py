@@ -12,7 +12,8 @@ from django.utils import timezone
 from hypertuna.nostr import Filter
 from replicas import materialize, services
 from replicas.models import MirrorCore, Replica, ReplicaEvent, ReplicaTag
-from replicas.selectors import query_events, replica_status
+from replicas.queries import query_events
+from replicas.selectors import replica_status
 from replicas.sync import sync_relay
 from tests.nostr.factories import make_event
 from tests.replicas.helpers import FakeReplicaSource, fake_event
