@@ -23,7 +23,7 @@ Method (performance-anchors §6):
   ``bare_ws`` (a subprocess serving the replica over a loopback WebSocket with nothing but the query and the
   frames — REQ in, EVENT… EOSE out: what the SQL plus a minimal server cost); ``gateway_ws``, the figure the
   goal rows report: the real gateway (uvicorn → ``RelayAuthMiddleware`` → ``RelayConsumer`` →
-  ``GatewaySession`` with no usable worker → ``ReplicaFallback`` → ``query_events``, frames back through the
+  ``GatewaySession`` with no usable worker → ``ReplicaFallback`` → ``read_replica``, frames back through the
   session and the consumer; set up by :mod:`bench.replica_gateway`: no bridge, in-memory channel layer and
   cache, no rate limit reached) at ``ws://…/<relayKey>``, so ``gateway_ws`` minus ``bare_ws`` is the gateway's
   own cost per shape; and ``nostr_relay_ws`` (``nostr-relay`` served by uvicorn on loopback, loaded with the

@@ -3,8 +3,8 @@
 A web-server subprocess (``hypertuna.webserver.web_argv``, as ``tests/e2e/harness.py`` starts the web process)
 runs ``hypertuna.asgi:application`` against the cached replica's database, so a REQ takes the path a client's
 REQ takes when no worker can answer: ``RelayAuthMiddleware`` → ``RelayConsumer`` → ``GatewaySession`` (no
-usable peer) → ``ReplicaFallback`` → ``replicas.queries.query_events`` → frames back through the session
-and the consumer.
+usable peer) → ``ReplicaFallback`` → ``relays.replica_reads.read_replica`` (the statements of
+``replicas.queries`` on an async connection) → frames back through the session and the consumer.
 
 The process is set up so that only that path is measured:
 
