@@ -147,26 +147,39 @@ class DeliveredIds:
     """Which events each subscription of one socket got live, to drop a second copy.
 
     Bounded: the oldest entries go first. A copy arriving after its entry was evicted is sent again, which
-    only happens when a socket received more than ``size`` live events in the meantime.
+    only happens when a socket received more than ``size`` live events in the meantime. The ids are kept per
+    subscription as well as in one age order, so forgetting a subscription (every CLOSE) costs its own
+    entries, not a walk over the whole socket's (up to ``size``: 0.28 ms at 2,048, on every REQ/CLOSE pair).
     """
 
     def __init__(self, size: int = 2048) -> None:
         self.size = size
-        self._ids: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._order: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._by_subscription: dict[str, dict[str, None]] = {}
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._order)
 
     def seen(self, subscription_id: str, event_id: str) -> bool:
-        return (subscription_id, event_id) in self._ids
+        ids = self._by_subscription.get(subscription_id)
+        return ids is not None and event_id in ids
 
     def add(self, subscription_id: str, event_id: str) -> None:
-        self._ids[(subscription_id, event_id)] = None
-        self._ids.move_to_end((subscription_id, event_id))
-        while len(self._ids) > self.size:
-            self._ids.popitem(last=False)
+        ids = self._by_subscription.setdefault(subscription_id, {})
+        key = (subscription_id, event_id)
+        if event_id in ids:
+            self._order.move_to_end(key)
+            return
+        ids[event_id] = None
+        self._order[key] = None
+        while len(self._order) > self.size:
+            (oldest_subscription, oldest_event), _ = self._order.popitem(last=False)
+            oldest = self._by_subscription[oldest_subscription]
+            del oldest[oldest_event]
+            if not oldest:
+                del self._by_subscription[oldest_subscription]
 
     def forget(self, subscription_id: str) -> None:
         """The subscription was replaced or closed: a new REQ with the same id starts afresh."""
-        for key in [k for k in self._ids if k[0] == subscription_id]:
-            del self._ids[key]
+        for event_id in self._by_subscription.pop(subscription_id, ()):
+            del self._order[(subscription_id, event_id)]

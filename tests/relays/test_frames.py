@@ -72,6 +72,51 @@ def test_delivered_ids_are_bounded_and_forgotten_per_subscription():
     ids.add("t", "4")
     ids.forget("s")
     assert not ids.seen("s", "4") and ids.seen("t", "4")
+    assert len(ids) == 1
+    ids.forget("s")  # forgetting twice, or a subscription never seen, is nothing
+    ids.forget("never")
+    assert len(ids) == 1 and ids.seen("t", "4")
+
+
+def test_delivered_ids_evict_the_oldest_across_subscriptions_and_refresh_a_repeat():
+    ids = DeliveredIds(size=3)
+    ids.add("a", "1")
+    ids.add("b", "1")
+    ids.add("a", "2")
+    ids.add("a", "1")  # seen again: now the youngest
+    ids.add("c", "1")  # evicts the oldest: ("b", "1")
+    assert not ids.seen("b", "1") and ids.seen("a", "1") and ids.seen("a", "2") and ids.seen("c", "1")
+    assert len(ids) == 3
+    ids.add("c", "2")  # evicts ("a", "2")
+    ids.add("c", "3")  # evicts ("a", "1"): "a" has nothing left
+    assert len(ids) == 3 and not ids.seen("a", "1") and not ids.seen("a", "2")
+    ids.forget("a")
+    ids.forget("c")
+    assert len(ids) == 0 and not ids.seen("c", "3")
+    ids.add("a", "1")  # a forgotten subscription starts afresh
+    assert ids.seen("a", "1") and len(ids) == 1
+
+
+def test_delivered_ids_against_a_plain_model():
+    """Random adds and forgets give the same answers as a list kept in age order (the old implementation)."""
+    import random
+
+    rng = random.Random(7)
+    ids, model, size = DeliveredIds(size=20), [], 20
+    for _ in range(5000):
+        subscription, event_id = rng.choice("abcd"), str(rng.randrange(15))
+        if rng.random() < 0.05:
+            ids.forget(subscription)
+            model = [entry for entry in model if entry[0] != subscription]
+        else:
+            ids.add(subscription, event_id)
+            if (subscription, event_id) in model:
+                model.remove((subscription, event_id))
+            model.append((subscription, event_id))
+            del model[: max(0, len(model) - size)]
+        assert len(ids) == len(model)
+        probe = (rng.choice("abcd"), str(rng.randrange(15)))
+        assert ids.seen(*probe) == (probe in model)
 
 
 async def test_real_worker_notice_never_reaches_the_client():
