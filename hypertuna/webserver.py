@@ -19,8 +19,10 @@ the scope's ``extensions``): one message ``{"type": "hypertuna.websocket.send_ma
 each text as its own text frame, in order, framed here in one pass (RFC 6455 §5.2: a server frame is
 unmasked, so a frame is two to ten bytes of header and the UTF-8 payload). A 100-event answer is then one
 ASGI send instead of a hundred, each of which went through uvicorn's state checks and the websockets
-library's frame objects (about 3.5 µs a frame). Outside the open state the message is handled as that many
-``websocket.send`` messages, so it fails exactly as they would.
+library's frame objects (about 3.5 µs a frame). It is written 64 KiB at a time, a loop turn between, so flow
+control holds for a slow reader and a reader gone mid-answer ends it (``ClientDisconnected``, as a send
+would). Outside the open state the message is handled as that many ``websocket.send`` messages, so it fails
+exactly as they would.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ GATEWAY_APP = "hypertuna.asgi:application"
 WEBSOCKET_PROTOCOL = "hypertuna.webserver:CoalescingWebSocketProtocol"
 # The ASGI extension (and message type) of several text frames in one send; see the module docstring.
 SEND_MANY = "hypertuna.websocket.send_many"
+# The coalescing transport writes through once it keeps this much, and a send_many hands it this much at a
+# time, then waits until the transport has room: flow control sees a long burst while it is written.
+WRITE_THROUGH_BYTES = 64 * 1024
 
 
 def web_argv(python: str, host: str, port: int, *, app: str = GATEWAY_APP) -> list[str]:
@@ -95,21 +100,27 @@ def web_argv(python: str, host: str, port: int, *, app: str = GATEWAY_APP) -> li
 
 
 class CoalescingTransport:
-    """A transport whose ``write`` calls of one loop turn reach the wrapped transport as one write."""
+    """A transport whose ``write`` calls of one loop turn reach the wrapped transport as one write; once
+    ``WRITE_THROUGH_BYTES`` are kept they go at once, so that the wrapped transport's flow control (pausing the
+    protocol past its high-water mark) sees a long burst while it is being written, not after."""
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "_transport")
+    __slots__ = ("_kept", "_loop", "_pending", "_scheduled", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._kept = 0
         self._scheduled = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
         self._pending.append(bytes(data))
-        if not self._scheduled:
+        self._kept += len(data)
+        if self._kept >= WRITE_THROUGH_BYTES:
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
@@ -119,6 +130,7 @@ class CoalescingTransport:
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
+        self._kept = 0
         if not self._transport.is_closing():
             self._transport.write(data)
 
@@ -128,6 +140,7 @@ class CoalescingTransport:
 
     def abort(self) -> None:
         self._pending.clear()
+        self._kept = 0
         self._transport.abort()
 
     def write_eof(self) -> None:
@@ -135,7 +148,7 @@ class CoalescingTransport:
         self._transport.write_eof()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+        return self._transport.get_write_buffer_size() + self._kept
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (get_extra_info, is_closing, pause_reading, …) is the wrapped transport's.
@@ -183,8 +196,29 @@ class CoalescingWebSocketProtocol(WebSocketsSansIOProtocol):
             for text in texts:
                 await super().send({"type": "websocket.send", "text": text})
             return
+        # Written in chunks, each after the transport has room again: a long answer to a slow reader is held
+        # by the transport no further past its high-water mark than frame-by-frame sends would be.
+        chunk: list[bytes] = []
+        size = 0
+        for text in texts:
+            frame = text_frame(text.encode())
+            chunk.append(frame)
+            size += len(frame)
+            if size >= WRITE_THROUGH_BYTES:
+                self._write_frames(chunk)
+                chunk, size = [], 0
+                # One loop turn: the transport writes (uvloop writes at the end of a turn) and pauses the
+                # protocol if the reader is slow, and a connection lost meanwhile is seen; other sockets go on.
+                await asyncio.sleep(0)
+                await self.writable.wait()
+                if self.disconnected or self.conn.state is not State.OPEN:
+                    raise ClientDisconnected()
+        if chunk:
+            self._write_frames(chunk)
+
+    def _write_frames(self, frames: list[bytes]) -> None:
         # Whatever the connection object still holds (a pong) goes first; then the frames, in order.
-        self.transport.write(b"".join([*self.conn.data_to_send(), *(text_frame(t.encode()) for t in texts)]))
+        self.transport.write(b"".join([*self.conn.data_to_send(), *frames]))
 
 
 __all__ = ["SEND_MANY", "CoalescingTransport", "CoalescingWebSocketProtocol", "text_frame", "web_argv"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hypertuna.webserver import CoalescingTransport
+from hypertuna.webserver import WRITE_THROUGH_BYTES, CoalescingTransport
 
 
 class RecordingTransport:
@@ -52,6 +52,22 @@ async def test_the_writes_of_one_turn_are_one_write_in_order():
     transport.write(b"next")
     await _turn()
     assert inner.writes[1:] == [b"next"]  # a lone write goes out on the next turn, not held longer
+
+
+async def test_a_burst_is_written_through_once_enough_is_kept():
+    # A long answer reaches the wrapped transport while it is being written, so its flow control (pausing the
+    # protocol past the high-water mark) applies to the burst, not after it.
+    inner = RecordingTransport()
+    transport = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+    piece = b"x" * (WRITE_THROUGH_BYTES // 4)
+    for _ in range(3):
+        transport.write(piece)
+    assert inner.writes == [] and transport.get_write_buffer_size() == 7 + 3 * len(piece)
+    transport.write(piece)  # the fourth reaches the threshold: all four go at once, in this turn
+    assert inner.writes == [piece * 4] and transport.get_write_buffer_size() == 7
+    transport.write(b"tail")
+    await _turn()
+    assert inner.writes == [piece * 4, b"tail"]
 
 
 async def test_close_writes_what_was_kept_then_closes():

@@ -54,6 +54,16 @@ async def application(scope, receive, send):
                 await send({"type": "websocket.send", "text": f"{i} " + "x" * int(size)})
             if code:
                 await send({"type": "websocket.close", "code": int(code[0])})
+        elif message["type"] == "websocket.receive" and (message.get("text") or "").startswith("manyburst "):
+            # "manyburst N SIZE": as "burst", in one send_many.
+            _, count, size = message["text"].split()
+            texts = [f"{i} " + "x" * int(size) for i in range(int(count))]
+            try:
+                await send({"type": SEND_MANY, "texts": texts})
+            except OSError as gone:  # uvicorn's ClientDisconnected: the reader went away mid-answer
+                REFUSED.append(f"disconnected: {type(gone).__name__}")
+                return
+            REFUSED.append(f"sent {count}")
         elif message["type"] == "websocket.receive" and (message.get("text") or "").startswith("many "):
             # "many SIZE… [CODE]": a frame before, one send_many of texts of those sizes (multi-byte UTF-8, so
             # lengths are bytes, not characters), a frame after, then a close with CODE when given (negative).
@@ -177,6 +187,38 @@ async def test_send_many_sends_each_text_as_its_own_frame_in_order(server_url):
         assert await asyncio.wait_for(ws.recv(), timeout=10) == "after"
         await ws.send("still open")
         assert await ws.recv() == "still open"
+
+
+async def test_a_send_many_burst_arrives_whole_in_order_past_the_write_buffer(server_url):
+    # As the burst test above, in one send_many: 4 MB in chunks, each written when the transport has room.
+    async with websockets.connect(server_url, max_queue=4) as ws:
+        await ws.send("manyburst 2000 2048")
+        await asyncio.sleep(0.5)
+        for i in range(2000):
+            frame = await asyncio.wait_for(ws.recv(), timeout=10)
+            assert frame.split(" ", 1)[0] == str(i) and len(frame) == len(str(i)) + 1 + 2048
+        await ws.send("after")
+        assert await ws.recv() == "after"
+
+
+async def test_a_reader_gone_in_the_middle_of_a_send_many_ends_it_with_a_disconnect(server_url):
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(server_url.rsplit(":", 1)[1].strip("/")))
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+    payload = b"manyburst 20000 2048"  # 40 MB: far more than the socket buffers hold
+    writer.write(bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload)  # masked with a zero key
+    await reader.read(1000)  # the answer has started
+    writer.transport.abort()  # gone without a close frame, nothing more read
+    async with websockets.connect(server_url) as ws:
+        for _ in range(50):
+            await ws.send("refused?")
+            if (answer := await ws.recv()).startswith("disconnected"):
+                break
+            await asyncio.sleep(0.1)
+        assert answer == "disconnected: ClientDisconnected"
 
 
 async def test_send_many_after_a_close_is_refused_like_a_send(server_url):
