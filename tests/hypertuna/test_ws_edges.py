@@ -46,18 +46,19 @@ async def application(scope, receive, send):
         message = await receive()
         if message["type"] == "websocket.connect":
             await send({"type": "websocket.accept"})
-        elif message["type"] == "websocket.receive" and (message.get("text") or "").startswith("burst "):
+        elif message["type"] == "websocket.receive" and (message.get("text") or "").startswith(
+            ("burst ", "manyburst ")
+        ):
             # "burst N SIZE [CODE]": N numbered frames of SIZE bytes in one go, as an answer of N events is sent,
-            # then a close with CODE when given.
-            _, count, size, *code = message["text"].split()
-            for i in range(int(count)):
-                await send({"type": "websocket.send", "text": f"{i} " + "x" * int(size)})
-            if code:
-                await send({"type": "websocket.close", "code": int(code[0])})
-        elif message["type"] == "websocket.receive" and (message.get("text") or "").startswith("manyburst "):
-            # "manyburst N SIZE": as "burst", in one send_many.
-            _, count, size = message["text"].split()
+            # then a close with CODE when given. "manyburst N SIZE": the same frames in one send_many.
+            verb, count, size, *code = message["text"].split()
             texts = [f"{i} " + "x" * int(size) for i in range(int(count))]
+            if verb == "burst":
+                for text in texts:
+                    await send({"type": "websocket.send", "text": text})
+                if code:
+                    await send({"type": "websocket.close", "code": int(code[0])})
+                continue
             try:
                 await send({"type": SEND_MANY, "texts": texts})
             except OSError as gone:  # uvicorn's ClientDisconnected: the reader went away mid-answer
@@ -150,12 +151,14 @@ async def test_the_server_keeps_serving_after_a_failed_connection(server_url):
         assert await ws.recv() == "still here"
 
 
-async def test_a_burst_of_frames_arrives_whole_in_order_past_the_write_buffer(server_url):
+@pytest.mark.parametrize("verb", ["burst", "manyburst"], ids=["sends", "send_many"])
+async def test_a_burst_of_frames_arrives_whole_in_order_past_the_write_buffer(server_url, verb):
     # 2,000 frames of 2 KB: 4 MB sent without a pause, far past the transport's write buffer, to a client that
-    # starts reading late. The web server's writes of one loop turn are joined (hypertuna/webserver.py);
-    # flow control and order must hold all the same.
+    # starts reading late, as 2,000 sends or one send_many (written in chunks, each when the transport has
+    # room). The web server's writes of one loop turn are joined (hypertuna/webserver.py); flow control and
+    # order must hold all the same.
     async with websockets.connect(server_url, max_queue=4) as ws:
-        await ws.send("burst 2000 2048")
+        await ws.send(f"{verb} 2000 2048")
         await asyncio.sleep(0.5)
         for i in range(2000):
             frame = await asyncio.wait_for(ws.recv(), timeout=10)
@@ -187,18 +190,6 @@ async def test_send_many_sends_each_text_as_its_own_frame_in_order(server_url):
         assert await asyncio.wait_for(ws.recv(), timeout=10) == "after"
         await ws.send("still open")
         assert await ws.recv() == "still open"
-
-
-async def test_a_send_many_burst_arrives_whole_in_order_past_the_write_buffer(server_url):
-    # As the burst test above, in one send_many: 4 MB in chunks, each written when the transport has room.
-    async with websockets.connect(server_url, max_queue=4) as ws:
-        await ws.send("manyburst 2000 2048")
-        await asyncio.sleep(0.5)
-        for i in range(2000):
-            frame = await asyncio.wait_for(ws.recv(), timeout=10)
-            assert frame.split(" ", 1)[0] == str(i) and len(frame) == len(str(i)) + 1 + 2048
-        await ws.send("after")
-        assert await ws.recv() == "after"
 
 
 async def test_a_reader_gone_in_the_middle_of_a_send_many_ends_it_with_a_disconnect(server_url):
