@@ -73,7 +73,7 @@ from bench.replica_data import (
     query_mix,
     setup_django,
 )
-from bench.replica_gateway import ensure_offline_relay, gateway_server, hot_spots, profiled
+from bench.replica_gateway import ensure_offline_relay, gateway_server, hot_spots, profiled, py_spy
 from bench.wsclient import LeanWebSocket
 
 
@@ -419,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve_replica(args.serve, args.relay)
         return 0
+    if args.profile and py_spy() is None:
+        parser.error("--profile needs py-spy (pip install py-spy)")  # before minutes of work, not after
     result = run(args.events, seconds=args.seconds, compare=not args.no_compare, seed=args.seed, profile=args.profile)
     print_report(result)
     if args.json:

@@ -37,7 +37,7 @@ def explain(events: int, shapes: list[str], seed: int = 1) -> str:
             probe = queries._probe_sql(cached.relay_key, f, limit)
             if probe is not None:
                 statements.append(("probe", queries._with_json(cached.relay_key, *probe)))
-            statements.append(("per-range plan", queries._filter_sql(cached.relay_key, f, limit)))
+            statements.append(("per-range plan", queries._filter_sql(cached.relay_key, f, limit, postgres=True)))
             for label, (sql, params) in statements:
                 queries.query_events(cached.relay_key, [f])  # warm caches as a serving node would be
                 cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", params)

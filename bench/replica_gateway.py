@@ -123,14 +123,20 @@ def gateway_server(database_url: str) -> Iterator[Gateway]:
             stop_process(proc)
 
 
+def py_spy() -> str | None:
+    """The py-spy executable, on PATH or beside this interpreter (a diagnosis tool, not a dependency)."""
+    import shutil
+
+    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
 @contextmanager
 def profiled(pid: int, output: Path) -> Iterator[None]:
     """py-spy samples process ``pid`` (every thread, raw collapsed stacks into ``output``) while the block
-    runs. py-spy is a diagnosis tool, not a dependency: it must be on PATH or beside this interpreter."""
-    import shutil
+    runs."""
     import signal
 
-    exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    exe = py_spy()
     if exe is None:
         raise RuntimeError("py-spy is not installed (pip install py-spy)")
     proc = subprocess.Popen(

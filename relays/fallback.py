@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -52,7 +53,7 @@ from hypertuna.nostr import (
     notice_frame,
     ok_frame,
 )
-from relays.frames_filter import Frame, WorkerFrame, event_frame_read
+from relays.frames_filter import Frame, WorkerFrame
 from relays.replica_reads import read_replica
 
 if TYPE_CHECKING:
@@ -149,10 +150,25 @@ class _Sub:
         self.newest, self.seen_at_newest = created_at, {event_id}
         return True
 
+    def note_answer(self, events: Sequence[StoredEvent]) -> None:
+        """Record the subscription's initial answer (distinct events, newest first): the state ``note`` would
+        leave after each of them in turn, set at once."""
+        if not events:
+            return
+        self.recent.update(dict.fromkeys(stored.id for stored in events))
+        for _ in range(len(self.recent) - RECENT_IDS):
+            del self.recent[next(iter(self.recent))]
+        newest = events[0].created_at
+        if self.newest is None or newest > self.newest:
+            self.newest, self.seen_at_newest = newest, set()
+        if newest == self.newest:
+            at_newest = itertools.takewhile(lambda stored: stored.created_at == newest, events)
+            self.seen_at_newest.update(stored.id for stored in at_newest)
+
 
 def _stored_frame(head: str, sub_id: str, stored: StoredEvent) -> WorkerFrame:
     """The EVENT frame of a replica row for a subscription (``head``: ``event_frame_head(sub_id)``), read."""
-    return event_frame_read(head + stored.json + "]", sub_id, stored.id, stored.created_at)
+    return WorkerFrame(head + stored.json + "]", "EVENT", sub_id, stored.id, stored.created_at)
 
 
 def _expires_ms(lease: LeaseHandle) -> int:
@@ -354,12 +370,10 @@ class ReplicaFallback:
         fallback_reads.labels(relay=self.relay_key).inc()
         sub_id = message.subscription_id
         sub = _Sub(message.filters)
-        head = event_frame_head(sub_id)
-        frames: list[Frame] = []
-        for stored in events:
-            sub.note(stored.id, stored.created_at)
-            frames.append(_stored_frame(head, sub_id, stored))
+        sub.note_answer(events)
         self._subs[sub_id] = sub
+        head = event_frame_head(sub_id)
+        frames: list[Frame] = [_stored_frame(head, sub_id, stored) for stored in events]
         frames.append(eose_frame(sub_id))
         return frames
 

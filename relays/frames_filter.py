@@ -41,24 +41,16 @@ worker_frames_dropped = Counter(
 
 
 class WorkerFrame(NamedTuple):
-    """One client-bound frame, read once: its type and, where it has them, subscription id and event (a named
-    tuple: one is built per frame sent, and a tuple is the cheapest immutable record to build)."""
+    """One client-bound frame, read once: its type and, where it has them, subscription id, the id and
+    ``created_at`` of its event (None when absent or not of the right type) and notice (a named tuple: one is
+    built per frame sent, and a tuple is the cheapest immutable record to build and read)."""
 
     text: str
     kind: str
     subscription_id: str | None = None
-    event: dict[str, Any] | None = None
+    event_id: str | None = None
+    created_at: int | None = None
     notice: str | None = None
-
-    @property
-    def event_id(self) -> str | None:
-        value = self.event.get("id") if self.event is not None else None
-        return value if isinstance(value, str) else None
-
-    @property
-    def created_at(self) -> int | None:
-        value = self.event.get("created_at") if self.event is not None else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def is_auth_rejection(self) -> bool:
@@ -77,12 +69,6 @@ Frame = str | WorkerFrame
 def frame_text(frame: Frame) -> str:
     """The text a client receives for ``frame``."""
     return frame if isinstance(frame, str) else frame.text
-
-
-def event_frame_read(text: str, subscription_id: str, event_id: str, created_at: int) -> WorkerFrame:
-    """An EVENT frame built by the gateway itself (``text`` is ``["EVENT", subscription_id, {…}]``), with what
-    the session's admission reads of it."""
-    return WorkerFrame(text, "EVENT", subscription_id=subscription_id, event={"id": event_id, "created_at": created_at})
 
 
 def relay_not_loaded(frames: Sequence[Frame]) -> bool:
@@ -116,8 +102,16 @@ def classify(text: str, data: Any) -> WorkerFrame:
         return WorkerFrame(text, kind, notice=data[1] if len(data) > 1 and isinstance(data[1], str) else None)
     if kind in SUBSCRIPTION_FRAMES:
         sub_id = data[1] if len(data) > 1 and isinstance(data[1], str) else None
-        event = data[2] if kind == "EVENT" and len(data) > 2 and isinstance(data[2], dict) else None
-        return WorkerFrame(text, kind, subscription_id=sub_id, event=event)
+        if kind != "EVENT" or len(data) < 3 or not isinstance(data[2], dict):
+            return WorkerFrame(text, kind, sub_id)
+        event_id, created_at = data[2].get("id"), data[2].get("created_at")
+        return WorkerFrame(
+            text,
+            kind,
+            sub_id,
+            event_id if isinstance(event_id, str) else None,
+            created_at if isinstance(created_at, int) and not isinstance(created_at, bool) else None,
+        )
     return WorkerFrame(text, kind)
 
 

@@ -4,9 +4,12 @@ is dropped when the replica's poll brings it again after the sync materialized i
 from __future__ import annotations
 
 import json
+import random
 
 from hypertuna.nostr import Event, eose_frame, event_frame_from_json
-from relays.frames_filter import event_frame_read
+from relays.fallback import RECENT_IDS, _Sub
+from relays.frames_filter import WorkerFrame
+from replicas.queries import StoredEvent
 from tests.relays.test_session import Client, event, make_session
 
 
@@ -55,7 +58,7 @@ class PreReadReplica(ReplicaFake):
         sub = message.subscription_id
         self.sub_ids.append(sub)
         frames = [
-            event_frame_read(event_frame_from_json(sub, json.dumps(e)), sub, e["id"], e["created_at"])
+            WorkerFrame(event_frame_from_json(sub, json.dumps(e)), "EVENT", sub, e["id"], e["created_at"])
             for e in [*self.events, self.events[0]]
         ]
         return [*frames, eose_frame(sub)]
@@ -82,3 +85,30 @@ async def test_a_replica_answer_goes_to_the_socket_in_one_batch_in_order_without
     await session.offer_live(Event.from_json(stored[0]))
     await session.stop()
     assert client.frames.count(["EVENT", "feed", stored[0]]) == 1
+
+
+def test_an_initial_answer_is_noted_as_its_events_one_by_one_would_be():
+    """``_Sub.note_answer`` (the initial answer at once) leaves the state of ``note`` per event: the recent
+    ids (bounded, oldest out first), the newest second and the ids seen at it; checked on random answers,
+    ties at the newest second included, on fresh subscriptions and on ones with a history."""
+    rng = random.Random(13)
+    for _ in range(300):
+        size = rng.choice([0, 1, 5, 100, RECENT_IDS - 1, RECENT_IDS + 40])
+        seconds = [1_700_000_000 + rng.randrange(0, rng.choice([1, 3, 1000])) for _ in range(size)]
+        ids = [f"{i:064x}" for i in rng.sample(range(10 * RECENT_IDS), size)]
+        answer = sorted(
+            (StoredEvent(i, t, "{}") for i, t in zip(ids, seconds, strict=True)), key=lambda e: (-e.created_at, e.id)
+        )
+        # A history: ids and a newest second that may tie the answer's (the subscription saw events before).
+        history = [
+            (f"{n:x}".rjust(64, "f"), 1_700_000_000 + rng.choice([0, 500, 2000])) for n in range(rng.choice([0, 3]))
+        ]
+        one_by_one, at_once = _Sub(()), _Sub(())
+        for sub in (one_by_one, at_once):
+            for event_id, created_at in history:
+                sub.note(event_id, created_at)
+        for stored in answer:
+            one_by_one.note(stored.id, stored.created_at)
+        at_once.note_answer(answer)
+        assert list(at_once.recent) == list(one_by_one.recent)
+        assert (at_once.newest, at_once.seen_at_newest) == (one_by_one.newest, one_by_one.seen_at_newest)

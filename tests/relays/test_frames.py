@@ -53,6 +53,11 @@ def test_read_frame_classifies_once():
     assert read_frame("not json").kind == ""
     assert read_frame('["EVENT",7,{}]').subscription_id is None
     assert read_frame('["EVENT","s",{"created_at":true}]').created_at is None
+    # What admission reads of an event is taken only where it has the type NIP-01 gives it.
+    odd = read_frame('["EVENT","s",{"id":7,"created_at":"5"}]')
+    assert (odd.kind, odd.subscription_id, odd.event_id, odd.created_at) == ("EVENT", "s", None, None)
+    assert read_frame('["EVENT","s","not an event"]')[2:5] == ("s", None, None)
+    assert read_frame('["EOSE","s",{"id":"ab","created_at":5}]')[2:5] == ("s", None, None)
 
 
 def test_accepted_event_ignores_duplicates_and_refusals():

@@ -64,9 +64,9 @@ def _slow_for(relay_key: str, seconds: float) -> Any:
     """``queries._answer`` with one slow statement for ``relay_key`` (Postgres sleeps on the server)."""
     real = queries._answer
 
-    def answer(key: str, filters: Any, cap: int) -> Iterator[Any]:
+    def answer(key: str, filters: Any, cap: int, *, postgres: bool) -> Iterator[Any]:
         if key != relay_key:
-            return (yield from real(key, filters, cap))
+            return (yield from real(key, filters, cap, postgres=postgres))
         yield ("SELECT pg_sleep(%s)", [seconds], False)
         return []
 
@@ -91,6 +91,32 @@ def test_reads_run_on_the_event_loop_over_one_kept_connection():
 
 
 @needs_postgres
+def test_reads_on_the_event_loop_build_no_django_connection(monkeypatch):
+    """Each REQ is handled in a task of its own, and Django keeps a connection object per task context on the
+    event loop: asking Django anything there (``connection.vendor``) would build one per REQ (45 µs)."""
+    from django.db.utils import ConnectionHandler
+
+    key, event_id = _stored("kept")
+    built: list[str] = []
+    create = ConnectionHandler.create_connection
+    monkeypatch.setattr(
+        ConnectionHandler, "create_connection", lambda self, alias: built.append(alias) or create(self, alias)
+    )
+
+    async def reads() -> None:
+        # As in the web process, every read in a task of its own whose parent never asked Django anything; the
+        # first opens the read connection (from Django's settings).
+        await asyncio.create_task(read_replica(key, EVERYTHING, max_limit=10))
+        built.clear()
+        for _ in range(5):
+            read = asyncio.create_task(read_replica(key, EVERYTHING, max_limit=10))
+            assert [e.id for e in await read] == [event_id]
+        assert built == []
+
+    asyncio.run(reads())
+
+
+@needs_postgres
 def test_a_read_whose_connection_was_terminated_reopens_it_and_answers():
     key, event_id = _stored("kept")
 
@@ -109,7 +135,7 @@ def test_a_read_whose_connection_was_terminated_reopens_it_and_answers():
 
 @needs_postgres
 def test_a_query_error_is_raised_and_the_connection_kept(monkeypatch):
-    def failing(key: str, filters: Any, cap: int) -> Iterator[Any]:
+    def failing(key: str, filters: Any, cap: int, *, postgres: bool) -> Iterator[Any]:
         yield ("SELECT 1 / 0", [], False)
         return []
 
