@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import SyncToAsync
 from django.core.cache import cache
+from django.db import connections
 from django.test import TestCase
 from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
@@ -57,9 +59,11 @@ def _clean_cache() -> Any:
     yield
     _clear_own_cache()
     frame_limit.limiter.reset()
-    # Replica reads have connections of their own: closed with the test that opened them, so the run's test
-    # database can be dropped at its end.
+    # Replica reads have connections of their own, and so has the thread that runs an async test's ORM calls
+    # (``database_sync_to_async``): closed with the test that opened them, so the run's test database can be
+    # dropped at its end.
     replica_reads.close_read_connections()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
 
 
 @pytest.fixture(autouse=True, scope="session")
