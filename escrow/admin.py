@@ -22,7 +22,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from escrow import admin_remote, services
+from escrow import admin_remote, leases
 from escrow.conf import current_policy
 from escrow.models import AuditCheckpoint, AuditEntry, AuditVerification, Deposit, Lease, WorkerBinding
 from hypertuna.admin_confirm import confirm_action
@@ -205,7 +205,7 @@ class DepositAdmin(_WithPolicy):
                 warning="The writer keys can never be unlocked again; each worker must deposit anew.",
             )
         for deposit in queryset:
-            services.revoke(
+            leases.revoke(
                 relay_key=deposit.relay_key, actor=_actor(request), reason="operator-revoke", revoke_deposit=True
             )
         self.message_user(request, f"Revoked {len(queryset)} deposit(s).", messages.SUCCESS)
@@ -253,7 +253,7 @@ class LeaseAdmin(_WithPolicy):
                 warning="The gateway stops writing for these relays within its confirm interval.",
             )
         for lease in queryset:
-            services.revoke_lease_by_id(lease_id=str(lease.id), actor=_actor(request), reason="operator-revoke")
+            leases.revoke_lease_by_id(lease_id=str(lease.id), actor=_actor(request), reason="operator-revoke")
         self.message_user(request, f"Revoked {len(queryset)} lease(s).", messages.SUCCESS)
         return None
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from escrow import audit, services
+from escrow import audit, leases, services
 
 
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=3)
 def expire_leases() -> int:
     # Leases and deposits in one sweep: one relay per transaction, binding lock first.
-    return services.expire_leases()
+    return leases.expire_leases()
 
 
 @shared_task(autoretry_for=(Exception,), retry_backoff=True, max_retries=3)

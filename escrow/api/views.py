@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from escrow import selectors, services
+from escrow import leases, selectors, services
 from escrow.api import serializers as s
 from escrow.api.auth import ClientCertificateAuthentication, role_permission
 from escrow.pki import ClientIdentity
@@ -105,13 +105,13 @@ class RevokeView(_EscrowView):
         reason = str(body.get("reason") or "revoke")[:200]
         if body.get("leaseId"):
             return Response(
-                services.revoke_lease_by_id(lease_id=str(body["leaseId"]), actor=identity.actor, reason=reason)
+                leases.revoke_lease_by_id(lease_id=str(body["leaseId"]), actor=identity.actor, reason=reason)
             )
         revoke_deposit = bool(body.get("deposit"))
         if revoke_deposit and identity.role != "operator":
             raise ApiError("forbidden", "Only operators may revoke a deposit; workers sign their own.", status=403)
         return Response(
-            services.revoke(
+            leases.revoke(
                 relay_key=body.get("relayKey"), actor=identity.actor, reason=reason, revoke_deposit=revoke_deposit
             )
         )
@@ -126,8 +126,8 @@ class UnlockView(_EscrowView):
         summary="Unlock under the global policy (gateway)",
     )
     def post(self, request: Request) -> Response:
-        unlock_request = services.parse_unlock(request.data)
-        return Response(services.unlock(request=unlock_request, requester=self.identity(request).actor))
+        unlock_request = leases.parse_unlock(request.data)
+        return Response(leases.unlock(request=unlock_request, requester=self.identity(request).actor))
 
 
 class RenewView(_EscrowView):
@@ -144,7 +144,7 @@ class RenewView(_EscrowView):
         if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
             raise ApiError("invalid-request", "ttl must be a positive integer (seconds).")
         return Response(
-            services.renew(lease_id=str(body.get("leaseId", "")), requester=self.identity(request).actor, ttl=ttl)
+            leases.renew(lease_id=str(body.get("leaseId", "")), requester=self.identity(request).actor, ttl=ttl)
         )
 
 

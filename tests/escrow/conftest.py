@@ -13,7 +13,7 @@ from asgiref.sync import SyncToAsync
 from django.db import connection, connections
 from django.utils import timezone
 
-from escrow import crypto, selectors, services, worker_client
+from escrow import crypto, leases, selectors, services, worker_client
 from escrow.keystore import forget_loaded_keys
 from escrow.policy import MirrorEvidence
 
@@ -170,14 +170,14 @@ def unlock(
         if mirror_age is not None
         else None
     )
-    request = services.UnlockRequest(
+    request = leases.UnlockRequest(
         relay_key=relay_key,
         session_public_key=session.public,
         healthy_peers=healthy,
         mirror=mirror,
         ttl=ttl,
     )
-    return services.unlock(request=request, requester="gateway:test-gateway", now=clock.now), session
+    return leases.unlock(request=request, requester="gateway:test-gateway", now=clock.now), session
 
 
 def open_grant(grant: dict[str, Any], session: crypto.SessionKeypair) -> crypto.OpenedLease:

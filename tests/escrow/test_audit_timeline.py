@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
-from escrow import services
+from escrow import leases
 from hypertuna.exceptions import ApiError
 from tests.escrow.conftest import WorkerSim, unlock
 
@@ -21,7 +21,7 @@ def test_verify_lists_each_step_of_one_relay(worker, clock, capsys):
     clock.advance(91)
     grant, _ = unlock(clock, worker.relay_key)
     clock.advance(5)
-    services.renew(lease_id=grant["leaseId"], requester="gateway:test-gateway", now=clock.now)
+    leases.renew(lease_id=grant["leaseId"], requester="gateway:test-gateway", now=clock.now)
     clock.advance(1)
     worker.heartbeat()  # the worker is back: the lease ends, a new writer is due
     worker.rotate_writer()

@@ -9,7 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from escrow import coordinator as coordinator_module
-from escrow import crypto, selectors, services
+from escrow import crypto, leases, selectors
 from escrow.coordinator import EscrowCoordinator
 from escrow.transport import EscrowHTTPError
 from hypertuna import reqsign
@@ -27,13 +27,13 @@ class InProcessEscrow:
             if path == "/policy":
                 return selectors.policy_document()
             if path == "/escrow/unlock":
-                return services.unlock(request=services.parse_unlock(body), requester="gateway:gw-test")
+                return leases.unlock(request=leases.parse_unlock(body), requester="gateway:gw-test")
             if path == "/escrow/revoke":
-                return services.revoke_lease_by_id(
+                return leases.revoke_lease_by_id(
                     lease_id=body["leaseId"], actor="gateway:gw-test", reason=body["reason"]
                 )
             if path == "/escrow/renew":
-                return services.renew(lease_id=body["leaseId"], requester="gateway:gw-test", ttl=body.get("ttl"))
+                return leases.renew(lease_id=body["leaseId"], requester="gateway:gw-test", ttl=body.get("ttl"))
         except ApiError as exc:
             raise EscrowHTTPError(exc.status_code, exc.as_dict()) from None
         raise AssertionError(path)

@@ -6,7 +6,7 @@ import pytest
 from django.db import transaction
 from prometheus_client import REGISTRY
 
-from escrow import audit, services
+from escrow import audit, leases
 from escrow.models import AuditEntry
 from tests.escrow.conftest import unlock
 
@@ -39,7 +39,7 @@ def test_expirations_are_counted_after_commit(worker, clock, capture_on_commit):
     clock.advance(31)
     before = sample("escrow_lease_expirations_total")
     with capture_on_commit(execute=True):
-        services.expire_leases(now=clock.now)
+        leases.expire_leases(now=clock.now)
     assert sample("escrow_lease_expirations_total") == before + 1
 
 

@@ -9,7 +9,7 @@ import pytest
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
-from escrow import audit, crypto, services
+from escrow import audit, crypto, leases, services
 from escrow.keystore import escrow_keys
 from escrow.models import AuditEntry, Deposit, Lease, WorkerBinding
 from hypertuna.exceptions import ApiError
@@ -42,7 +42,7 @@ def test_full_lifecycle(worker, clock):
     assert opened.writer_public == worker.writer.public
 
     clock.advance(60)
-    renewed = services.renew(lease_id=grant["leaseId"], requester="gateway:test", now=clock.now)
+    renewed = leases.renew(lease_id=grant["leaseId"], requester="gateway:test", now=clock.now)
     assert renewed["expiresAt"] == int(clock.now.timestamp()) + 300
 
     # The worker comes back: its heartbeat ends the lease and demands a new writer key.
@@ -51,7 +51,7 @@ def test_full_lifecycle(worker, clock):
     assert beat["leaseRevoked"] == grant["leaseId"] and beat["rotationRequired"] is True
     assert Lease.objects.get(id=grant["leaseId"]).state == Lease.State.REVOKED
     with pytest.raises(ApiError) as excinfo:
-        services.renew(lease_id=grant["leaseId"], requester="gateway:test", now=clock.now)
+        leases.renew(lease_id=grant["leaseId"], requester="gateway:test", now=clock.now)
     assert excinfo.value.code == "lease-not-active"
 
     clock.advance(SILENCE)
@@ -165,7 +165,7 @@ def test_unlock_body_mirror_evidence_is_parsed_strictly():
     base = {"relayKey": "ab" * 32, "sessionPublicKey": base64.b64encode(bytes(32)).decode()}
 
     def parse(**evidence):
-        return services.parse_unlock({**base, "evidence": {"healthyPeers": 0, **evidence}}).mirror
+        return leases.parse_unlock({**base, "evidence": {"healthyPeers": 0, **evidence}}).mirror
 
     good = {"announcedAt": 1_700_000_000, "announcedLength": 7, "mirroredLength": 9}
     assert (parse(mirror=good).announced_length, parse(mirror=good).mirrored_length) == (7, 9)
@@ -441,6 +441,46 @@ def test_redeposit_while_leased_revokes_the_lease(worker, clock):
     assert AuditEntry.objects.filter(action="rotation", lease_id=grant["leaseId"]).exists()
 
 
+def test_a_returning_worker_refused_for_its_released_key_still_ends_the_lease(worker, clock):
+    """The worker's first signed word after an outage may be a deposit of the writer key the gateway was
+    given: it is refused (the key must rotate), but it proves the worker is back, so the lease ends then
+    rather than when the rotated deposit arrives (or, later still, when the lease lapses)."""
+    worker.deposit()
+    clock.advance(SILENCE)
+    grant, _ = unlock(clock, worker.relay_key)
+    clock.advance(5)
+    stale = worker.deposit_body()  # the released writer key
+    with pytest.raises(ApiError) as excinfo:
+        worker.deposit(stale)
+    assert excinfo.value.status_code == 409 and excinfo.value.code == "writer-key-must-rotate"
+    assert Lease.objects.get(id=grant["leaseId"]).state == Lease.State.REVOKED
+    rotation = AuditEntry.objects.get(action="rotation", lease_id=grant["leaseId"])
+    assert rotation.reason == "worker-reconnected" and rotation.actor.startswith("worker:")
+    binding = WorkerBinding.objects.get(relay_key=worker.relay_key)
+    assert binding.rotation_required and binding.last_seen_at == clock.now
+
+    # The refused body cannot be played again (its clock is spent), and nothing further is audited.
+    entries = AuditEntry.objects.count()
+    clock.advance(1)
+    with pytest.raises(ApiError) as excinfo:
+        worker.deposit(stale)
+    assert excinfo.value.code == "signature-replayed"
+    assert AuditEntry.objects.count() == entries
+
+    # No new lease while the rotation is owed, even once the worker is silent again.
+    clock.advance(SILENCE)
+    with pytest.raises(ApiError) as excinfo:
+        unlock(clock, worker.relay_key)
+    assert refused(excinfo) == ["rotation-required"]
+
+    # The rotated deposit completes the rotation.
+    worker.rotate_writer()
+    assert worker.deposit()[0] == 201
+    last = AuditEntry.objects.filter(action="deposit").order_by("-seq").first()
+    assert last is not None and last.details["rotationCompleted"] is True
+    assert audit.verify(record=False).ok
+
+
 def test_second_unlock_while_a_lease_is_active_is_a_conflict(worker, clock):
     worker.deposit()
     clock.advance(SILENCE)
@@ -487,8 +527,8 @@ def test_lease_expires_and_a_new_one_gets_a_higher_fence(worker, clock):
     grant, _ = unlock(clock, worker.relay_key, ttl=60)
     assert grant["expiresAt"] - grant["issuedAt"] == 60
     clock.advance(61)
-    assert services.expire_leases(now=clock.now) == 1
-    assert services.expire_leases(now=clock.now) == 0  # idempotent
+    assert leases.expire_leases(now=clock.now) == 1
+    assert leases.expire_leases(now=clock.now) == 0  # idempotent
     assert Lease.objects.get(id=grant["leaseId"]).state == Lease.State.EXPIRED
     assert AuditEntry.objects.filter(action="expire", lease_id=grant["leaseId"]).count() == 1
     grant2, _ = unlock(clock, worker.relay_key)
@@ -501,7 +541,7 @@ def test_an_unswept_expired_lease_blocks_nothing_and_cannot_be_renewed(worker, c
     grant, _ = unlock(clock, worker.relay_key, ttl=30)
     clock.advance(31)
     with pytest.raises(ApiError) as excinfo:
-        services.renew(lease_id=grant["leaseId"], requester="gateway:test", now=clock.now)
+        leases.renew(lease_id=grant["leaseId"], requester="gateway:test", now=clock.now)
     assert excinfo.value.code == "lease-not-active"
     assert Lease.objects.get(id=grant["leaseId"]).state == Lease.State.EXPIRED  # recorded despite the refusal
     unlock(clock, worker.relay_key)
@@ -515,7 +555,7 @@ def test_ttl_and_renewals_are_capped_at_the_maximum(worker, clock, settings):
     assert grant["expiresAt"] - grant["issuedAt"] == 600
     for _ in range(3):
         clock.advance(150)
-        renewed = services.renew(lease_id=grant["leaseId"], requester="gateway:test", ttl=600, now=clock.now)
+        renewed = leases.renew(lease_id=grant["leaseId"], requester="gateway:test", ttl=600, now=clock.now)
     assert renewed["expiresAt"] == grant["maxExpiresAt"]
 
 
@@ -523,7 +563,7 @@ def test_gateway_revoke_ends_the_lease_but_keeps_the_deposit(worker, clock):
     worker.deposit()
     clock.advance(SILENCE)
     grant, _ = unlock(clock, worker.relay_key)
-    result = services.revoke_lease_by_id(lease_id=grant["leaseId"], actor="gateway:test", reason="done")
+    result = leases.revoke_lease_by_id(lease_id=grant["leaseId"], actor="gateway:test", reason="done")
     assert result["leaseRevoked"] == grant["leaseId"] and result["depositRevoked"] is None
     grant2, _ = unlock(clock, worker.relay_key)
     assert grant2["fence"] == 2
@@ -586,7 +626,7 @@ def test_opening_twice_is_refused(worker, clock):
 def test_expiry_of_lapsed_deposits_is_audited(worker, clock):
     worker.deposit(expires_at=int(clock.now.timestamp()) + 100)
     clock.advance(101)
-    assert services.expire_leases(now=clock.now) == 1
+    assert leases.expire_leases(now=clock.now) == 1
     assert AuditEntry.objects.filter(action="expire", reason="deposit-expired").count() == 1
     assert Deposit.objects.get().ended_at == clock.now
 

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from escrow import audit, services
+from escrow import audit, leases
 from escrow.models import AuditEntry, Lease
 from hypertuna.exceptions import ApiError
 from tests.escrow.conftest import Clock, WorkerSim, unlock
@@ -85,6 +85,12 @@ class LeaseMachine(RuleBasedStateMachine):
             with pytest.raises(ApiError) as excinfo:
                 self.worker.deposit(expires_at=expires)
             assert excinfo.value.code == "writer-key-must-rotate"
+            # Refused, yet signed by the worker: it is back, so the lease ends and a rotation is owed.
+            self._settle_expiry()
+            if self._lease_usable():
+                self._end_lease("revoked")
+            self.last_seen = self.clock.now
+            self.rotation_required = True
             return
         status, _ = self.worker.deposit(expires_at=expires)
         assert status == 201
@@ -158,20 +164,20 @@ class LeaseMachine(RuleBasedStateMachine):
             return
         self._settle_expiry()
         if self._lease_usable() and self._deposit_active():
-            result = services.renew(lease_id=self.lease["id"], requester="gateway:t", ttl=ttl, now=self.clock.now)
+            result = leases.renew(lease_id=self.lease["id"], requester="gateway:t", ttl=ttl, now=self.clock.now)
             wanted = min(self.clock.now + timedelta(seconds=min(ttl or 300, MAX_TTL)), self.lease["max"])
             self.lease["expires_at"] = max(self.lease["expires_at"], wanted)
             assert result["expiresAt"] == int(self.lease["expires_at"].timestamp())
         else:
             with pytest.raises(ApiError) as excinfo:
-                services.renew(lease_id=self.lease["id"], requester="gateway:t", ttl=ttl, now=self.clock.now)
+                leases.renew(lease_id=self.lease["id"], requester="gateway:t", ttl=ttl, now=self.clock.now)
             assert excinfo.value.status_code == 409
 
     @rule()
     def gateway_revoke(self):
         if self.lease is None:
             return
-        result = services.revoke_lease_by_id(
+        result = leases.revoke_lease_by_id(
             lease_id=self.lease["id"], actor="gateway:t", reason="done", now=self.clock.now
         )
         self._settle_expiry()
@@ -197,7 +203,7 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @rule()
     def sweep(self):
-        services.expire_leases(now=self.clock.now)
+        leases.expire_leases(now=self.clock.now)
         self._settle_expiry()
 
     # --- invariants -------------------------------------------------------------------------------------
@@ -254,13 +260,13 @@ def _call(operation, relay_key, worker, lease_ids, outcomes, barrier):
             elif operation in ("revoke", "renew") and not lease_ids:
                 outcomes.append(("skipped", None))
             elif operation == "revoke":
-                result = services.revoke_lease_by_id(lease_id=lease_ids[-1], actor="gateway:t", reason="race", now=now)
+                result = leases.revoke_lease_by_id(lease_id=lease_ids[-1], actor="gateway:t", reason="race", now=now)
                 outcomes.append(("revoked", result["leaseRevoked"]))
             elif operation == "renew":
-                result = services.renew(lease_id=lease_ids[-1], requester="gateway:t", now=now)
+                result = leases.renew(lease_id=lease_ids[-1], requester="gateway:t", now=now)
                 outcomes.append(("renewed", result["leaseId"]))
             elif operation == "expire":
-                services.expire_leases(now=now + timedelta(seconds=400))
+                leases.expire_leases(now=now + timedelta(seconds=400))
                 outcomes.append(("swept", None))
             elif operation == "heartbeat":
                 worker.heartbeat(worker.statement("heartbeat", issued_at_ms=worker.next_ms()))

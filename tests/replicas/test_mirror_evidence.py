@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from escrow import coordinator as coordinator_module
-from escrow import services as escrow_services
+from escrow import leases as escrow_leases
 from hypertuna.exceptions import ApiError
 from replicas import services
 from replicas.models import MirrorCore
@@ -141,8 +141,8 @@ def unlock_with_gateway_evidence(relay_key: str, clock: Clock) -> dict:
         "sessionPublicKey": base64.b64encode(secrets.token_bytes(32)).decode(),
         "evidence": {"healthyPeers": 0, **({"mirror": mirror} if mirror else {})},
     }
-    request = escrow_services.parse_unlock(body)
-    return escrow_services.unlock(request=request, requester="gateway:test", now=clock.now)
+    request = escrow_leases.parse_unlock(body)
+    return escrow_leases.unlock(request=request, requester="gateway:test", now=clock.now)
 
 
 def test_a_mirror_complete_when_the_worker_left_is_granted_ten_times_the_max_age_later():

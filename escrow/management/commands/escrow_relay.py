@@ -15,7 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from escrow import selectors, services
+from escrow import leases, selectors, services
 from hypertuna.exceptions import ApiError
 
 
@@ -33,7 +33,7 @@ class Command(BaseCommand):
         action = options["action"]
         actor = f"operator:{options['operator'] or getpass.getuser()}"
         if action == "expire-now":
-            self.stdout.write(f"Swept {services.expire_leases()} relay(s).")
+            self.stdout.write(f"Swept {leases.expire_leases()} relay(s).")
             return
         relay_key = options["relay_key"]
         if not relay_key:
@@ -44,11 +44,9 @@ class Command(BaseCommand):
             if action == "status":
                 result: dict[str, Any] = selectors.relay_status(relay_key)
             elif action == "revoke-lease":
-                result = services.revoke(relay_key=relay_key, actor=actor, reason=options["reason"])
+                result = leases.revoke(relay_key=relay_key, actor=actor, reason=options["reason"])
             elif action == "revoke-deposit":
-                result = services.revoke(
-                    relay_key=relay_key, actor=actor, reason=options["reason"], revoke_deposit=True
-                )
+                result = leases.revoke(relay_key=relay_key, actor=actor, reason=options["reason"], revoke_deposit=True)
             else:
                 if not options["worker_key"]:
                     raise CommandError("rebind needs the new worker key (64 hex)")
