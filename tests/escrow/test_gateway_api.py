@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
+from django.db import connections
 from rest_framework.test import APIClient
 
 from escrow import coordinator as coordinator_module
@@ -23,6 +25,15 @@ class InProcessEscrow:
     """The escrow services behind the coordinator's client interface (same database, no TLS)."""
 
     def request(self, method, path, body=None):
+        try:
+            return self._answer(path, body)
+        finally:
+            # The coordinator calls from worker threads of an event loop's executor: like a remote escrow,
+            # keep no database session open in them (the test database could not be dropped at the end).
+            if threading.current_thread() is not threading.main_thread():
+                connections.close_all()
+
+    def _answer(self, path, body):
         try:
             if path == "/policy":
                 return selectors.policy_document()
