@@ -34,7 +34,7 @@ def explain(events: int, shapes: list[str], seed: int = 1) -> str:
             f = Filter.from_json(raw)
             limit = min(f.limit or settings.HYPERTUNA_REPLICA_MAX_LIMIT, settings.HYPERTUNA_REPLICA_MAX_LIMIT)
             statements = []
-            probe = queries._probe_sql(cached.relay_key, f, limit)
+            probe = queries._probe_sql(cached.relay_key, f, limit, postgres=True)
             if probe is not None:
                 statements.append(("probe", queries._with_json(cached.relay_key, *probe)))
             statements.append(("per-range plan", queries._filter_sql(cached.relay_key, f, limit, postgres=True)))

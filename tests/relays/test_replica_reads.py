@@ -67,7 +67,7 @@ def _slow_for(relay_key: str, seconds: float) -> Any:
     def answer(key: str, filters: Any, cap: int, *, postgres: bool) -> Iterator[Any]:
         if key != relay_key:
             return (yield from real(key, filters, cap, postgres=postgres))
-        yield ("SELECT pg_sleep(%s)", [seconds], False)
+        yield ("SELECT pg_sleep(%s)", [seconds])
         return []
 
     return answer
@@ -136,7 +136,7 @@ def test_a_read_whose_connection_was_terminated_reopens_it_and_answers():
 @needs_postgres
 def test_a_query_error_is_raised_and_the_connection_kept(monkeypatch):
     def failing(key: str, filters: Any, cap: int, *, postgres: bool) -> Iterator[Any]:
-        yield ("SELECT 1 / 0", [], False)
+        yield ("SELECT 1 / 0", [])
         return []
 
     async def reads() -> None:

@@ -150,3 +150,36 @@ def test_pair_expansion_and_in_list_plans_agree(relay_key, monkeypatch, expansio
         f = Filter.from_json(raw)
         expected = [e.id for e in apply_query(visible_events(events), [f])]
         assert ids(relay_key, raw) == expected
+
+
+def test_the_newest_events_probe_looks_authors_up_in_a_hash_when_its_plan_is_generic(relay_key):
+    """The probe runs prepared: once Postgres switches to the generic plan the values are parameters, and
+    50 authors must still be one hash probe a row, in the window's order (no join that loses it)."""
+    from django.db import connection
+
+    from replicas import queries
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements and their plans are Postgres's")
+    import psycopg
+
+    ingest(relay_key, [fake_event(author=i % 60, kind=1, created_at=T + i) for i in range(120)])
+    f = Filter.from_json({"authors": [pubkey(i) for i in range(50)], "kinds": [1, 6], "limit": 10})
+    probe = queries._probe_sql(relay_key, f, 10, postgres=True)
+    assert probe is not None
+    sql, params = queries._with_json(relay_key, *probe)
+    expected = [e.id for e in query_events(relay_key, [f])]
+    assert len(expected) == 10  # the probe answered alone (its window holds the limit)
+    raw = connection.connection
+    with raw.cursor() as cursor:
+        cursor.execute(sql, params, prepare=True)
+        assert [bytes(row[0]).hex() for row in cursor.fetchall()] == expected
+        # The probe's window is limit × PROBE_WINDOW (400) of the newest events.
+        cursor.execute("SELECT name FROM pg_prepared_statements WHERE statement LIKE %s", ["% LIMIT 400) w %"])
+        (name,) = cursor.fetchone()
+    with psycopg.ClientCursor(raw) as client:
+        client.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        client.execute(f"EXPLAIN (COSTS OFF) EXECUTE {name}({', '.join(['%s'] * len(params))})", params)
+        plan = "\n".join(row[0] for row in client.fetchall())
+    assert "hashed SubPlan" in plan, plan
+    assert "Hash Join" not in plan and "Hash Semi Join" not in plan, plan

@@ -170,15 +170,20 @@ def test_materialized_set_is_independent_of_arrival_order(db, seed, size, batch)
 @hsettings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
-@given(data=st.data(), window=st.sampled_from([1, 3, 40]))
-def test_random_filters_match_reference_through_the_newest_events_probe(corpus, data, window):
+@given(data=st.data(), window=st.sampled_from([1, 3, 40]), hashed_from=st.sampled_from([1, 9]))
+def test_random_filters_match_reference_through_the_newest_events_probe(corpus, data, window, hashed_from):
     """Every authors/kinds filter first probes the newest ``limit * window`` events: when the probe finds
-    the limit it answers alone (window 40), else the per-range plan answers (window 1); same result."""
+    the limit it answers alone (window 40), else the per-range plan answers (window 1); same result, with
+    authors and kinds looked up in a hash (Postgres) from one value on or from nine."""
     from unittest import mock
 
     from replicas import queries
 
     relay_key, events = corpus
     filters = data.draw(st.lists(_filter_strategy(events), min_size=1, max_size=3))
-    with mock.patch.object(queries, "PROBE_MIN_RANGES", 1), mock.patch.object(queries, "PROBE_WINDOW", window):
+    with (
+        mock.patch.object(queries, "PROBE_MIN_RANGES", 1),
+        mock.patch.object(queries, "PROBE_WINDOW", window),
+        mock.patch.object(queries, "HASHED_IN_MIN", hashed_from),
+    ):
         _check(relay_key, events, filters)
