@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 # is back; after that it is tried again like any registered peer.
 DOWN_MARK_SECONDS = 60.0
 USAGE_FLUSH_SECONDS = 30.0
+# How often the bridge's state is checked against what the sessions were told (one look, no I/O).
+BRIDGE_CHECK_SECONDS = 1.0
 BRIDGE_TOPICS = ("peer.wsframe", "peer.connected", "peer.disconnected")
 
 active_sessions = Gauge("gateway_active_sessions", "Open client WebSocket sessions on this node")
@@ -119,6 +121,7 @@ class Runtime:
             ),
             asyncio.create_task(self._refresh_groups(), name="gateway-group-refresh"),
             asyncio.create_task(self._publish_stats(), name="gateway-stats-publish"),
+            asyncio.create_task(_every(BRIDGE_CHECK_SECONDS, self._check_bridge), name="gateway-bridge-check"),
         ]
 
     def add(self, session: GatewaySession, connection: Callable[[], tuple[int | None, str]] | None = None) -> None:
@@ -208,6 +211,13 @@ class Runtime:
             logger.warning("lost the bridge; client sockets stay open while it reconnects")
         self.bridge_up = False
         await self._tell_sessions(up=False)
+
+    async def _check_bridge(self) -> None:
+        """By state as well as by event: a bridge connected again resumes the sessions even if the
+        ``bridge.reconnected`` that said so never reached :meth:`_deliver_pushes`."""
+        client = get_bridge()
+        if not self.bridge_up and client.connected:
+            self._bridge_back(client)
 
     def _bridge_back(self, client: BridgeClient) -> None:
         if self._restore is None or self._restore.done():

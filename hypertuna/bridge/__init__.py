@@ -3,16 +3,10 @@
 The RPC protocol is specified in ``bridge/README.md``.
 """
 
-from .client import (
-    PROTOCOL_VERSION,
-    BridgeClient,
-    BridgeEvent,
-    BridgeStream,
-    EventSubscription,
-    PeerResponse,
-)
+from .client import PROTOCOL_VERSION, BridgeClient
 from .errors import BridgeClientError, BridgeError, BridgeProtocolError, BridgeTimeout, BridgeUnavailable
 from .probe import probe
+from .results import BridgeEvent, BridgeStream, EventSubscription, PeerResponse
 
 __all__ = [
     "PROTOCOL_VERSION",

@@ -27,12 +27,12 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from .errors import BridgeError, BridgeProtocolError, BridgeTimeout, BridgeUnavailable
+from .results import BridgeEvent, BridgeStream, EventSubscription, PeerResponse, topic_matches
 
 logger = logging.getLogger(__name__)
 
@@ -40,184 +40,10 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class BridgeEvent:
-    """One server-pushed event (``peer.connected``, ``peer.register``, ...)."""
-
-    name: str
-    data: dict[str, Any]
-    seq: int = 0
-    time: int = 0
-
-
-@dataclass(frozen=True)
-class PeerResponse:
-    """A worker's answer to ``peer.request``."""
-
-    status_code: int
-    headers: dict[str, Any]
-    body: bytes
-
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def ndjson(self) -> list[Any]:
-        return [json.loads(line) for line in self.body.decode("utf-8").split("\n") if line.strip()]
-
-
-def _topic_matches(topics: Iterable[str], name: str) -> bool:
-    return any(t in ("*", name) or (t.endswith("*") and name.startswith(t[:-1])) for t in topics)
-
-
-class EventSubscription:
-    """Async iterator over events matching ``topics``; close it (or use ``async with``) when done."""
-
-    def __init__(self, client: BridgeClient, topics: tuple[str, ...], maxsize: int) -> None:
-        self._client = client
-        self.topics = topics
-        self._queue: asyncio.Queue[BridgeEvent | None] = asyncio.Queue(maxsize=maxsize)
-        self.dropped = 0
-        self.closed = False
-
-    def _offer(self, event: BridgeEvent) -> None:
-        if self.closed:
-            return
-        if self._queue.full():
-            # Keep the newest state changes: drop the oldest and remember the loss.
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(event)
-
-    async def get(self, timeout_s: float | None = None) -> BridgeEvent:
-        if self.dropped:
-            count, self.dropped = self.dropped, 0
-            return BridgeEvent("events.dropped", {"count": count})
-        try:
-            item = await asyncio.wait_for(self._queue.get(), timeout_s)
-        except TimeoutError:
-            raise BridgeTimeout("no event within timeout") from None
-        if item is None:
-            raise StopAsyncIteration
-        return item
-
-    def __aiter__(self) -> EventSubscription:
-        return self
-
-    async def __anext__(self) -> BridgeEvent:
-        if self.closed and self._queue.empty():
-            raise StopAsyncIteration
-        return await self.get()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._client._subscriptions.discard(self)
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
-
-    async def __aenter__(self) -> EventSubscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-
 @dataclass
 class _Pending:
     future: asyncio.Future[Any]
     stream: BridgeStream | None = None
-
-
-class BridgeStream:
-    """A streamed call: ``head`` (metadata sent before the chunks), chunks by async iteration,
-    ``result`` once exhausted. Use as ``async with client.stream(...) as s``."""
-
-    def __init__(self, client: BridgeClient, method: str, params: dict[str, Any], timeout: float, window: int) -> None:
-        self._client = client
-        self.method = method
-        self.params = params
-        self.timeout = timeout
-        self.window = window
-        self.id: int | None = None
-        self.head: dict[str, Any] | None = None
-        self.result: Any = None
-        self._head_ready: asyncio.Event = asyncio.Event()
-        self._chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        self._done = False
-        self._future: asyncio.Future[Any] | None = None
-
-    async def __aenter__(self) -> BridgeStream:
-        self._future = await self._client._send_call(self.method, {**self.params, "window": self.window}, stream=self)
-        head_wait = asyncio.ensure_future(self._head_ready.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {head_wait, self._future}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            head_wait.cancel()
-        if not done:
-            await self.cancel()
-            raise BridgeTimeout(f"{self.method}: no response within {self.timeout}s")
-        if self._future in done and not self._head_ready.is_set():
-            self._future.result()  # raises the call's error
-            raise BridgeProtocolError(f"{self.method} finished without a stream head")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self._done:
-            await self.cancel()
-
-    def _on_head(self, data: dict[str, Any]) -> None:
-        self.head = data
-        self._head_ready.set()
-
-    def _on_chunk(self, data: bytes) -> None:
-        self._chunks.put_nowait(data)
-
-    def _on_end(self, error: BaseException | None) -> None:
-        self._chunks.put_nowait(error)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                item = await asyncio.wait_for(self._chunks.get(), self.timeout)
-            except TimeoutError:
-                await self.cancel()
-                raise BridgeTimeout(f"{self.method}: stream stalled for {self.timeout}s") from None
-            if item is None:
-                self._done = True
-                assert self._future is not None
-                self.result = self._future.result()
-                return
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            # Credit is returned only once the consumer has taken the chunk: this is what bounds
-            # the bridge to `window` chunks in flight for a slow consumer.
-            await self._client._notify("stream.credit", {"id": self.id, "credits": 1})
-            yield item
-
-    async def read(self) -> bytes:
-        """Collect the whole stream (only for bodies known to be small enough)."""
-        parts = [chunk async for chunk in self]
-        return b"".join(parts)
-
-    async def cancel(self) -> None:
-        if self._done or self.id is None:
-            return
-        self._done = True
-        with contextlib.suppress(BridgeUnavailable):
-            await self._client._notify("stream.cancel", {"id": self.id})
 
 
 @dataclass
@@ -275,6 +101,8 @@ class BridgeClient:
         self._connect_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
         self._reconnect_task: asyncio.Task[None] | None = None
+        # A connection was lost and none has replaced it yet: the next one is announced (bridge.reconnected).
+        self._lost = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._slots: asyncio.Semaphore | None = None
         self.server_info: dict[str, Any] = {}
@@ -324,6 +152,12 @@ class BridgeClient:
             self._conn = conn
             self.server_info = conn.hello
             self._connected.set()
+            # Whoever connects after a loss (the reconnect loop, or a caller that found no loop running)
+            # tells the subscribers, so none waits for a reconnection that already happened.
+            if self._lost:
+                self._lost = False
+                logger.info("reconnected to the bridge")
+                self._dispatch(BridgeEvent("bridge.reconnected", {"server": conn.hello}))
             return conn.hello
 
     async def _open(self) -> _Conn:
@@ -419,6 +253,7 @@ class BridgeClient:
         if self._conn is conn:
             self._conn = None
             self._connected.clear()
+            self._lost = True
         self._fail_pending(conn, BridgeUnavailable(f"connection to the bridge lost: {reason}"))
         with contextlib.suppress(Exception):
             conn.writer.close()
@@ -428,18 +263,20 @@ class BridgeClient:
                 self._reconnect_task = asyncio.create_task(self._reconnect_loop(), name="bridge-client-reconnect")
 
     async def _reconnect_loop(self) -> None:
+        """Until connected: a connection lost again right after the handshake is re-established too, and
+        no failure ends the loop early (a loop that died would leave the client without a connection)."""
         delay = self.backoff_initial
         while not self._closed and not self.connected:
             try:
                 await self.connect()
+                continue
             except (BridgeUnavailable, BridgeError, BridgeProtocolError) as exc:
                 logger.debug("bridge reconnect failed: %s", exc)
-                # Full jitter keeps many web workers from reconnecting in lockstep after a restart.
-                await asyncio.sleep(random.uniform(0, delay))
-                delay = min(self.backoff_max, delay * 2)
-                continue
-            self._dispatch(BridgeEvent("bridge.reconnected", {"server": self.server_info}))
-            return
+            except Exception:
+                logger.warning("bridge reconnect failed unexpectedly; retrying", exc_info=True)
+            # Full jitter keeps many web workers from reconnecting in lockstep after a restart.
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(self.backoff_max, delay * 2)
 
     async def wait_connected(self, timeout_s: float | None = None) -> None:
         """Wait until connected (connecting now if never connected)."""
@@ -527,10 +364,10 @@ class BridgeClient:
     def _dispatch(self, event: BridgeEvent) -> None:
         local = event.name.startswith("bridge.")
         for sub in list(self._subscriptions):
-            if local or _topic_matches(sub.topics, event.name):
+            if local or topic_matches(sub.topics, event.name):
                 sub._offer(event)
         for topics, cb in list(self._callbacks):
-            if local or _topic_matches(topics, event.name):
+            if local or topic_matches(topics, event.name):
                 try:
                     result = cb(event)
                     if asyncio.iscoroutine(result):

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,6 +128,45 @@ async def test_lost_connection_fails_pending_calls_then_reconnects_with_subscrip
     await fake.push("peer.connected", {"peerKey": "k"})
     ev = await events.get(timeout_s=2)
     assert ev == BridgeEvent("peer.connected", {"peerKey": "k"}, 1, 0)
+    events.close()
+
+
+async def test_a_connection_made_by_a_caller_after_a_loss_is_announced(fake: FakeBridge) -> None:
+    """No reconnect loop (or one that has ended): the caller that connects again still tells subscribers,
+    who would otherwise wait for a reconnection that already happened."""
+    client = BridgeClient(socket_path=fake.path, call_timeout=5, reconnect=False)
+    await client.connect()
+    events = client.events("peer.*")
+    try:
+        await fake.drop_connections()
+        assert (await events.get(timeout_s=2)).name == "bridge.disconnected"
+        await client.wait_connected(2)
+        assert (await events.get(timeout_s=2)).name == "bridge.reconnected"
+        await client.connect()  # already connected: nothing more to announce
+        with pytest.raises(BridgeTimeout):
+            await events.get(timeout_s=0.2)
+    finally:
+        events.close()
+        await client.close()
+
+
+async def test_the_reconnect_loop_outlives_an_unexpected_failure(
+    client: BridgeClient, fake: FakeBridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = client.events("peer.*")
+    real_open, failures = client._open, [RuntimeError("a bug in the handshake")]
+
+    async def open_once_broken() -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_open()
+
+    monkeypatch.setattr(client, "_open", open_once_broken)
+    await fake.drop_connections()
+    assert (await events.get(timeout_s=2)).name == "bridge.disconnected"
+    assert (await events.get(timeout_s=3)).name == "bridge.reconnected"
+    assert not failures and client.connected
+    assert await client.call("echo", {"x": 1}) == {"echo": {"x": 1}}
     events.close()
 
 

@@ -89,22 +89,50 @@ async def test_a_request_failing_on_the_lost_bridge_is_not_the_workers_fault():
 class FakeBridgeClient:
     def __init__(self) -> None:
         self.dialled: list[str] = []
+        self.connected = True
 
     async def peer_connect(self, peer_key: str, *, timeout_ms: int | None = None) -> dict:
         self.dialled.append(peer_key)
         return {"peerKey": peer_key}
 
 
-async def test_runtime_tells_sessions_and_redials_their_workers_before_they_resume():
-    worker = FakeWorker()
-    bridge = BridgeSwitch({"p1": worker})
+def runtime_with_a_session() -> tuple[Runtime, Client]:
+    """A runtime holding one session of a relay whose worker is ``p1``."""
     client = Client()
-    session = session_on(bridge, client, RecordingHealth())
     rt = Runtime()
-    rt.add(session)
+    rt.add(session_on(BridgeSwitch({"p1": FakeWorker()}), client, RecordingHealth()))
+    return rt, client
+
+
+async def test_runtime_tells_sessions_and_redials_their_workers_before_they_resume():
+    rt, client = runtime_with_a_session()
     await rt.bridge_lost()
     assert client.frames == [["NOTICE", BRIDGE_DOWN_NOTICE]] and not rt.bridge_up
     fake = FakeBridgeClient()
     await rt._redial_then_resume(fake)  # type: ignore[arg-type]
     assert fake.dialled == ["p1"]
     assert rt.bridge_up and client.frames[-1] == ["NOTICE", BRIDGE_BACK_NOTICE]
+
+
+async def test_a_bridge_connected_again_resumes_the_sessions_even_without_its_event(monkeypatch):
+    """The check by state: the sessions were told the bridge went away, the client is connected again, and
+    the ``bridge.reconnected`` event never came; the next check resumes them all the same."""
+    import asyncio
+
+    from relays import runtime as runtime_module
+
+    rt, client = runtime_with_a_session()
+    fake = FakeBridgeClient()
+    fake.connected = False
+    monkeypatch.setattr(runtime_module, "get_bridge", lambda: fake)
+    await rt.bridge_lost()
+    await rt._check_bridge()  # still away: nothing to do
+    assert rt._restore is None and client.frames == [["NOTICE", BRIDGE_DOWN_NOTICE]]
+    fake.connected = True
+    await rt._check_bridge()
+    assert rt._restore is not None
+    await asyncio.wait_for(rt._restore, 2)
+    assert fake.dialled == ["p1"] and rt.bridge_up
+    assert client.frames[-1] == ["NOTICE", BRIDGE_BACK_NOTICE]
+    await rt._check_bridge()  # up: nothing more
+    assert client.frames.count(["NOTICE", BRIDGE_BACK_NOTICE]) == 1
