@@ -185,8 +185,7 @@ class Runtime:
                 if not client.connected:
                     await client.connect()
                 async with client.events(*BRIDGE_TOPICS) as events:
-                    if not self.bridge_up:  # connected again after a failed (re)connect of this loop
-                        self._bridge_back(client)
+                    await self._check_bridge()  # connected again after a failed (re)connect of this loop
                     async for event in events:
                         if event.name == "peer.wsframe":
                             self.deliver(event.data)
