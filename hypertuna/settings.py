@@ -208,14 +208,15 @@ else:
     _broker_dir = VAR_DIR / "celery-broker"
     for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    # The file-system transport needs no server; web, worker and beat share the folder.
+    # The file-system transport needs no server; web, worker and beat share the folder (hypertuna/broker.py
+    # makes its files appear whole, and claims messages inside it).
     CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT = "hypertuna.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
-        "data_folder_processed": str(_broker_dir / "processed"),
+        "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
-        "store_processed": False,
     }
 
 CELERY_TASK_IGNORE_RESULT = True
