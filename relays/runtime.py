@@ -221,6 +221,7 @@ class Runtime:
     def _bridge_back(self, client: BridgeClient) -> None:
         if self._restore is None or self._restore.done():
             self._restore = asyncio.create_task(self._redial_then_resume(client), name="gateway-bridge-restore")
+            self._restore.add_done_callback(_log_restore_failure)
 
     async def _redial_then_resume(self, client: BridgeClient) -> None:
         """A restarted bridge has an empty worker pool: dial the workers this node's sessions use (at once,
@@ -232,8 +233,12 @@ class Runtime:
         )
         failed = sum(isinstance(r, BaseException) for r in results)
         logger.info("bridge is back; sessions resume", extra={"workers": len(peers), "unreachable": failed})
-        self.bridge_up = True
-        await self._tell_sessions(up=True)
+        self.bridge_up = True  # before the sessions resume: what they start asks whether the bridge is up
+        try:
+            await self._tell_sessions(up=True)
+        except BaseException:
+            self.bridge_up = False  # not all were told: the next check tries again
+            raise
 
     async def _tell_sessions(self, *, up: bool) -> None:
         sessions = list(self.sessions.values())
@@ -367,3 +372,10 @@ def runtime() -> Runtime:
     if rt is None:
         rt = _runtimes[id(loop)] = Runtime()
     return rt
+
+
+def _log_restore_failure(task: asyncio.Task[None]) -> None:
+    """A failed resume is said at once (asyncio would say it only when the task is collected); the sessions
+    stay told the bridge is away, and the next :meth:`Runtime._check_bridge` tries again."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("resuming sessions after the bridge came back failed; retrying", extra={"error": repr(exc)})

@@ -136,3 +136,33 @@ async def test_a_bridge_connected_again_resumes_the_sessions_even_without_its_ev
     assert client.frames[-1] == ["NOTICE", BRIDGE_BACK_NOTICE]
     await rt._check_bridge()  # up: nothing more
     assert client.frames.count(["NOTICE", BRIDGE_BACK_NOTICE]) == 1
+
+
+async def test_a_resume_that_fails_is_logged_and_tried_again_by_the_next_check(monkeypatch, caplog):
+    import asyncio
+
+    from relays import runtime as runtime_module
+
+    rt, client = runtime_with_a_session()
+    fake = FakeBridgeClient()
+    monkeypatch.setattr(runtime_module, "get_bridge", lambda: fake)
+    await rt.bridge_lost()
+    tell = rt._tell_sessions
+    failures = iter([RuntimeError("sessions could not be told")])
+
+    async def tell_once_failing(*, up: bool) -> None:
+        if up and (failure := next(failures, None)) is not None:
+            raise failure
+        await tell(up=up)
+
+    monkeypatch.setattr(rt, "_tell_sessions", tell_once_failing)
+    await rt._check_bridge()
+    with caplog.at_level("WARNING", logger="relays.runtime"):
+        await asyncio.gather(rt._restore, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callback runs on the next turn of the loop
+    assert "resuming sessions after the bridge came back failed; retrying" in caplog.text
+    assert not rt.bridge_up and client.frames == [["NOTICE", BRIDGE_DOWN_NOTICE]]
+
+    await rt._check_bridge()
+    await asyncio.wait_for(rt._restore, 2)
+    assert rt.bridge_up and client.frames[-1] == ["NOTICE", BRIDGE_BACK_NOTICE]
