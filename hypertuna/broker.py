@@ -9,7 +9,8 @@ system's temporary folder, which may be another file system, where a move is a c
 Here every file appears under its final name only once complete (written under a name no reader matches,
 then renamed in one step), a consumer claims a message by renaming it into the broker's own
 ``processed`` folder (atomic: of two consumers exactly one gets it), and changes to an exchange table are
-serialised by one lock file and replace the table whole. Production uses Redis; this is the no-server
+serialised by one lock file and replace the table whole; a file a writer left half-written when it died is
+removed by a consumer once it is ``ABANDONED_AFTER_SECONDS`` old. Production uses Redis; this is the no-server
 default that web, worker and beat processes share.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,11 +32,22 @@ from kombu.transport import filesystem
 from kombu.utils.json import dumps, loads
 
 BINDINGS_LOCK = ".bindings.lock"
+PARTIAL = ".partial"
+# A file still being written after this long belongs to a writer that died mid-write.
+ABANDONED_AFTER_SECONDS = 300.0
+
+
+def _remove_if_abandoned(path: Path) -> None:
+    try:
+        if time.time() - path.stat().st_mtime > ABANDONED_AFTER_SECONDS:
+            path.unlink()
+    except FileNotFoundError:  # renamed into place, or removed by another consumer
+        pass
 
 
 def write_whole(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees either no file or all of it (never a part)."""
-    partial = path.with_name(f".{uuid.uuid4().hex}.partial")
+    partial = path.with_name(f".{uuid.uuid4().hex}{PARTIAL}")
     try:
         with open(partial, "wb") as file:
             file.write(data)
@@ -56,6 +69,8 @@ class Channel(filesystem.Channel):
         wanted = f"{queue}.msg"
         claimed_dir = Path(self.processed_folder)
         for name in sorted(os.listdir(self.data_folder_in)):
+            if name.endswith(PARTIAL):
+                _remove_if_abandoned(Path(self.data_folder_in) / name)
             if name.partition(".")[2] != wanted:
                 continue
             claimed = claimed_dir / f"{name}.{uuid.uuid4().hex}"

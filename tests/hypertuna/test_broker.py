@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from queue import Empty
 
 import pytest
 from kombu import Connection
 
-from hypertuna.broker import Channel
+from hypertuna.broker import ABANDONED_AFTER_SECONDS, Channel
 from tests.e2e.harness import ROOT
 
 PAYLOAD_BYTES = 256 * 1024  # large enough that a write takes several system calls
@@ -154,3 +155,15 @@ def test_a_fanout_publish_reaches_every_bound_queue(tmp_path):
     assert chan._get("a") == {"ping": 1} and chan._get("b") == {"ping": 1}
     with pytest.raises(Empty):
         chan._get("a")
+
+
+def test_a_file_left_by_a_producer_that_died_mid_write_is_removed_once_abandoned(tmp_path):
+    chan = channel(connect(tmp_path))
+    out = tmp_path / "out"
+    abandoned, fresh = out / ".dead.partial", out / ".writing.partial"
+    abandoned.write_bytes(b'{"half')
+    fresh.write_bytes(b'{"half')
+    os.utime(abandoned, (time.time() - ABANDONED_AFTER_SECONDS - 1,) * 2)
+    chan._put("q", {"n": 1})
+    assert chan._get("q") == {"n": 1}
+    assert not abandoned.exists() and fresh.exists()  # a write still under way is left to finish
