@@ -217,7 +217,8 @@ class EscrowCoordinator:
             pending.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._acquiring[relay_key] = pending
         try:
-            return await asyncio.wait_for(asyncio.shield(pending), self._answer_within)
+            async with asyncio.timeout(self._answer_within):  # not wait_for, which can lose a cancel on 3.11
+                return await asyncio.shield(pending)
         except TimeoutError:
             raise self.pending(relay_key) from None
 

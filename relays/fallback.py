@@ -310,7 +310,8 @@ class LeaseWriter:
         async def within(task: asyncio.Task[Any]) -> Any:
             timeout = None if deadline is None else max(deadline - loop.time(), 0.0)
             try:
-                return await asyncio.wait_for(asyncio.shield(task), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for, which can lose a cancel on Python 3.11
+                    return await asyncio.shield(task)
             except TimeoutError:
                 raise coordinator.pending(relay_key) from None
 

@@ -161,16 +161,15 @@ class BridgeClient:
             return conn.hello
 
     async def _open(self) -> _Conn:
+        # Timeout scopes, not ``asyncio.wait_for``: on Python 3.11 a cancel that came as the connection attempt
+        # failed was lost there (wait_for returned the failure), and the reconnect loop then never ended.
         try:
-            if self.socket_path:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_unix_connection(self.socket_path, limit=MAX_LINE_BYTES), self.connect_timeout
-                )
-            else:
-                assert self.tcp is not None
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.tcp[0], self.tcp[1], limit=MAX_LINE_BYTES), self.connect_timeout
-                )
+            async with asyncio.timeout(self.connect_timeout):
+                if self.socket_path:
+                    reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=MAX_LINE_BYTES)
+                else:
+                    assert self.tcp is not None
+                    reader, writer = await asyncio.open_connection(self.tcp[0], self.tcp[1], limit=MAX_LINE_BYTES)
         except (OSError, TimeoutError) as exc:
             raise BridgeUnavailable(f"cannot connect to the bridge: {exc}") from exc
         params: dict[str, Any] = {
@@ -183,7 +182,8 @@ class BridgeClient:
         try:
             writer.write((json.dumps({"id": 0, "method": "hello", "params": params}) + "\n").encode())
             await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                line = await reader.readline()
         except (OSError, TimeoutError) as exc:
             writer.close()
             raise BridgeUnavailable(f"bridge handshake failed: {exc}") from exc
@@ -274,6 +274,9 @@ class BridgeClient:
                 logger.debug("bridge reconnect failed: %s", exc)
             except Exception:
                 logger.warning("bridge reconnect failed unexpectedly; retrying", exc_info=True)
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError  # a cancel that what it interrupted swallowed still ends the loop
             # Full jitter keeps many web workers from reconnecting in lockstep after a restart.
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(self.backoff_max, delay * 2)
@@ -291,7 +294,8 @@ class BridgeClient:
                     raise
                 self._reconnect_task = asyncio.create_task(self._reconnect_loop(), name="bridge-client-reconnect")
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
         except TimeoutError:
             raise BridgeUnavailable("bridge not connected") from None
 
@@ -496,7 +500,8 @@ class BridgeClient:
     async def is_ready(self, timeout_s: float = 1.0) -> bool:
         """True when the bridge answers a ping within ``timeout_s``; never raises."""
         try:
-            await asyncio.wait_for(self.ping(timeout_s), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.ping(timeout_s)
         except (BridgeUnavailable, BridgeTimeout, BridgeError, BridgeProtocolError, TimeoutError):
             return False
         return True

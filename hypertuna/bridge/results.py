@@ -83,7 +83,8 @@ class EventSubscription:
             count, self.dropped = self.dropped, 0
             return BridgeEvent("events.dropped", {"count": count})
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                item = await self._queue.get()
         except TimeoutError:
             raise BridgeTimeout("no event within timeout") from None
         if item is None:
@@ -170,7 +171,8 @@ class BridgeStream:
     async def _iterate(self) -> AsyncIterator[bytes]:
         while True:
             try:
-                item = await asyncio.wait_for(self._chunks.get(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    item = await self._chunks.get()
             except TimeoutError:
                 await self.cancel()
                 raise BridgeTimeout(f"{self.method}: stream stalled for {self.timeout}s") from None

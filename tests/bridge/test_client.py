@@ -170,6 +170,30 @@ async def test_the_reconnect_loop_outlives_an_unexpected_failure(
     events.close()
 
 
+async def test_the_reconnect_loop_ends_when_cancelled_as_a_connect_attempt_fails(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel arrives in the same turn as the refused connection. Python 3.11's ``asyncio.wait_for``
+    returned the inner failure instead and lost the cancel, so the loop kept retrying for ever (an event
+    loop could not be closed: a test run hung at teardown)."""
+    client = BridgeClient(socket_path=str(sock_dir / "none.sock"), backoff_initial=0.05, backoff_max=0.1)
+    attempts: list[int] = []
+
+    async def refused_while_cancelled(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        task = client._reconnect_task
+        assert task is not None
+        asyncio.get_running_loop().call_soon(task.cancel)  # runs before the failure below reaches the loop
+        raise ConnectionRefusedError("nobody listens")
+
+    monkeypatch.setattr(asyncio, "open_unix_connection", refused_while_cancelled)
+    client._reconnect_task = asyncio.create_task(client._reconnect_loop())
+    done, _ = await asyncio.wait({client._reconnect_task}, timeout=2)
+    assert done and client._reconnect_task.cancelled()
+    assert attempts == [1]
+    await client.close()
+
+
 async def test_events_are_filtered_by_topic_and_callbacks_fire(client: BridgeClient, fake: FakeBridge) -> None:
     seen: list[str] = []
     remove = client.on_event(lambda e: seen.append(e.name), "peer.health")
