@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from queue import Empty
-from time import monotonic_ns
 from typing import Any
 
 from kombu.exceptions import ChannelError
@@ -62,7 +61,7 @@ class Channel(filesystem.Channel):
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         # The name sorts by enqueue time (zero-padded nanoseconds of the system-wide monotonic clock; kombu's
         # milliseconds left messages of the same millisecond in random order): consumers take the oldest first.
-        name = f"{monotonic_ns():020d}_{uuid.uuid4().hex}.{queue}.msg"
+        name = f"{time.monotonic_ns():020d}_{uuid.uuid4().hex}.{queue}.msg"
         write_whole(Path(self.data_folder_out) / name, dumps(payload).encode())
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
