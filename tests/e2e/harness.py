@@ -175,21 +175,27 @@ class Stack:
             time.sleep(0.2)
 
     def start(self) -> Stack:
-        if self._with_escrow:
-            self._start_escrow()
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-            timeout=180,
-        )
-        self.start_bridge()
-        self.procs.append(self._spawn("web", web_argv(sys.executable, "127.0.0.1", self.port)))
-        self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
-        if self._with_celery:
-            self.procs.append(self._spawn("celery", celery_argv(sys.executable, 1, self.var / "beat-schedule")))
-        self.wait_ready()
+        """Start every process; a start that fails stops what it started and drops the database (callers
+        stop a stack only once ``start`` has returned it)."""
+        try:
+            if self._with_escrow:
+                self._start_escrow()
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+                cwd=ROOT,
+                env=self.env,
+                check=True,
+                timeout=180,
+            )
+            self.start_bridge()
+            self.procs.append(self._spawn("web", web_argv(sys.executable, "127.0.0.1", self.port)))
+            self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
+            if self._with_celery:
+                self.procs.append(self._spawn("celery", celery_argv(sys.executable, 1, self.var / "beat-schedule")))
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
