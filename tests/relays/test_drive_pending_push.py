@@ -10,8 +10,7 @@ import pytest
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from hypertuna.bridge import BridgeError
-from hypertuna.bridge.client import PeerResponse
+from hypertuna.bridge import BridgeError, PeerResponse
 from hypertuna.compat import hmac_hex
 from relays import pending_push
 from replicas.drives import record_pending_write
