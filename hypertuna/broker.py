@@ -20,7 +20,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from queue import Empty
@@ -56,6 +56,11 @@ def write_whole(path: Path, data: bytes) -> None:
         raise ChannelError(f"cannot write {path}") from exc
 
 
+def _binding(routing_key: str, pattern: str, queue: str) -> list[str]:
+    """One row of an exchange table, as kombu stores it."""
+    return [routing_key or "", pattern or "", queue or ""]
+
+
 class Channel(filesystem.Channel):
     # kombu names the second parameter "message" in one base class and "payload" in the other.
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
@@ -66,15 +71,15 @@ class Channel(filesystem.Channel):
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         wanted = f"{queue}.msg"
-        claimed_dir = Path(self.processed_folder)
-        for name in sorted(os.listdir(self.data_folder_in)):
+        inbox, claimed_dir = Path(self.data_folder_in), Path(self.processed_folder)
+        for name in sorted(os.listdir(inbox)):
             if name.endswith(PARTIAL):
-                _remove_if_abandoned(Path(self.data_folder_in) / name)
+                _remove_if_abandoned(inbox / name)
             if name.partition(".")[2] != wanted:
                 continue
             claimed = claimed_dir / f"{name}.{uuid.uuid4().hex}"
             try:
-                os.rename(os.path.join(self.data_folder_in, name), claimed)
+                os.rename(inbox / name, claimed)
             except FileNotFoundError:  # another consumer claimed it first
                 continue
             try:
@@ -94,7 +99,8 @@ class Channel(filesystem.Channel):
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
-    def _update_table(self, exchange: str, change: Any) -> None:
+    def _update_table(self, exchange: str, change: Callable[[list[list[str]]], list[list[str]] | None]) -> None:
+        """Apply ``change`` to the exchange's table (``None``: leave it as it is) under the bindings lock."""
         with self._bindings_locked():
             table = [list(entry) for entry in self.get_table(exchange)]
             updated = change(table)
@@ -102,13 +108,13 @@ class Channel(filesystem.Channel):
                 write_whole(self._exchange_file(exchange), dumps(updated).encode())
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
-        entry = [routing_key or "", pattern or "", queue or ""]
+        entry = _binding(routing_key, pattern, queue)
         self._update_table(exchange, lambda table: None if entry in table else [entry, *table])
 
     def _delete(self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any, **kwargs: Any) -> None:
         # The virtual channel's own bookkeeping, skipping kombu's in-place rewrite of the table.
         super(filesystem.Channel, self)._delete(queue, exchange, routing_key, pattern, *args, **kwargs)
-        entry = [routing_key or "", pattern or "", queue or ""]
+        entry = _binding(routing_key, pattern, queue)
         self._update_table(exchange, lambda table: [e for e in table if e != entry] if entry in table else None)
 
 

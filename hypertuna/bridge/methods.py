@@ -90,10 +90,7 @@ class BridgeMethods(ABC):
         connect_timeout_ms: int | None,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"peerKey": peer_key, "method": method, "path": path, "headers": headers or {}}
-        if isinstance(body, bytes | bytearray):
-            params["bodyBase64"] = base64.b64encode(bytes(body)).decode("ascii")
-        elif body is not None:
-            params["body"] = body
+        _put_body(params, body)
         if timeout_ms:
             params["timeoutMs"] = timeout_ms
         if connect_timeout_ms:
@@ -167,10 +164,15 @@ class BridgeMethods(ABC):
     ) -> None:
         """Answer a ``peer.register`` event; the bridge relays it to the worker."""
         params: dict[str, Any] = {"registerId": register_id, "statusCode": status_code}
-        if isinstance(body, bytes | bytearray):
-            params["bodyBase64"] = base64.b64encode(bytes(body)).decode("ascii")
-        elif body is not None:
-            params["body"] = body
+        _put_body(params, body)
         if headers:
             params["headers"] = headers
         await self.call("register.reply", params)
+
+
+def _put_body(params: dict[str, Any], body: Any) -> None:
+    """Bytes travel base64-encoded (``bodyBase64``); anything else but ``None`` as JSON (``body``)."""
+    if isinstance(body, bytes | bytearray):
+        params["bodyBase64"] = base64.b64encode(bytes(body)).decode("ascii")
+    elif body is not None:
+        params["body"] = body

@@ -72,6 +72,12 @@ def _database_url(tmp: Path) -> tuple[str, Any]:
     return urlunsplit(parts._replace(path=f"/{name}")), drop
 
 
+def _migrate(env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=180
+    )
+
+
 class Stack:
     """One gateway node (bridge + web + event consumer [+ celery]) and any number of workers."""
 
@@ -157,13 +163,7 @@ class Stack:
             "HYPERTUNA_ESCROW_TLS_KEY": str(self.pki / "server-key.pem"),
             "HYPERTUNA_ESCROW_LISTEN_PORT": str(port),
         }
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
-            env=self.escrow_env,
-            check=True,
-            timeout=180,
-        )
+        _migrate(self.escrow_env)
         escrow = self._spawn("escrow", [sys.executable, "manage.py", "run_escrow"], env=self.escrow_env)
         self.procs.append(escrow)
         deadline = time.monotonic() + START_TIMEOUT
@@ -180,13 +180,7 @@ class Stack:
         try:
             if self._with_escrow:
                 self._start_escrow()
-            subprocess.run(
-                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-                cwd=ROOT,
-                env=self.env,
-                check=True,
-                timeout=180,
-            )
+            _migrate(self.env)
             self.start_bridge()
             self.procs.append(self._spawn("web", web_argv(sys.executable, "127.0.0.1", self.port)))
             self.procs.append(self._spawn("events", [sys.executable, "manage.py", "bridge_events"]))
