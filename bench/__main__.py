@@ -9,8 +9,11 @@ process), capacity (EVENT→OK/s through one node over several workers). ``pytho
 ``--events N`` sizes the replica data set (cached under var/bench-cache/), ``--sockets N`` the idle section,
 ``--workers N`` and ``--store memory|autobase`` the capacity section's workers.
 
-Every section prints its figures beside their goals; the run ends with the goal table (figure, goal, ratio)
-and writes every figure to ``bench/results/<UTC date-time>.json`` (format: bench/results/README.md).
+The run measures the host before and after the sections (:mod:`bench.hostspeed`: loopback round trip, one
+EVENT's parse and verification, Postgres ``SELECT 1``), so figures from different machines, or from one
+shared machine at different times, compare. Every section prints its
+figures beside their goals; the run ends with the goal table (figure, goal, ratio) and writes every figure to
+``bench/results/<UTC date-time>.json`` (format: bench/results/README.md).
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ def main(argv: list[str]) -> int:
     if "failover" in wanted:
         wanted.add("fallback")
     began = datetime.now(UTC)
+    from bench import hostspeed, summary
+
+    # The host's speed before and after the sections: on a shared host it changes within minutes.
+    host_speed = {"start": hostspeed.measure()}
+    print(hostspeed.report(host_speed["start"]), flush=True)
     sections: dict[str, Any] = {}
     for name in SECTIONS:  # in this order, whatever order they were named in
         if name not in wanted:
@@ -71,11 +79,11 @@ def main(argv: list[str]) -> int:
         else:
             print(module.report(sections[name]))
         print(f"  ({name} section took {time.monotonic() - started:.0f} s)", flush=True)
-    from bench import summary
-
+    host_speed["end"] = hostspeed.measure()
+    print(hostspeed.report(host_speed["end"], "host, after the sections"))
     print()
     print(summary.table(summary.goal_rows(sections)))
-    print(f"report: {summary.write_report(sections, argv, began)}")
+    print(f"report: {summary.write_report(sections, argv, began, host_speed)}")
     return 0
 
 

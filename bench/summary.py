@@ -141,15 +141,27 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_report(sections: dict[str, Any], argv: list[str], started: datetime, folder: Path = RESULTS_DIR) -> Path:
-    """``<folder>/<UTC start, YYYYmmddTHHMMSSZ>.json`` with every section's figures and the goal rows."""
+def write_report(
+    sections: dict[str, Any],
+    argv: list[str],
+    started: datetime,
+    host_speed: dict[str, Any] | None = None,
+    folder: Path = RESULTS_DIR,
+) -> Path:
+    """``<folder>/<UTC start, YYYYmmddTHHMMSSZ>.json`` with every section's figures, the goal rows and the host's
+    speed (:mod:`bench.hostspeed`, measured before and after the sections)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     report = {
         "started": started.isoformat(),
         "finished": datetime.now(UTC).isoformat(),
         "argv": argv,
-        "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus()},
+        "host": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": _cpus(),
+            "speed": host_speed,
+        },
         "sections": sections,
         "goals": [row.as_dict() for row in goal_rows(sections)],
     }
