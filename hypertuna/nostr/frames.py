@@ -115,10 +115,12 @@ def _decode(raw: str | bytes, limits: FrameLimits) -> object:
             raise too_large
     try:
         return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        # ValueError covers JSONDecodeError, NaN/Infinity and integers too long to convert;
-        # RecursionError covers absurdly deep nesting.
+    except ValueError:
+        # JSONDecodeError, NaN/Infinity and integers too long to convert.
         raise FrameError("message is not valid JSON") from None
+    except RecursionError:
+        # Valid JSON nested deeper than the decoder recurses (no NIP-01 message nests more than four levels).
+        raise FrameError("message nests too deeply") from None
 
 
 def _subscription_id(frame: list[Any], kind: str) -> str:
