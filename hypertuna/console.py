@@ -54,6 +54,11 @@ _CELERY_RECORD = re.compile(r"^\[[^\]]*: (?P<level>[A-Z]+)/(?P<logger>[^\]]+)\] 
 _ERROR_LEVELS = {"error", "critical", "fatal"}
 ERROR = "ERROR"
 _NOT_GRANTED = {"refused", "conflict", "error", "unavailable"}
+# What a lone refusal reason means to someone trying the offline fallback (escrow/policy.py has them all).
+_REASON_HINTS = {
+    "worker-heartbeat-recent": "the worker was heard from too recently: the escrow waits "
+    "HYPERTUNA_ESCROW_HEARTBEAT_SILENCE, 90 s by default; a later write asks again",
+}
 
 
 def short(key: object) -> str:
@@ -87,8 +92,10 @@ def notable(member: str, line: str) -> str | None:
     if logger.startswith("bridge") and msg == "lease closed":
         return f"lease closed: relay {short(record.get('relayKey'))} ({record.get('reason', '?')})"
     if msg == "escrow lease request" and record.get("result") in _NOT_GRANTED:
-        why = ", ".join(record.get("reasons") or []) or record["result"]
-        return f"lease request for relay {short(record.get('relay_key'))} not granted: {why}"
+        reasons = [str(reason) for reason in record.get("reasons") or []]
+        why = ", ".join(reasons) or record["result"]
+        hint = f" ({_REASON_HINTS[reasons[0]]})" if len(reasons) == 1 and reasons[0] in _REASON_HINTS else ""
+        return f"lease request for relay {short(record.get('relay_key'))} not granted: {why}{hint}"
     if record["level"].lower() in _ERROR_LEVELS:
         text = msg if len(msg) <= CONSOLE_MESSAGE_CHARS else msg[: CONSOLE_MESSAGE_CHARS - 1] + "…"
         error = record.get("error")
@@ -128,7 +135,8 @@ def ready_banner(
             f"    e.g.  nak event --sec <your 64-hex secret key> -c hello {url}",
             f"          nak req -k 1 {url}",
             "  See the offline fallback: `make demo-worker-stop`, publish and read again (the gateway serves the",
-            "  relay from its replica and writes under an escrow lease), then `make demo-worker-start`.",
+            "  relay from its replica, and writes under an escrow lease once the worker has been silent for",
+            "  HYPERTUNA_ESCROW_HEARTBEAT_SILENCE, 90 s by default), then `make demo-worker-start`.",
         ]
     lines += [
         "",

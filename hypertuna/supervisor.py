@@ -365,7 +365,11 @@ class Supervisor:
             member.restart_at = None
             stop_all([member])
             self.say(f"{name} stopped on request; `make demo-worker-start` starts it again")
-            return f"ok: {name} stopped; the gateway serves its relay from the replica now"
+            return (
+                f"ok: {name} stopped; the gateway serves its relay from the replica now, and accepts writes under"
+                " an escrow lease once the worker has been silent for HYPERTUNA_ESCROW_HEARTBEAT_SILENCE (90 s by"
+                " default)"
+            )
         if not member.gone:
             return f"ok: {name} is already running (pid {member.pid})"
         member.gone = False

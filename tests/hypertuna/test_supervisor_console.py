@@ -89,6 +89,20 @@ def test_idle_chatter_stays_in_the_log_files():
             + '", "result": "refused", "reasons": ["peer-online"]}',
             "lease request for relay cccccccccccc… not granted: peer-online",
         ),
+        (
+            '{"level": "INFO", "logger": "escrow.coordinator", "message": "escrow lease request", "relay_key": "'
+            + "c" * 64
+            + '", "result": "refused", "reasons": ["worker-heartbeat-recent"]}',
+            "lease request for relay cccccccccccc… not granted: worker-heartbeat-recent (the worker was heard from"
+            " too recently: the escrow waits HYPERTUNA_ESCROW_HEARTBEAT_SILENCE, 90 s by default; a later write"
+            " asks again)",
+        ),
+        (
+            '{"level": "INFO", "logger": "escrow.coordinator", "message": "escrow lease request", "relay_key": "'
+            + "c" * 64
+            + '", "result": "refused", "reasons": ["worker-heartbeat-recent", "mirror-stale"]}',
+            "lease request for relay cccccccccccc… not granted: worker-heartbeat-recent, mirror-stale",
+        ),
     ],
 )
 def test_errors_and_lease_events_reach_the_console(line, expected):
@@ -219,7 +233,9 @@ def test_a_requested_stop_of_the_demo_worker_is_no_crash_and_lasts_until_start(g
     supervisor, said = group
     bridge, web, demo = supervisor.members
     first = demo.process
-    assert supervisor.control("stop demo-worker").startswith("ok: demo-worker stopped")
+    reply = supervisor.control("stop demo-worker")
+    # The reply says when writes come back: the escrow's heartbeat-silence rule, not at once.
+    assert reply.startswith("ok: demo-worker stopped") and "HYPERTUNA_ESCROW_HEARTBEAT_SILENCE" in reply
     assert first.poll() is not None and demo.gone and demo.crashes == 0
     for _ in range(3):
         assert supervisor.tick() is None
