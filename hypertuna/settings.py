@@ -49,6 +49,14 @@ try:
     HYPERTUNA_REGISTRATION_TTL = env.int("HYPERTUNA_REGISTRATION_TTL", 300, min_value=10, max_value=86400)
     HYPERTUNA_REGISTRATION_WINDOW = env.int("HYPERTUNA_REGISTRATION_WINDOW", 300, min_value=5, max_value=3600)
     HYPERTUNA_REGISTRATION_MAX_PEERS = env.int("HYPERTUNA_REGISTRATION_MAX_PEERS", 64, min_value=1)
+    # A process keeps a relay's routing snapshot (its healthy peers) this many seconds at most before reading it
+    # from the database again; 0: until the relay's registration expires. The processes that change a relay's
+    # peers (bridge events, registrations) refresh a shared cache (Redis) at once, but a process-local cache
+    # (the embedded default) sees another process's change only by reading again.
+    HYPERTUNA_RELAY_SNAPSHOT_MAX_AGE = env.int("HYPERTUNA_RELAY_SNAPSHOT_MAX_AGE", 0 if REDIS_URL else 5, min_value=0)
+    # New sockets of a replicated relay skip a worker whose connection this node's bridge saw close, for this
+    # many seconds or until the bridge sees it again; after that the relay's snapshot decides.
+    HYPERTUNA_PEER_DOWN_MARK_SECONDS = env.int("HYPERTUNA_PEER_DOWN_MARK_SECONDS", 60, min_value=1, max_value=3600)
     HYPERTUNA_REGISTRATION_HISTORY_DAYS = env.int("HYPERTUNA_REGISTRATION_HISTORY_DAYS", 7, min_value=1)
     HYPERTUNA_TOKEN_TTL = env.int("HYPERTUNA_TOKEN_TTL", 3600, min_value=30, max_value=30 * 86400)
     HYPERTUNA_TOKEN_MAX_TTL = env.int("HYPERTUNA_TOKEN_MAX_TTL", 7 * 86400, min_value=60)
@@ -209,8 +217,9 @@ else:
     for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     # The file-system transport needs no server; web, worker and beat share the folder (hypertuna/broker.py
-    # makes its files appear whole, and claims messages inside it).
-    CELERY_BROKER_URL = "filesystem://"
+    # makes its files appear whole, and claims messages inside it). The host is never used; without one kombu
+    # warns "No hostname was supplied" on every connection.
+    CELERY_BROKER_URL = "filesystem://localhost/"
     CELERY_BROKER_TRANSPORT = "hypertuna.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),

@@ -265,8 +265,7 @@ def refresh_relay_cache(relay_key: str) -> None:
     if relay is None or not relay.is_live:
         cache.delete(key)
         return
-    snap = selectors.build_snapshot(relay)
-    cache.set(key, snap.to_cache(), timeout=max(1, int(snap.expires_at - time.time())))
+    selectors.cache_snapshot(selectors.build_snapshot(relay), time.time())
 
 
 def unregister_relay(*, relay_key: str, signature: str | None) -> bool:

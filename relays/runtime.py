@@ -46,9 +46,6 @@ from relays.session import GatewaySession
 
 logger = logging.getLogger(__name__)
 
-# How long a worker whose connection closed is skipped by new sockets of a replicated relay when nothing says it
-# is back; after that it is tried again like any registered peer.
-DOWN_MARK_SECONDS = 60.0
 USAGE_FLUSH_SECONDS = 30.0
 # How often the bridge's state is checked against what the sessions were told (one look, no I/O).
 BRIDGE_CHECK_SECONDS = 1.0
@@ -258,12 +255,12 @@ class Runtime:
             session.peer_changed(peer, up=name == "peer.connected")
 
     def peer_down(self, peer: str) -> bool:
-        """Whether this node's bridge saw ``peer``'s connection close within ``DOWN_MARK_SECONDS`` and not open
-        again since."""
+        """Whether this node's bridge saw ``peer``'s connection close within ``HYPERTUNA_PEER_DOWN_MARK_SECONDS``
+        and not open again since (after that, the relay's snapshot says whether it is tried again)."""
         at = self.down_peers.get(peer)
         if at is None:
             return False
-        if time.monotonic() - at > DOWN_MARK_SECONDS:
+        if time.monotonic() - at > settings.HYPERTUNA_PEER_DOWN_MARK_SECONDS:
             del self.down_peers[peer]
             return False
         return True

@@ -76,8 +76,17 @@ def live_relay(relay_key: str) -> RelaySnapshot | None:
     if relay is None or relay.expires_at.timestamp() <= now:
         return None
     snap = build_snapshot(relay)
-    cache.set(snapshot_key(relay_key), snap.to_cache(), timeout=max(1, int(snap.expires_at - now)))
+    cache_snapshot(snap, now)
     return snap
+
+
+def cache_snapshot(snap: RelaySnapshot, now: float) -> None:
+    """Cache ``snap`` until its relay expires, or ``HYPERTUNA_RELAY_SNAPSHOT_MAX_AGE`` seconds when that is set
+    (a process-local cache, which other processes' changes never reach)."""
+    timeout = max(1, int(snap.expires_at - now))
+    if settings.HYPERTUNA_RELAY_SNAPSHOT_MAX_AGE:
+        timeout = min(timeout, settings.HYPERTUNA_RELAY_SNAPSHOT_MAX_AGE)
+    cache.set(snapshot_key(snap.relay_key), snap.to_cache(), timeout=timeout)
 
 
 def offline_snapshot(relay_key: str) -> RelaySnapshot | None:

@@ -345,12 +345,18 @@ def _make(target: str, var_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+DOWN_MARK_SECONDS = 2
+SNAPSHOT_MAX_AGE_SECONDS = 5  # HYPERTUNA_RELAY_SNAPSHOT_MAX_AGE without REDIS_URL
+
+
 @pytest.mark.e2e
 def test_make_run_console_open_relay_and_demo_worker_stop_start(tmp_path):
     var_dir = tmp_path / "var"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "HYPERTUNA_VAR_DIR")}
     # make run's own default (CI lowers the level for the test run, which would keep INFO lines out of the logs).
     env["HYPERTUNA_LOG_LEVEL"] = "INFO"
+    # Past this, new sockets go by the relay's snapshot alone (checked after the demo worker stops).
+    env["HYPERTUNA_PEER_DOWN_MARK_SECONDS"] = str(DOWN_MARK_SECONDS)
     argv = [sys.executable, "-m", "hypertuna.supervisor", "--var-dir", str(var_dir)]
     argv += ["--port", str(free_port()), "--escrow-port", str(free_port())]
     controller, terminal = os.openpty()
@@ -403,6 +409,18 @@ def test_make_run_console_open_relay_and_demo_worker_stop_start(tmp_path):
             assert time.monotonic() < deadline, "the stopped worker's relay is not served from the replica"
             time.sleep(1)
         assert _make("demo-worker-stop", var_dir).stdout.strip() == "demo-worker is not running"
+
+        # Once the web process's own mark of the closed connection has lapsed, a new socket is still not sent
+        # to the stopped worker (which would cost it the peer request timeout): the web process reads the
+        # relay's snapshot again (its cache is its own; the events process marked the worker unreachable in
+        # the database) and writes are refused at once (the escrow's heartbeat silence has not passed).
+        web_log = var_dir / "log" / "web.log"
+        tried_before = web_log.read_text().count("peer failed for session")
+        time.sleep(DOWN_MARK_SECONDS + SNAPSHOT_MAX_AGE_SECONDS + 1)
+        late = sign_event(PrivateKey().secret, kind=1, content="after the mark lapsed")
+        answer = asyncio.run(_exchange(url, ["EVENT", late.to_dict()], "OK"))[-1]
+        assert answer[:3] == ["OK", late.id, False] and "read-only" in answer[3], answer
+        assert web_log.read_text().count("peer failed for session") == tried_before, web_log.read_text()[-3000:]
 
         started = _make("demo-worker-start", var_dir)
         assert started.returncode == 0 and "demo-worker started" in started.stdout, started

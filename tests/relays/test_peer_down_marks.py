@@ -15,7 +15,7 @@ from hypertuna.asgi import application
 from relays import consumers
 from relays import runtime as runtime_module
 from relays.consumers import RelayConsumer
-from relays.runtime import DOWN_MARK_SECONDS, Runtime
+from relays.runtime import Runtime
 from tests.conftest import hex_key
 from tests.relays.test_fallback import mirror, recv, register, signed
 from tests.relays.test_peer_changes import HangingTransport, HangingWorker
@@ -33,14 +33,15 @@ def test_a_closed_connection_marks_the_peer_down_until_it_connects_again(monkeyp
     assert not rt.peer_down(A)
 
 
-def test_a_benign_close_is_no_mark_and_a_mark_ages_out(monkeypatch):
+def test_a_benign_close_is_no_mark_and_a_mark_ages_out(monkeypatch, settings):
+    settings.HYPERTUNA_PEER_DOWN_MARK_SECONDS = 45
     now = [1_000.0]
     monkeypatch.setattr(runtime_module.time, "monotonic", lambda: now[0])
     rt = Runtime()
     rt.peer_changed("peer.disconnected", {"peerKey": A, "reason": next(iter(runtime_module.BENIGN_CLOSES))})
     assert not rt.peer_down(A)
     rt.peer_changed("peer.disconnected", {"peerKey": A, "reason": "error"})
-    now[0] += DOWN_MARK_SECONDS - 1
+    now[0] += 44
     assert rt.peer_down(A)
     now[0] += 2
     assert not rt.peer_down(A) and A not in rt.down_peers

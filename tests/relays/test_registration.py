@@ -190,6 +190,23 @@ def test_cached_snapshot_is_not_served_past_expiry(api):
     assert selectors.live_relay(key) is None
 
 
+@pytest.mark.parametrize("max_age", [0, 1])
+def test_a_snapshot_is_read_again_after_its_max_age(api, settings, max_age):
+    """Another process marks a peer unreachable in the database without reaching this process's cache (the
+    embedded default's cache is per process): with a max age the snapshot drops the peer once that age has
+    passed; without one (a shared cache, refreshed by whoever changes it) the cached snapshot stands."""
+    settings.HYPERTUNA_RELAY_SNAPSHOT_MAX_AGE = max_age
+    key = hex_key()
+    registration = make_registration(key)
+    assert register(api, registration).status_code == 200
+    gone = registration["peers"][0]
+    assert gone in selectors.live_relay(key).peers
+    Peer.objects.filter(relay__relay_key=key, peer_key=gone).update(unreachable_since=timezone.now())
+    assert gone in selectors.live_relay(key).peers  # cached
+    time.sleep(1.2)
+    assert (gone in selectors.live_relay(key).peers) is (max_age == 0)
+
+
 def test_unregister_with_header_signature(api):
     key = hex_key()
     assert register(api, make_registration(key)).status_code == 200
