@@ -54,10 +54,12 @@ _CELERY_RECORD = re.compile(r"^\[[^\]]*: (?P<level>[A-Z]+)/(?P<logger>[^\]]+)\] 
 _ERROR_LEVELS = {"error", "critical", "fatal"}
 ERROR = "ERROR"
 _NOT_GRANTED = {"refused", "conflict", "error", "unavailable"}
+# When the escrow grants a lease for a stopped worker (escrow/policy.py): after this much silence from it.
+HEARTBEAT_SILENCE = "HYPERTUNA_ESCROW_HEARTBEAT_SILENCE, 90 s by default"
 # What a lone refusal reason means to someone trying the offline fallback (escrow/policy.py has them all).
 _REASON_HINTS = {
-    "worker-heartbeat-recent": "the worker was heard from too recently: the escrow waits "
-    "HYPERTUNA_ESCROW_HEARTBEAT_SILENCE, 90 s by default; a later write asks again",
+    "worker-heartbeat-recent": f"the worker was heard from too recently: the escrow waits {HEARTBEAT_SILENCE}; "
+    "a later write asks again",
 }
 
 
@@ -136,7 +138,7 @@ def ready_banner(
             f"          nak req -k 1 {url}",
             "  See the offline fallback: `make demo-worker-stop`, publish and read again (the gateway serves the",
             "  relay from its replica, and writes under an escrow lease once the worker has been silent for",
-            "  HYPERTUNA_ESCROW_HEARTBEAT_SILENCE, 90 s by default), then `make demo-worker-start`.",
+            f"  {HEARTBEAT_SILENCE}), then `make demo-worker-start`.",
         ]
     lines += [
         "",

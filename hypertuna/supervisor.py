@@ -36,7 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypertuna.console import Console, ControlServer, control_socket_path, ready_banner, wait_demo_relay, wait_ready
+from hypertuna.console import (
+    HEARTBEAT_SILENCE,
+    Console,
+    ControlServer,
+    control_socket_path,
+    ready_banner,
+    wait_demo_relay,
+    wait_ready,
+)
 from hypertuna.webserver import web_argv
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -367,8 +375,7 @@ class Supervisor:
             self.say(f"{name} stopped on request; `make demo-worker-start` starts it again")
             return (
                 f"ok: {name} stopped; the gateway serves its relay from the replica now, and accepts writes under"
-                " an escrow lease once the worker has been silent for HYPERTUNA_ESCROW_HEARTBEAT_SILENCE (90 s by"
-                " default)"
+                f" an escrow lease once the worker has been silent for {HEARTBEAT_SILENCE}"
             )
         if not member.gone:
             return f"ok: {name} is already running (pid {member.pid})"
