@@ -6,12 +6,14 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from hypertuna import supervisor
-from hypertuna.supervisor import GIVE_UP_AFTER, Member, Supervisor, demo_member, ensure_operator, stop_all
+from hypertuna.firstrun import ensure_operator
+from hypertuna.supervisor import GIVE_UP_AFTER, Member, Supervisor, demo_member, stop_all
 
 CRASH = [sys.executable, "-c", "import sys; sys.exit(3)"]
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -144,3 +146,35 @@ def test_the_operator_password_is_returned_once_at_creation_and_kept_0600(tmp_pa
     assert password_file.read_text().strip() == first
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
     assert ensure_operator(env, tmp_path) is None  # later starts do not print it again
+
+
+def test_a_member_others_talk_to_is_stopped_after_they_have_exited(tmp_path, members):
+    """Each member writes when it got SIGTERM; the others take a moment to exit. The bridge's line comes after
+    every other member has exited, not beside theirs."""
+    journal = tmp_path / "journal"
+
+    def member(name: str, linger: float, **options: object) -> Member:
+        script = (
+            "import signal, sys, time\n"
+            f"def stop(*_):\n"
+            f"    open({str(journal)!r}, 'a').write('{name} got SIGTERM\\n')\n"
+            f"    time.sleep({linger})\n"
+            f"    open({str(journal)!r}, 'a').write('{name} exited\\n')\n"
+            "    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, stop)\n"
+            f"open({str(journal)!r}, 'a').write('{name} ready\\n')\n"
+            "time.sleep(60)\n"
+        )
+        return Member(name, [sys.executable, "-c", script], **options)  # type: ignore[arg-type]
+
+    group = [member("bridge", 0.0, stops_last=True), member("web", 0.5), member("events", 0.3)]
+    for m in group:
+        start(members, m)
+    deadline = time.monotonic() + 30
+    while not journal.exists() or journal.read_text().count(" ready") < len(group):  # handlers in place
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stop_all(group)
+    lines = journal.read_text().splitlines()
+    assert lines.index("bridge got SIGTERM") > max(lines.index("web exited"), lines.index("events exited")), lines
+    assert all(m.process is not None and m.process.poll() is not None for m in group)
