@@ -111,14 +111,11 @@ async def test_events_materialized_later_arrive_live(offline):
     await communicator.disconnect()
 
 
-async def offline_reader_and_writer(
-    monkeypatch, appended: list
-) -> tuple[str, WebsocketCommunicator, WebsocketCommunicator]:
-    """A peerless, mirrored relay whose lease writer accepts every event (recorded in ``appended``), and two
-    sockets of it."""
+async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch):
     key = hex_key()
     await database_sync_to_async(register)(key, [])
     await database_sync_to_async(mirror)(key, [])
+    appended = []
 
     async def accept(self, relay_key, event):
         appended.append((relay_key, event.id))
@@ -129,12 +126,6 @@ async def offline_reader_and_writer(
     writer = WebsocketCommunicator(application, f"/{key}")
     await reader.connect()
     await writer.connect()
-    return key, reader, writer
-
-
-async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch):
-    appended: list = []
-    key, reader, writer = await offline_reader_and_writer(monkeypatch, appended)
     await reader.send_to(json.dumps(["REQ", "live", {"authors": [KEY.public_key_xonly.format().hex()]}]))
     assert await recv(reader) == ["EOSE", "live"]
     event = signed("written under a lease", 500)
@@ -156,7 +147,18 @@ async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch)
 async def test_a_leased_write_reaches_live_subscribers_at_once_not_at_their_next_poll(offline, monkeypatch, settings):
     """The replica is polled once a minute here: only the live fan-out can bring the event within seconds."""
     settings.HYPERTUNA_POLL_INTERVAL_MS = 60_000
-    _, reader, writer = await offline_reader_and_writer(monkeypatch, [])
+    key = hex_key()
+    await database_sync_to_async(register)(key, [])
+    await database_sync_to_async(mirror)(key, [])
+
+    async def accept(self, relay_key, event):
+        return "accepted"
+
+    monkeypatch.setattr(LeaseWriter, "append", accept)
+    reader = WebsocketCommunicator(application, f"/{key}")
+    writer = WebsocketCommunicator(application, f"/{key}")
+    await reader.connect()
+    await writer.connect()
     await reader.send_to(json.dumps(["REQ", "live", {"kinds": [1]}]))
     await writer.send_to(json.dumps(["REQ", "own", {"kinds": [1]}]))
     assert await recv(reader) == ["EOSE", "live"]
