@@ -255,8 +255,6 @@ class RelayConsumer(AsyncWebsocketConsumer):
         if self._token_watch is not None and self._token_watch is not asyncio.current_task():
             self._token_watch.cancel()
             await asyncio.wait({self._token_watch})
-        if self.fallback is not None:
-            runtime().drop_fallback(self.fallback)
         if self.session is not None:
             await self.session.stop()
             runtime().remove(self.session)

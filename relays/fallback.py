@@ -7,9 +7,10 @@
   — the coordinator sends the escrow its evidence (no healthy peer, mirror freshness) and the escrow
   decides. With a lease the bridge appends the event to the relay's Autobase as the leased gateway writer
   (``lease.open`` once per lease, then ``lease.append`` with the fencing token), the event is materialized
-  into the replica at once as pending (``replicas.pending``: REQs on every node answer it, other nodes'
-  fallback polls deliver it live) and is delivered live to this node's other fallback subscribers of the
-  relay. Without a lease the client is told the relay is read-only (``OK false``, ``blocked:``).
+  into the replica at once as pending (``replicas.pending``: REQs on every node answer it), and the session
+  hands it to the node's live fan-out (``relays.fanout``) like an event a worker accepted: the relay's
+  subscribers on every node get it at once, not at their next poll of the replica. Without a lease the
+  client is told the relay is read-only (``OK false``, ``blocked:``).
 - **Bounded answer.** A write is answered within the coordinator's ``answer_within`` (plus one short step):
   the lease request, the bridge opening the relay as a writer (started in the background as soon as a lease
   is granted) and the append all go on in the background past it, and the client is told ``blocked: … retry
@@ -27,7 +28,6 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +49,6 @@ from hypertuna.nostr import (
     ReqMessage,
     eose_frame,
     event_frame_head,
-    matches_any,
     notice_frame,
     ok_frame,
 )
@@ -129,8 +128,7 @@ class _Sub:
     filters: tuple[Filter, ...]
     newest: int | None = None
     seen_at_newest: set[str] = field(default_factory=set)
-    # Ids delivered lately, in order: an event both offered live by this node and found by the poll in the
-    # replica (a leased write is both) is delivered once, whichever comes first.
+    # Ids delivered lately, in order: an event found twice by the poll (at the newest second) is sent once.
     recent: dict[str, None] = field(default_factory=dict)
 
     def note(self, event_id: str, created_at: int) -> bool:
@@ -349,14 +347,12 @@ class LeaseWriter:
 
 
 class ReplicaFallback:
-    """``session.Fallback`` for one socket: replica reads, leased writes, live fan-out on this node."""
+    """``session.Fallback`` for one socket: replica reads, leased writes, live events found in the replica."""
 
-    def __init__(self, *, relay_key: str, writer: LeaseWriter, peers_of_relay: Any) -> None:
+    def __init__(self, *, relay_key: str, writer: LeaseWriter) -> None:
         self.relay_key = relay_key
         self.writer = writer
         self._subs: dict[str, _Sub] = {}
-        self._pending: list[str] = []
-        self._siblings = peers_of_relay  # callable: other fallbacks of this relay on this node
 
     async def handle(self, message: EventMessage | ReqMessage | CloseMessage, raw: str) -> Sequence[Frame] | None:
         if isinstance(message, ReqMessage):
@@ -392,8 +388,6 @@ class ReplicaFallback:
             # Also for a duplicate: the first attempt may have been answered "retry" before it was stored.
             await materialize_leased(self.relay_key, event)
         if result == "accepted":
-            for sibling in self._siblings():
-                sibling.offer(event.id, event.created_at, event)
             return [ok_frame(event.id, True, "")]
         if result == "duplicate":
             return [ok_frame(event.id, True, "duplicate: the relay already has this event")]
@@ -404,18 +398,10 @@ class ReplicaFallback:
             ]
         return [ok_frame(event.id, False, "error: the gateway could not write this event; try again")]
 
-    def offer(self, event_id: str, created_at: int, event: Any) -> None:
-        """A live event written through this node: queue it for matching subscriptions."""
-        for sub_id, sub in self._subs.items():
-            if matches_any(sub.filters, event) and sub.note(event_id, created_at):
-                self._pending.append(
-                    json.dumps(["EVENT", sub_id, event.to_dict()], ensure_ascii=False, separators=(",", ":"))
-                )
-
     async def poll(self) -> list[Frame]:
-        """Live events since the last answer: written here, or newly materialized from the mirror."""
-        frames: list[Frame] = list(self._pending)
-        self._pending = []
+        """Live events since the last answer, newly materialized (from the mirror, or leased writes of other
+        sockets: those came live through the fan-out already, and the session drops them by id)."""
+        frames: list[Frame] = []
         for sub_id, sub in list(self._subs.items()):
             if sub.newest is None:
                 since_filters = sub.filters

@@ -71,7 +71,6 @@ class Runtime:
         # reports them connected again or the mark ages out: the registry may still list them as healthy for a
         # while (its snapshot is cached, and without Redis each process caches its own).
         self.down_peers: dict[str, float] = {}
-        self.fallbacks: dict[str, set[ReplicaFallback]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._writer: LeaseWriter | None = None
         # channel name -> (channel layer, group, the consumer's task) of each open socket of this node.
@@ -88,23 +87,10 @@ class Runtime:
         self._published_at = 0.0
 
     def fallback_for(self, relay_key: str) -> ReplicaFallback:
-        """A fallback for one socket of ``relay_key``, linked to this node's other sockets of the relay."""
+        """A fallback for one socket of ``relay_key`` (the node's one lease writer)."""
         if self._writer is None:
             self._writer = LeaseWriter(get_bridge())
-        fallback = ReplicaFallback(
-            relay_key=relay_key,
-            writer=self._writer,
-            peers_of_relay=lambda: list(self.fallbacks.get(relay_key, ())),
-        )
-        self.fallbacks.setdefault(relay_key, set()).add(fallback)
-        return fallback
-
-    def drop_fallback(self, fallback: ReplicaFallback) -> None:
-        group = self.fallbacks.get(fallback.relay_key)
-        if group is not None:
-            group.discard(fallback)
-            if not group:
-                del self.fallbacks[fallback.relay_key]
+        return ReplicaFallback(relay_key=relay_key, writer=self._writer)
 
     def ensure_started(self) -> None:
         if self._tasks and not all(t.done() for t in self._tasks):

@@ -286,14 +286,15 @@ class GatewaySession(SessionPolling):
             self._schedule.settled(message.subscription_id)
         frames, from_worker = await self._forward(raw, message)
         await self._relay_frames(frames)
-        if not from_worker or self._closed:
+        if self._closed:
             return
-        if isinstance(message, ReqMessage):
+        if from_worker and isinstance(message, ReqMessage):
             self._await_eose(message.subscription_id)
         elif isinstance(message, EventMessage):
-            if self._subscriptions and not self.pushing():  # a pushing worker pushes the live copies
+            if from_worker and self._subscriptions and not self.pushing():  # a pushing worker pushes live copies
                 self._schedule.poll_now()
                 self._wake.set()
+            # Stored by a worker or under the escrow lease: live to the relay's sockets on every node now.
             if self._on_accepted is not None and accepted_event(frames, message.event.id):
                 await self._on_accepted(message.event)
 

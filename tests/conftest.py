@@ -66,6 +66,21 @@ def _clean_cache() -> Any:
     SyncToAsync.single_thread_executor.submit(connections.close_all).result()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer_and_runtime() -> Any:
+    """Each test's event loop gets its own channel layer and gateway runtime. channels-redis keeps a lock per
+    receiving channel prefix that a message's clean-up task releases; a test whose loop ended before that task
+    ran left the lock held and bound to the dead loop, and the next test's consumers on the same layer failed
+    with "bound to a different event loop". The runtimes are keyed by the loop's id, which a new loop reuses."""
+    from channels.layers import channel_layers
+
+    from relays import runtime
+
+    yield
+    channel_layers.backends.clear()
+    runtime._runtimes.clear()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _flush_past_the_audit_truncate_guard() -> Any:
     """The test runner empties a Postgres database with one TRUNCATE of every table, which the escrow audit

@@ -111,11 +111,14 @@ async def test_events_materialized_later_arrive_live(offline):
     await communicator.disconnect()
 
 
-async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch):
+async def offline_reader_and_writer(
+    monkeypatch, appended: list
+) -> tuple[str, WebsocketCommunicator, WebsocketCommunicator]:
+    """A peerless, mirrored relay whose lease writer accepts every event (recorded in ``appended``), and two
+    sockets of it."""
     key = hex_key()
     await database_sync_to_async(register)(key, [])
     await database_sync_to_async(mirror)(key, [])
-    appended = []
 
     async def accept(self, relay_key, event):
         appended.append((relay_key, event.id))
@@ -126,6 +129,12 @@ async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch)
     writer = WebsocketCommunicator(application, f"/{key}")
     await reader.connect()
     await writer.connect()
+    return key, reader, writer
+
+
+async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch):
+    appended: list = []
+    key, reader, writer = await offline_reader_and_writer(monkeypatch, appended)
     await reader.send_to(json.dumps(["REQ", "live", {"authors": [KEY.public_key_xonly.format().hex()]}]))
     assert await recv(reader) == ["EOSE", "live"]
     event = signed("written under a lease", 500)
@@ -142,6 +151,34 @@ async def test_leased_write_is_acknowledged_and_fanned_out(offline, monkeypatch)
     assert await recv(late) == ["EOSE", "s"]
     for communicator in (reader, writer, late):
         await communicator.disconnect()
+
+
+async def test_a_leased_write_reaches_live_subscribers_at_once_not_at_their_next_poll(offline, monkeypatch, settings):
+    """The replica is polled once a minute here: only the live fan-out can bring the event within seconds."""
+    settings.HYPERTUNA_POLL_INTERVAL_MS = 60_000
+    _, reader, writer = await offline_reader_and_writer(monkeypatch, [])
+    await reader.send_to(json.dumps(["REQ", "live", {"kinds": [1]}]))
+    await writer.send_to(json.dumps(["REQ", "own", {"kinds": [1]}]))
+    assert await recv(reader) == ["EOSE", "live"]
+    assert await recv(writer) == ["EOSE", "own"]
+    event = signed("written under a lease", 600)
+    await writer.send_to(json.dumps(["EVENT", event.to_dict()]))
+    # The writer's own subscription gets it too, as a relay would send it.
+    assert sorted(map(str, [await recv(writer), await recv(writer)])) == sorted(
+        map(str, [["OK", event.id, True, ""], ["EVENT", "own", event.to_dict()]])
+    )
+    assert await recv(reader) == ["EVENT", "live", event.to_dict()]
+    # A duplicate is acknowledged but not delivered again.
+    monkeypatch.setattr(LeaseWriter, "append", lambda self, relay_key, event: _returns("duplicate"))
+    await writer.send_to(json.dumps(["EVENT", event.to_dict()]))
+    assert (await recv(writer))[:3] == ["OK", event.id, True]
+    assert await reader.receive_nothing(timeout=0.5) and await writer.receive_nothing(timeout=0.2)
+    for communicator in (reader, writer):
+        await communicator.disconnect()
+
+
+async def _returns(value):
+    return value
 
 
 class FakeVault:
