@@ -13,6 +13,10 @@ from typing import Any
 from .results import BridgeStream, PeerResponse
 
 
+# What a worker-protocol request may carry: bytes as they are, text, or a value sent as JSON.
+RequestBody = bytes | str | dict[str, Any] | list[Any] | None
+
+
 class BridgeMethods(ABC):
     call_timeout: float
 
@@ -46,7 +50,7 @@ class BridgeMethods(ABC):
         path: str,
         *,
         headers: dict[str, str] | None = None,
-        body: bytes | str | dict[str, Any] | list[Any] | None = None,
+        body: RequestBody = None,
         timeout_ms: int | None = None,
         connect_timeout_ms: int | None = None,
     ) -> PeerResponse:
@@ -67,7 +71,7 @@ class BridgeMethods(ABC):
         path: str,
         *,
         headers: dict[str, str] | None = None,
-        body: bytes | str | dict[str, Any] | list[Any] | None = None,
+        body: RequestBody = None,
         timeout_ms: int | None = None,
         chunk_size: int | None = None,
         window: int = 8,
@@ -85,7 +89,7 @@ class BridgeMethods(ABC):
         method: str,
         path: str,
         headers: dict[str, str] | None,
-        body: bytes | str | dict[str, Any] | list[Any] | None,
+        body: RequestBody,
         timeout_ms: int | None,
         connect_timeout_ms: int | None,
     ) -> dict[str, Any]:
